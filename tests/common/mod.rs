@@ -54,10 +54,7 @@ pub fn start() -> TestServer {
 
 pub fn start_with(config: Config) -> TestServer {
     let _ = env_logger::builder().is_test(true).try_init();
-    let server = Server::bind(config).expect("bind");
-    let addr = server.local_addr();
-    let handle = server.shutdown_handle();
-    let thread = std::thread::spawn(move || server.run());
+    let (addr, handle, thread) = Server::spawn(config).expect("bind");
     TestServer { addr, handle, thread: Some(thread) }
 }
 
