@@ -112,6 +112,11 @@ pub fn now_secs() -> u64 {
     jsonwebtoken::get_current_timestamp()
 }
 
+/// How long a token with this `exp` stays acceptable (leeway included).
+pub fn time_left(exp: u64) -> std::time::Duration {
+    std::time::Duration::from_secs((exp + LEEWAY_SECS).saturating_sub(now_secs()))
+}
+
 /// Signs an HS256 token for `sub`, valid for `ttl_secs`.
 pub fn mint(secret: &[u8], sub: &str, ttl_secs: u64) -> String {
     let now = now_secs();

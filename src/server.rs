@@ -526,7 +526,7 @@ impl Server {
         leftover: Vec<u8>,
     ) {
         let now = Instant::now();
-        let ttl = claims.exp.saturating_sub(auth::now_secs()) + auth::LEEWAY_SECS;
+        let expires_at = now + auth::time_left(claims.exp);
         let sub = claims.sub.unwrap_or_default();
         let conn = &mut self.conns[key];
         conn.out.push_owned(ws::handshake_response(ws_key));
@@ -538,7 +538,7 @@ impl Server {
                 Some(self.ws_config),
             ),
             sub,
-            expires_at: now + Duration::from_secs(ttl),
+            expires_at,
             last_seen: now,
             next_ping: now + self.config.ping_interval,
             close_deadline: None,
@@ -638,8 +638,7 @@ impl Server {
                 };
                 match self.verifier.verify(&token) {
                     Ok(claims) if claims.sub.as_deref().unwrap_or("") == ws.sub => {
-                        let ttl = claims.exp.saturating_sub(auth::now_secs()) + auth::LEEWAY_SECS;
-                        ws.expires_at = now + Duration::from_secs(ttl);
+                        ws.expires_at = now + auth::time_left(claims.exp);
                         self.send_text(key, r#"{"type":"auth_ok"}"#.to_string());
                         self.reschedule_ws(key);
                     }
