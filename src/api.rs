@@ -44,19 +44,15 @@ pub enum Action {
 const PREFLIGHT_MAX_AGE_SECS: u32 = 600;
 
 pub fn route(head: &Head, body: &[u8], ctx: &Ctx) -> Action {
-    let origin_ok = head
-        .origin
-        .as_deref()
-        .is_none_or(|o| ctx.config.allowed_origins.allows(o));
+    let origin_ok = head.origin.as_deref().is_none_or(|o| ctx.config.allowed_origins.allows(o));
     if head.method() == Method::Options {
         return Action::Respond(preflight(head, origin_ok));
     }
     match head.path.as_str() {
         "/health" => match head.method() {
-            Method::Get | Method::Head => Action::Respond(Response::json(
-                200,
-                &json!({"status": "ok", "connectedClients": ctx.clients}),
-            )),
+            Method::Get | Method::Head => {
+                Action::Respond(Response::json(200, &json!({"status": "ok", "connectedClients": ctx.clients})))
+            }
             _ => Action::Respond(not_allowed("GET, HEAD, OPTIONS")),
         },
         "/ws" => upgrade(head, origin_ok, ctx),
@@ -64,10 +60,7 @@ pub fn route(head: &Head, body: &[u8], ctx: &Ctx) -> Action {
             Method::Post => broadcast(head, body, origin_ok, ctx),
             _ => Action::Respond(not_allowed("POST, OPTIONS")),
         },
-        _ => Action::Respond(Response::error(
-            404,
-            "no such endpoint: try /health, /ws or /api/broadcast",
-        )),
+        _ => Action::Respond(Response::error(404, "no such endpoint: try /health, /ws or /api/broadcast")),
     }
 }
 
@@ -89,10 +82,7 @@ fn preflight(head: &Head, origin_ok: bool) -> Response {
     }
     Response::new(204)
         .header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
-        .header(
-            "Access-Control-Allow-Headers",
-            "Authorization, Content-Type",
-        )
+        .header("Access-Control-Allow-Headers", "Authorization, Content-Type")
         .header("Access-Control-Max-Age", PREFLIGHT_MAX_AGE_SECS.to_string())
 }
 
@@ -107,15 +97,11 @@ fn upgrade(head: &Head, origin_ok: bool, ctx: &Ctx) -> Action {
     // Connection: Upgrade, a Sec-WebSocket-Key and version 13.
     if !head.upgrade_websocket {
         return Action::Respond(
-            Response::error(426, "this endpoint only speaks WebSocket")
-                .header("Upgrade", "websocket"),
+            Response::error(426, "this endpoint only speaks WebSocket").header("Upgrade", "websocket"),
         );
     }
     if !head.connection_upgrade {
-        return Action::Respond(Response::error(
-            400,
-            "Connection header must include Upgrade",
-        ));
+        return Action::Respond(Response::error(400, "Connection header must include Upgrade"));
     }
     let Some(key) = head.ws_key.as_deref().filter(|k| !k.is_empty()) else {
         return Action::Respond(Response::error(400, "missing Sec-WebSocket-Key"));
@@ -123,8 +109,7 @@ fn upgrade(head: &Head, origin_ok: bool, ctx: &Ctx) -> Action {
     if head.ws_version.as_deref() != Some("13") {
         // §4.4: answer with the versions we do speak.
         return Action::Respond(
-            Response::error(426, "unsupported WebSocket version")
-                .header("Sec-WebSocket-Version", "13"),
+            Response::error(426, "unsupported WebSocket version").header("Sec-WebSocket-Version", "13"),
         );
     }
     let claims = match ctx.verifier.verify(head.bearer_token().unwrap_or("")) {
@@ -132,14 +117,9 @@ fn upgrade(head: &Head, origin_ok: bool, ctx: &Ctx) -> Action {
         Err(e) => return Action::Respond(unauthorized(e)),
     };
     if ctx.clients >= ctx.config.max_connections {
-        return Action::Respond(
-            Response::error(503, "too many connections").header("Retry-After", "5"),
-        );
+        return Action::Respond(Response::error(503, "too many connections").header("Retry-After", "5"));
     }
-    Action::Upgrade {
-        key: key.to_string(),
-        claims,
-    }
+    Action::Upgrade { key: key.to_string(), claims }
 }
 
 fn broadcast(head: &Head, body: &[u8], origin_ok: bool, ctx: &Ctx) -> Action {
@@ -147,19 +127,13 @@ fn broadcast(head: &Head, body: &[u8], origin_ok: bool, ctx: &Ctx) -> Action {
         return Action::Respond(Response::error(403, "origin not allowed"));
     }
     // Only the header: a token in a broadcaster's URL would end up in logs.
-    if let Err(e) = ctx
-        .verifier
-        .verify(head.authorization_bearer().unwrap_or(""))
-    {
+    if let Err(e) = ctx.verifier.verify(head.authorization_bearer().unwrap_or("")) {
         return Action::Respond(unauthorized(e));
     }
     if let Some(ct) = &head.content_type {
         let mime = ct.split(';').next().unwrap_or("").trim();
         if !mime.eq_ignore_ascii_case("application/json") {
-            return Action::Respond(Response::error(
-                415,
-                "Content-Type must be application/json",
-            ));
+            return Action::Respond(Response::error(415, "Content-Type must be application/json"));
         }
     }
     match broadcast::parse(body) {

@@ -105,10 +105,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        message: message.into(),
-    }
+    ConfigError { var, message: message.into() }
 }
 
 /// Parses a variable with `FromStr`, or returns the default when unset/empty.
@@ -121,19 +118,12 @@ fn parse_or<T: std::str::FromStr>(
     match get(var) {
         None => Ok(default),
         Some(v) if v.trim().is_empty() => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| err(var, format!("{v:?} is not {what}"))),
+        Some(v) => v.trim().parse().map_err(|_| err(var, format!("{v:?} is not {what}"))),
     }
 }
 
 /// Like [`parse_or`] for counts that must be at least 1.
-fn positive(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: usize,
-) -> Result<usize, ConfigError> {
+fn positive(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: usize) -> Result<usize, ConfigError> {
     let v = parse_or(get, var, default, "a positive whole number")?;
     if v == 0 {
         return Err(err(var, "must be at least 1"));
@@ -141,20 +131,12 @@ fn positive(
     Ok(v)
 }
 
-fn secs(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: u64,
-) -> Result<Duration, ConfigError> {
-    Ok(Duration::from_secs(
-        positive(get, var, default as usize)? as u64
-    ))
+fn secs(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_secs(positive(get, var, default as usize)? as u64))
 }
 
 fn optional(get: &impl Fn(&str) -> Option<String>, var: &str) -> Option<String> {
-    get(var)
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
+    get(var).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
 }
 
 impl Config {
@@ -173,8 +155,7 @@ impl Config {
             .and_then(|mut a| a.next())
             .ok_or_else(|| err("HOST", format!("{host:?} is not an address to listen on")))?;
 
-        let origins =
-            optional(&get, "ALLOWED_ORIGINS").unwrap_or_else(|| "http://localhost:3000".into());
+        let origins = optional(&get, "ALLOWED_ORIGINS").unwrap_or_else(|| "http://localhost:3000".into());
         let allowed_origins = parse_origins(&origins)?;
 
         let (jwt_secret, jwt_secret_generated) = match optional(&get, "JWT_SECRET") {
@@ -252,44 +233,31 @@ fn parse_origins(v: &str) -> Result<Origins, ConfigError> {
     for o in v.split(',').map(str::trim).filter(|o| !o.is_empty()) {
         let o = o.trim_end_matches('/');
         let ok = (o.starts_with("http://") || o.starts_with("https://"))
-            && !o
-                .split_once("://")
-                .is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/'));
+            && !o.split_once("://").is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/'));
         if !ok {
             return Err(err(
                 "ALLOWED_ORIGINS",
-                format!(
-                    "{o:?} is not an origin like https://app.example.com (scheme://host[:port], no path)"
-                ),
+                format!("{o:?} is not an origin like https://app.example.com (scheme://host[:port], no path)"),
             ));
         }
         list.push(o.to_ascii_lowercase());
     }
     if list.is_empty() {
-        return Err(err(
-            "ALLOWED_ORIGINS",
-            "lists no origin (use * to allow any)",
-        ));
+        return Err(err("ALLOWED_ORIGINS", "lists no origin (use * to allow any)"));
     }
     Ok(Origins::List(list))
 }
 
 /// The soft open-file limit less [`FD_RESERVE`] (and never below 1).
 fn default_max_connections() -> usize {
-    crate::sys::open_file_limit()
-        .saturating_sub(FD_RESERVE)
-        .max(1)
+    crate::sys::open_file_limit().saturating_sub(FD_RESERVE).max(1)
 }
 
 /// 32 random bytes, hex-encoded: a per-run development secret.
 fn random_secret() -> Vec<u8> {
     let mut bytes = [0u8; 32];
     crate::sys::fill_random(&mut bytes);
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>()
-        .into_bytes()
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<String>().into_bytes()
 }
 
 #[cfg(test)]
@@ -298,10 +266,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -309,10 +274,7 @@ mod tests {
     fn defaults() {
         let c = cfg(&[]).unwrap();
         assert_eq!(c.addr, "0.0.0.0:8080".parse().unwrap());
-        assert_eq!(
-            c.allowed_origins,
-            Origins::List(vec!["http://localhost:3000".into()])
-        );
+        assert_eq!(c.allowed_origins, Origins::List(vec!["http://localhost:3000".into()]));
         assert!(c.jwt_secret_generated);
         assert_eq!(c.jwt_secret.len(), 64);
         assert_eq!(c.max_message_bytes, 512);
@@ -332,23 +294,14 @@ mod tests {
             (&[("MAX_MESSAGE_BYTES", "0")], "MAX_MESSAGE_BYTES"),
             (&[("MAX_MESSAGE_BYTES", "-3")], "MAX_MESSAGE_BYTES"),
             (&[("MAX_BROADCAST_BYTES", "lots")], "MAX_BROADCAST_BYTES"),
-            (
-                &[("PING_INTERVAL_SECS", "60"), ("PONG_WAIT_SECS", "60")],
-                "PING_INTERVAL_SECS",
-            ),
+            (&[("PING_INTERVAL_SECS", "60"), ("PONG_WAIT_SECS", "60")], "PING_INTERVAL_SECS"),
             (&[("PONG_WAIT_SECS", "x")], "PONG_WAIT_SECS"),
             (&[("SEND_QUEUE_LIMIT", "0")], "SEND_QUEUE_LIMIT"),
             (&[("MAX_CONNECTIONS", "1.5")], "MAX_CONNECTIONS"),
             (&[("ALLOWED_ORIGINS", "localhost:3000")], "ALLOWED_ORIGINS"),
-            (
-                &[("ALLOWED_ORIGINS", "https://a.com/path")],
-                "ALLOWED_ORIGINS",
-            ),
+            (&[("ALLOWED_ORIGINS", "https://a.com/path")], "ALLOWED_ORIGINS"),
             (&[("ALLOWED_ORIGINS", " , ")], "ALLOWED_ORIGINS"),
-            (
-                &[("MAX_AUTH_MESSAGE_BYTES", "100")],
-                "MAX_AUTH_MESSAGE_BYTES",
-            ),
+            (&[("MAX_AUTH_MESSAGE_BYTES", "100")], "MAX_AUTH_MESSAGE_BYTES"),
         ];
         for (pairs, var) in table {
             let e = cfg(pairs).unwrap_err();
@@ -359,30 +312,18 @@ mod tests {
 
     #[test]
     fn origins() {
-        let c = cfg(&[(
-            "ALLOWED_ORIGINS",
-            "https://App.example.com/, http://localhost:3000",
-        )])
-        .unwrap();
+        let c = cfg(&[("ALLOWED_ORIGINS", "https://App.example.com/, http://localhost:3000")]).unwrap();
         assert!(c.allowed_origins.allows("https://app.example.com"));
         assert!(c.allowed_origins.allows("http://localhost:3000"));
         assert!(!c.allowed_origins.allows("http://localhost:3001"));
         assert!(!c.allowed_origins.allows("https://app.example.com.evil.com"));
         assert!(!c.allowed_origins.allows("null"));
-        assert_eq!(
-            cfg(&[("ALLOWED_ORIGINS", "*")]).unwrap().allowed_origins,
-            Origins::Any
-        );
+        assert_eq!(cfg(&[("ALLOWED_ORIGINS", "*")]).unwrap().allowed_origins, Origins::Any);
     }
 
     #[test]
     fn secret_and_claims() {
-        let c = cfg(&[
-            ("JWT_SECRET", "s3cret"),
-            ("JWT_ISSUER", "http://a"),
-            ("JWT_AUDIENCE", " "),
-        ])
-        .unwrap();
+        let c = cfg(&[("JWT_SECRET", "s3cret"), ("JWT_ISSUER", "http://a"), ("JWT_AUDIENCE", " ")]).unwrap();
         assert_eq!(c.jwt_secret, b"s3cret");
         assert!(!c.jwt_secret_generated);
         assert_eq!(c.jwt_issuer.as_deref(), Some("http://a"));

@@ -50,9 +50,7 @@ fn serve() -> ExitCode {
     if config.jwt_secret.len() < 32 && !config.jwt_secret_generated {
         log::warn!("JWT_SECRET is shorter than 32 bytes: use a long random secret in production");
     }
-    let dev_secret = config
-        .jwt_secret_generated
-        .then(|| config.jwt_secret.clone());
+    let dev_secret = config.jwt_secret_generated.then(|| config.jwt_secret.clone());
     let mut server = match Server::bind(config) {
         Ok(s) => s,
         Err(e) => {
@@ -107,9 +105,7 @@ fn token(args: &[String]) -> ExitCode {
             ("--ttl", Some(v)) => match v.parse() {
                 Ok(n) if n > 0 => ttl = n,
                 _ => {
-                    eprintln!(
-                        "taskcast token: --ttl needs a positive number of seconds, got {v:?}"
-                    );
+                    eprintln!("taskcast token: --ttl needs a positive number of seconds, got {v:?}");
                     return ExitCode::from(2);
                 }
             },

@@ -93,14 +93,20 @@ fn origin_policy() {
 fn invalid_upgrades() {
     let s = start();
     let t = token("u");
-    let base = |extra: &str| {
-        format!("GET /ws?token={t} HTTP/1.1\r\nHost: t\r\n{extra}\r\n")
-    };
+    let base = |extra: &str| format!("GET /ws?token={t} HTTP/1.1\r\nHost: t\r\n{extra}\r\n");
     let cases = [
         (base(""), 426),
-        (base("Upgrade: websocket\r\nSec-WebSocket-Key: a2V5a2V5a2V5a2V5a2V5aw==\r\nSec-WebSocket-Version: 13\r\n"), 400),
+        (
+            base("Upgrade: websocket\r\nSec-WebSocket-Key: a2V5a2V5a2V5a2V5a2V5aw==\r\nSec-WebSocket-Version: 13\r\n"),
+            400,
+        ),
         (base("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"), 400),
-        (base("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: a2V5a2V5a2V5a2V5a2V5aw==\r\nSec-WebSocket-Version: 8\r\n"), 426),
+        (
+            base(
+                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: a2V5a2V5a2V5a2V5a2V5aw==\r\nSec-WebSocket-Version: 8\r\n",
+            ),
+            426,
+        ),
     ];
     for (raw, status) in cases {
         let r = request(s.addr, &raw);
