@@ -18,8 +18,7 @@ fuzz_target!(|data: &[u8]| {
     serde_json::from_slice::<serde::de::IgnoredAny>(&f.payload)
         .unwrap_or_else(|e| panic!("envelope is not JSON ({e}): {:?}", String::from_utf8_lossy(&f.payload)));
     // Where both parse as values, the payload is the body's data.
-    if let (Ok(env), Ok(body)) = (serde_json::from_slice::<Value>(&f.payload), serde_json::from_slice::<Value>(data))
-    {
+    if let (Ok(env), Ok(body)) = (serde_json::from_slice::<Value>(&f.payload), serde_json::from_slice::<Value>(data)) {
         assert_eq!(env.as_object().map(|o| o.len()), Some(2), "{env}");
         assert_eq!(env["type"], Value::from(kind));
         assert_eq!(env["payload"], body["data"]);

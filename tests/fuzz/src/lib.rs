@@ -133,9 +133,20 @@ pub fn finish(mut s: TcpStream, data: &[u8], mut bytes: Vec<u8>) -> Exchange {
     let end = loop {
         match s.read(&mut chunk) {
             Ok(0) => break End::Eof,
-            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                bytes.extend_from_slice(&chunk[..n]);
+                if allow_known_bugs() && is_bare_101(&bytes) {
+                    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                }
+            }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if e.kind() == ErrorKind::ConnectionReset => break End::Reset,
+            // Known bug (tests/regressions.rs, upgrade_then_fin_in_one_read_is_closed):
+            // the server misses a FIN that came with the upgrade request.
+            // Our RST below makes it drop the ghost client.
+            Err(e) if allow_known_bugs() && is_bare_101(&bytes) && e.kind() != ErrorKind::Interrupted => {
+                break End::Eof;
+            }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => panic!(
                 "server did not close within {CLOSE_WAIT:?} of the client's FIN; it sent {} bytes: {:?}",
                 bytes.len(),
@@ -147,6 +158,19 @@ pub fn finish(mut s: TcpStream, data: &[u8], mut bytes: Vec<u8>) -> Exchange {
     };
     abort_close(s);
     Exchange { bytes, end }
+}
+
+/// `TASKCAST_FUZZ_ALLOW_KNOWN_BUGS=1` lets fuzzing go on past bugs that
+/// have an ignored regression test in tests/regressions.rs (by default they
+/// are crashes, so a fuzz run shows they are still there).
+pub fn allow_known_bugs() -> bool {
+    static ALLOW: OnceLock<bool> = OnceLock::new();
+    *ALLOW.get_or_init(|| std::env::var("TASKCAST_FUZZ_ALLOW_KNOWN_BUGS").is_ok_and(|v| v == "1"))
+}
+
+/// Exactly one `101` head and nothing after it.
+fn is_bare_101(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"HTTP/1.1 101 ") && bytes.windows(4).position(|w| w == b"\r\n\r\n") == Some(bytes.len() - 4)
 }
 
 /// Closes with SO_LINGER 0 (RST, no TIME_WAIT): thousands of connections a
@@ -207,7 +231,7 @@ pub fn upgrade(in_query: bool) -> (TcpStream, Vec<u8>) {
 /// alive and counts no client (every earlier connection has been closed).
 pub fn after_input() {
     let n = server().execs.fetch_add(1, Ordering::Relaxed) + 1;
-    if n % HEALTH_EVERY == 0 {
+    if n.is_multiple_of(HEALTH_EVERY) {
         check_health();
     }
 }
@@ -294,12 +318,11 @@ pub fn check_http(ex: &Exchange, head_requests: Option<&[bool]>, close: CloseRul
             Some(h) => *h,
             None => len > 0 && !body_start.starts_with(b"{"),
         };
-        // Known deviation, tolerated so fuzzing goes on past it: a request
-        // refused before routing (400/411/413/431, and 408) is answered with
-        // its JSON body even when it was a HEAD (RFC 9110 §9.3.2: SHOULD
-        // NOT). Such an answer always closes. See tests/regressions.rs,
-        // `head_refused_before_routing_has_no_body`.
-        let refused_head = is_head && close_after && body_start.len() == len && body_start.starts_with(b"{");
+        // Known bug (tests/regressions.rs, head_refused_before_routing_has_no_body):
+        // a HEAD refused before routing (400/411/413/431/408) gets its JSON
+        // body anyway (RFC 9110 §9.3.2: SHOULD NOT). Such an answer closes.
+        let refused_head =
+            allow_known_bugs() && is_head && close_after && body_start.len() == len && body_start.starts_with(b"{");
         let body_len = if is_head && !refused_head { 0 } else { len };
         if body_start.len() < body_len {
             return if ex.end == End::Reset { Ok(()) } else { Err(format!("response {i}: body cut short")) };
@@ -399,7 +422,10 @@ pub fn check_ws(mut buf: &[u8], end: End, close: CloseRule) -> Result<(), String
             };
         };
         if !f.fin || f.rsv != 0 || f.masked {
-            return Err(format!("frame {i}: fin {} rsv {} masked {} (a server frame is final, plain and unmasked)", f.fin, f.rsv, f.masked));
+            return Err(format!(
+                "frame {i}: fin {} rsv {} masked {} (a server frame is final, plain and unmasked)",
+                f.fin, f.rsv, f.masked
+            ));
         }
         match f.opcode {
             1 => {
@@ -644,7 +670,11 @@ pub fn run_ws(client: &[u8], token_in_query: bool) {
     let ex = finish(s, client, rest);
     let rule = CloseRule::Known(first_client_close(client));
     if let Err(e) = check_ws(&ex.bytes, ex.end, rule) {
-        panic!("{e}\nclient bytes: {:02x?}\nserver bytes: {:02x?}", &client[..client.len().min(256)], &ex.bytes[..ex.bytes.len().min(256)]);
+        panic!(
+            "{e}\nclient bytes: {:02x?}\nserver bytes: {:02x?}",
+            &client[..client.len().min(256)],
+            &ex.bytes[..ex.bytes.len().min(256)]
+        );
     }
     after_input();
 }

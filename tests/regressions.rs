@@ -1,0 +1,125 @@
+//! Inputs the fuzzers (tests/fuzz, run by `.ci/fuzz`) found, replayed as
+//! the fuzz harness sends them: over a real socket to an in-process server,
+//! the client half-closing after its bytes, then reading until the server
+//! closes. A test marked `#[ignore = "server bug: ..."]` describes a bug not
+//! fixed yet; remove the mark with the fix.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// How the server ended one exchange.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// It closed (FIN or RST) within the wait.
+    Closed,
+    /// It still held the connection open when the wait ran out.
+    StillOpen,
+}
+
+/// Writes `bytes`, half-closes, reads until the server closes or `wait`
+/// passes. The fuzz harness's exchange, with the bytes sent in one write.
+fn exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (Vec<u8>, End) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    s.write_all(bytes).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let deadline = Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => return (got, End::Closed),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return (got, End::Closed),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return (got, End::StillOpen),
+            Err(e) => panic!("read: {e}"),
+        }
+        if Instant::now() >= deadline {
+            return (got, End::StillOpen);
+        }
+    }
+}
+
+fn upgrade_request(token: &str, version: &str, body: &str) -> String {
+    format!(
+        "GET /ws?&token={token} HTTP/{version}\r\nHost: fuzz\r\nConnection: keep-alive, Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Found by `http_requests` (crash-df3007299c9fa5bcfafe88cc8ea5d92de8c9e630):
+/// an upgrade request whose client half-closes right after it. When the
+/// request and the FIN arrive in one read, `read_http` sees EOF, upgrades,
+/// and then skips its `begin_close` because the phase is now `Ws`; the EOF
+/// is never seen again (edge-triggered), so the connection stays open and
+/// counted in `connectedClients` until PONG_WAIT (60 s) drops it.
+#[test]
+#[ignore = "server bug: EOF read together with an upgrade request is lost; the ghost client stays until PONG_WAIT"]
+fn upgrade_then_fin_in_one_read_is_closed() {
+    let server = start();
+    let token = token("fuzz");
+    // The crash as found (HTTP/1.0, a body on the GET), then the plainest
+    // form. Several tries each: the FIN must land in the same read as the
+    // request, which it nearly always does on loopback.
+    let body = r#"{"type":"task_status_changed","data":{"":null}}"#;
+    for req in [upgrade_request(&token, "1.0", body), upgrade_request(&token, "1.1", "")] {
+        for attempt in 0..5 {
+            let (got, end) = exchange(server.addr, req.as_bytes(), Duration::from_secs(2));
+            let text = String::from_utf8_lossy(&got);
+            assert!(text.starts_with("HTTP/1.1 101 "), "{text}");
+            assert_eq!(
+                end,
+                End::Closed,
+                "attempt {attempt}: the server kept the upgraded connection after the client's FIN"
+            );
+            wait_clients(server.addr, 0);
+        }
+    }
+}
+
+/// Found by `http_requests` while checking that HEAD answers carry no body:
+/// a HEAD refused before routing (here 411 for a chunked body; also 400,
+/// 413, 431, 408) gets the JSON error body anyway. RFC 9110 §9.3.2: the
+/// server SHOULD NOT send content in a response to HEAD; a client reading
+/// the 411 as a HEAD answer finds stray bytes after it. (The connection
+/// closes right after, so the damage is small.) `process_http` and
+/// `on_timer` call `resp.encode(false, false)` for rejects without looking
+/// at the method.
+#[test]
+#[ignore = "server bug: a HEAD request refused before routing (400/411/413/431/408) gets a body"]
+fn head_refused_before_routing_has_no_body() {
+    let server = start();
+    for req in [
+        "HEAD /health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "HEAD /api/broadcast HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999\r\n\r\n",
+    ] {
+        let (got, end) = exchange(server.addr, req.as_bytes(), WAIT);
+        assert_eq!(end, End::Closed);
+        let text = String::from_utf8_lossy(&got);
+        let head_end = text.find("\r\n\r\n").expect("a response head") + 4;
+        assert!(text.starts_with("HTTP/1.1 4"), "{text}");
+        assert_eq!(&text[head_end..], "", "body sent in answer to {req:?}");
+    }
+}
+
+/// The same exchanges the fuzz harness makes, as a smoke test that the
+/// replay path itself works (and stays working): a pipelined pair of
+/// requests then FIN is answered twice and closed.
+#[test]
+fn pipelined_requests_then_fin_are_answered_and_closed() {
+    let server = start();
+    let (got, end) =
+        exchange(server.addr, b"GET /health HTTP/1.1\r\nHost: t\r\n\r\nGET /nope HTTP/1.1\r\nHost: t\r\n\r\n", WAIT);
+    assert_eq!(end, End::Closed);
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 2, "{text}");
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert!(text.contains("HTTP/1.1 404 "), "{text}");
+}
