@@ -123,3 +123,24 @@ fn pipelined_requests_then_fin_are_answered_and_closed() {
     assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
     assert!(text.contains("HTTP/1.1 404 "), "{text}");
 }
+
+/// Found by `broadcast_parse` (a body `["7pe", 3]`): serde's derived
+/// `Deserialize` for `broadcast::Body` also accepts a JSON array, reading its
+/// elements as the fields in order, so `["task_created", {...}]` is accepted
+/// and broadcast as `{"type":"task_created","payload":{...}}`. The README
+/// says a body that is not an object gets 400. (`broadcast::parse`; check
+/// that the body is an object before or instead of the derive's seq form.)
+#[test]
+#[ignore = "server bug: a broadcast body that is a JSON array [type, data] is accepted as if it were an object"]
+fn broadcast_body_that_is_an_array_is_refused() {
+    let server = start();
+    let mut client = ws(server.addr, &token("reader"));
+    wait_clients(server.addr, 1);
+    for body in [r#"["task_created",{"id":1}]"#, "[ \"7pe\"\r\r\r, \r\r\r \r\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t 3]"] {
+        let resp = broadcast(server.addr, &token("prop"), body);
+        assert_eq!(resp.status, 400, "{body:?} was accepted: {}", resp.body);
+    }
+    // Nothing reached the client: the next message is this one.
+    broadcast(server.addr, &token("prop"), r#"{"type":"task_created","data":"after"}"#);
+    assert_eq!(next_json(&mut client)["payload"], "after");
+}
