@@ -138,7 +138,10 @@ pub struct Server {
 
 impl Server {
     /// Binds the listener; nothing is accepted until [`Server::run`].
+    /// With JWKS configured, the keys are loaded first: failing that is an
+    /// `InvalidInput` error wrapping the [`crate::config::ConfigError`].
     pub fn bind(config: Config) -> io::Result<Server> {
+        let verifier = Verifier::new(&config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(config.addr)?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -151,7 +154,7 @@ impl Server {
             dirty: Vec::new(),
             again: Vec::new(),
             scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
-            verifier: Verifier::new(&config),
+            verifier,
             ws_config: ws::config(&config),
             config,
             clients: 0,
