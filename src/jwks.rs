@@ -328,15 +328,33 @@ impl Sources {
 
     /// Reloads both sources, warning about (and surviving) failures.
     fn refresh(&mut self) -> KeySet {
+        let mut ok = true;
         if let Err(e) = self.load_file() {
             warn!("JWKS_FILE {}: {e}; keeping its last good keys", self.file.as_ref().unwrap().display());
+            ok = false;
         }
         if let Err(e) = self.load_url() {
             warn!("JWKS_URL {}: {e}; keeping its last good keys", self.url.as_ref().unwrap());
+            ok = false;
         }
         let set = self.current();
-        info!("JWKS refreshed: {set}");
+        match ok {
+            true => info!("JWKS refreshed from {self}: {set}"),
+            false => info!("JWKS: still serving {set}"),
+        }
         set
+    }
+}
+
+impl fmt::Display for Sources {
+    /// `http://app/api/auth/jwks and /path/jwks.json`: for logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.url, &self.file) {
+            (Some(url), Some(file)) => write!(f, "{url} and {}", file.display()),
+            (Some(url), None) => write!(f, "{url}"),
+            (None, Some(file)) => write!(f, "{}", file.display()),
+            (None, None) => f.write_str("nowhere"),
+        }
     }
 }
 
@@ -399,7 +417,7 @@ impl Keys {
             warn!("JWKS_URL {url}: {e}; starting with the keys from JWKS_FILE only");
         }
         let set = sources.current();
-        info!("JWKS loaded: {set}");
+        info!("JWKS loaded from {sources}: {set}");
         let current = Arc::new(RwLock::new(Arc::new(set)));
         let (refetch, requests) = mpsc::sync_channel(1);
         let shared = current.clone();
