@@ -16,6 +16,10 @@ use crate::jwks::HttpUrl;
 /// (broadcasts, health checks) that arrive while the WebSocket count is full.
 pub const FD_RESERVE: usize = 256;
 
+/// JWKS_REFRESH_SECS at most: a removed (revoked) key stops being accepted
+/// within a day at the latest.
+pub const MAX_JWKS_REFRESH: Duration = Duration::from_secs(24 * 3600);
+
 /// Which `Origin` headers may talk to us (browsers always send one; servers
 /// and CLI tools usually do not, and are allowed).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,6 +185,9 @@ impl Config {
         };
         let jwks_file = optional(&get, "JWKS_FILE").map(PathBuf::from);
         let jwks_refresh = secs(&get, "JWKS_REFRESH_SECS", 600)?;
+        if jwks_refresh > MAX_JWKS_REFRESH {
+            return Err(err("JWKS_REFRESH_SECS", format!("must be at most {} (a day)", MAX_JWKS_REFRESH.as_secs())));
+        }
         // A random development secret only when nothing else can verify a
         // token: with JWKS configured, no JWT_SECRET simply means no HS256.
         let (jwt_secret, jwt_secret_generated) = match optional(&get, "JWT_SECRET") {
@@ -342,6 +349,8 @@ mod tests {
             (&[("JWKS_URL", "http://localhost/a b")], "JWKS_URL"),
             (&[("JWKS_URL", "http://localhost/jwks"), ("JWKS_REFRESH_SECS", "0")], "JWKS_REFRESH_SECS"),
             (&[("JWKS_REFRESH_SECS", "soon")], "JWKS_REFRESH_SECS"),
+            (&[("JWKS_REFRESH_SECS", "86401")], "JWKS_REFRESH_SECS"),
+            (&[("JWKS_REFRESH_SECS", "99999999999999999999")], "JWKS_REFRESH_SECS"),
         ];
         for (pairs, var) in table {
             let e = cfg(pairs).unwrap_err();

@@ -561,7 +561,7 @@ fn refreshes_on_the_interval_and_keeps_the_last_good_keys() {
     let broken_at = jwks.hits();
     jwks.wait_hits(broken_at + 1);
     std::thread::sleep(Duration::from_millis(50));
-    let _a = ws(s.addr, &ed_token(ED_A_PRIVATE, "key-a", &claims("user-1")));
+    drop(ws(s.addr, &ed_token(ED_A_PRIVATE, "key-a", &claims("user-1"))));
 
     // Mended, with a rotated set (key A retired): picked up by the timer.
     jwks.set_status(200);
@@ -574,5 +574,12 @@ fn refreshes_on_the_interval_and_keeps_the_last_good_keys() {
         assert!(Instant::now() < deadline, "retired key A is still accepted");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _b = ws(s.addr, &ed_token(ED_B_PRIVATE, "key-b", &claims("user-2")));
+    drop(ws(s.addr, &ed_token(ED_B_PRIVATE, "key-b", &claims("user-2"))));
+
+    // The fetch thread ends with the server: no more requests after it stops.
+    s.stop().unwrap();
+    std::thread::sleep(Duration::from_millis(200)); // a fetch already under way lands
+    let stopped_at = jwks.hits();
+    std::thread::sleep(Duration::from_millis(1300)); // more than one JWKS_REFRESH_SECS
+    assert_eq!(jwks.hits(), stopped_at, "the JWKS thread outlived its server");
 }
