@@ -12,9 +12,9 @@
 //! The token's `alg` header is never trusted to choose the check: it can
 //! only pick which of our keys to try, and that key refuses any algorithm
 //! outside its family, so `none`, HS256-signed-with-the-public-key and other
-//! algorithm-confusion tokens fail; keys a token carries or points to
-//! (`jwk`, `jku`, `x5u` headers) are ignored. `exp` is required; `nbf`, JWT_ISSUER and
-//! JWT_AUDIENCE are checked for every algorithm. Error messages describe
+//! algorithm-confusion tokens fail. Keys a token carries or points to (`jwk`,
+//! `jku`, `x5u` headers) are ignored. `exp` is required; `nbf`, JWT_ISSUER
+//! and JWT_AUDIENCE are checked for every algorithm. Error messages describe
 //! what was wrong with a token, never its contents.
 
 use jsonwebtoken::errors::ErrorKind;
