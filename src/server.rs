@@ -14,9 +14,9 @@
 //! connection's [`OutQueue`] for the next writable event.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -127,6 +127,10 @@ pub struct Server {
     ws_config: WebSocketConfig,
     /// Open, authenticated WebSocket clients (what /health reports).
     clients: usize,
+    /// Open WebSocket clients per client IP (MAX_CONNECTIONS_PER_IP).
+    clients_per_ip: HashMap<IpAddr, usize>,
+    /// Accepted broadcasts (BROADCAST_RATE_PER_SEC), shared by all publishers.
+    broadcast_bucket: TokenBucket,
     next_id: u64,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
@@ -153,8 +157,10 @@ impl Server {
             scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
             verifier: Verifier::new(&config),
             ws_config: ws::config(&config),
+            broadcast_bucket: TokenBucket::new(config.broadcast_burst, Instant::now()),
             config,
             clients: 0,
+            clients_per_ip: HashMap::new(),
             next_id: 0,
             stop: Arc::new(AtomicBool::new(false)),
             waker,
@@ -440,22 +446,31 @@ impl Server {
                 h.head = Some(head);
                 return;
             }
-            let action = api::route(
-                &head,
-                &h.buf[head.head_len..end],
-                &Ctx { config: &self.config, verifier: &self.verifier, clients: self.clients },
-            );
+            let ip = http::client_ip(conn.peer.ip(), &head);
+            let ctx = Ctx {
+                config: &self.config,
+                verifier: &self.verifier,
+                clients: self.clients,
+                clients_from_ip: self.clients_per_ip.get(&ip).copied().unwrap_or(0),
+            };
+            let action = api::route(&head, &h.buf[head.head_len..end], &ctx);
             if let Action::Upgrade { key: ws_key, claims } = action {
                 let leftover = h.buf.split_off(end);
-                return self.upgrade(key, &head, &ws_key, claims, leftover);
+                return self.upgrade(key, &head, ip, &ws_key, claims, leftover);
             }
             h.buf.drain(..end);
             let resp = match action {
                 Action::Respond(resp) => resp,
                 Action::Broadcast { kind, frame } => {
-                    let n = self.fan_out(frame);
-                    debug!("broadcast {kind} to {n} clients");
-                    api::broadcast_ok(n)
+                    let (rate, burst) = (self.config.broadcast_rate, self.config.broadcast_burst);
+                    if rate > 0 && !self.broadcast_bucket.take(burst, rate, Instant::now()) {
+                        debug!("broadcast {kind} refused: over BROADCAST_RATE_PER_SEC");
+                        Response::error(429, "too many broadcasts").header("Retry-After", "1")
+                    } else {
+                        let n = self.fan_out(frame);
+                        debug!("broadcast {kind} to {n} clients");
+                        api::broadcast_ok(n)
+                    }
                 }
                 Action::Upgrade { .. } => unreachable!(),
             };
@@ -474,7 +489,7 @@ impl Server {
         }
     }
 
-    fn upgrade(&mut self, key: usize, head: &Head, ws_key: &str, claims: auth::Claims, leftover: Vec<u8>) {
+    fn upgrade(&mut self, key: usize, head: &Head, ip: IpAddr, ws_key: &str, claims: auth::Claims, leftover: Vec<u8>) {
         let now = Instant::now();
         let expires_at = now + auth::time_left(claims.exp);
         let sub = claims.sub.unwrap_or_default();
@@ -484,6 +499,7 @@ impl Server {
         conn.phase = Phase::Ws(Box::new(WsConn {
             ctx: WebSocketContext::from_partially_read(leftover, Role::Server, Some(self.ws_config)),
             sub,
+            ip,
             expires_at,
             last_seen: now,
             next_ping: now + self.config.ping_interval,
@@ -491,6 +507,7 @@ impl Server {
             bucket: TokenBucket::new(self.config.client_msg_burst, now),
         }));
         self.clients += 1;
+        *self.clients_per_ip.entry(ip).or_default() += 1;
         let peer = conn.peer;
         debug!(
             "{peer} connected as {:?} (origin {:?}); {} clients",
@@ -724,7 +741,7 @@ impl Server {
         let _ = ws.ctx.close(&mut Wire { sock: &mut conn.stream, out: &mut conn.out }, Some(reason.close_frame()));
         // From here on it no longer counts as a connected client.
         ws.close_deadline = Some(now + CLOSE_WAIT);
-        self.clients -= 1;
+        uncount(&mut self.clients, &mut self.clients_per_ip, ws.ip);
         debug!("{} ({:?}) closing: {} {}; {} clients", conn.peer, ws.sub, reason.code(), reason.text(), self.clients);
         self.mark_dirty(key);
         self.reschedule_ws(key);
@@ -750,7 +767,7 @@ impl Server {
         if let Phase::Ws(ws) = &conn.phase
             && ws.close_deadline.is_none()
         {
-            self.clients -= 1;
+            uncount(&mut self.clients, &mut self.clients_per_ip, ws.ip);
             debug!("{} ({:?}) disconnected; {} clients", conn.peer, ws.sub, self.clients);
         }
         if !matches!(conn.phase, Phase::Closing { .. }) {
@@ -770,7 +787,7 @@ impl Server {
         if let Phase::Ws(ws) = &conn.phase
             && ws.close_deadline.is_none()
         {
-            self.clients -= 1;
+            uncount(&mut self.clients, &mut self.clients_per_ip, ws.ip);
             debug!("{} ({:?}) dropped; {} clients", conn.peer, ws.sub, self.clients);
         }
     }
@@ -858,6 +875,17 @@ impl Server {
     }
 }
 
+/// A client stops counting as connected (once: on close or removal).
+fn uncount(clients: &mut usize, per_ip: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+    *clients -= 1;
+    if let Some(n) = per_ip.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            per_ip.remove(&ip);
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if !self.conns.is_empty() {
@@ -881,6 +909,9 @@ pub fn log_startup(server: &Server) {
         c.pong_wait.as_secs(),
         c.send_queue_limit
     );
+    if c.broadcast_api_key.is_none() {
+        warn!("BROADCAST_API_KEY is not set: any signed-in user's token can broadcast to everyone");
+    }
     if c.allowed_origins == crate::config::Origins::Any {
         warn!("ALLOWED_ORIGINS=* lets any web page connect with a user's token; list your front-end origins instead");
     }

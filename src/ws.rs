@@ -133,6 +133,8 @@ pub struct WsConn {
     pub ctx: WebSocketContext,
     /// The token's subject, for logs and for checking in-band refreshes.
     pub sub: String,
+    /// The client's address (for MAX_CONNECTIONS_PER_IP).
+    pub ip: std::net::IpAddr,
     /// When the token stops being valid (exp + leeway); the client is closed
     /// with 4001 unless it sends a fresh token first.
     pub expires_at: Instant,
