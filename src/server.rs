@@ -98,8 +98,12 @@ enum Phase {
 
 #[derive(Default)]
 struct HttpConn {
-    /// Bytes received and not yet consumed by a request.
+    /// Bytes received; `buf[consumed..]` is not yet handled.
     buf: Vec<u8>,
+    /// Requests handled from the front of `buf`. Compacted once per read,
+    /// not per request: pipelined requests would otherwise cost a memmove
+    /// of the whole buffer each.
+    consumed: usize,
     /// A parsed head whose body is still arriving (boxed: keeps every
     /// slab entry small).
     head: Option<Box<Head>>,
@@ -377,6 +381,10 @@ impl Server {
             if h.paused {
                 return;
             }
+            if h.consumed > 0 {
+                h.buf.drain(..h.consumed);
+                h.consumed = 0;
+            }
             loop {
                 // Never hold more than one head + one body: parse_head
                 // rejects what would not fit, so stop reading past that.
@@ -424,7 +432,7 @@ impl Server {
             }
             let head = match h.head.take() {
                 Some(head) => head,
-                None => match http::parse_head(&h.buf, self.config.max_broadcast_bytes) {
+                None => match http::parse_head(&h.buf[h.consumed..], self.config.max_broadcast_bytes) {
                     Ok(Some(head)) => Box::new(head),
                     Ok(None) => return,
                     Err(reject) => {
@@ -438,7 +446,7 @@ impl Server {
                     }
                 },
             };
-            let end = head.head_len + head.content_length;
+            let (start, end) = (h.consumed + head.head_len, h.consumed + head.head_len + head.content_length);
             if h.buf.len() < end {
                 h.head = Some(head);
                 return;
@@ -450,12 +458,16 @@ impl Server {
                 clients: self.clients,
                 clients_from_ip: self.clients_per_ip.get(&ip).copied().unwrap_or(0),
             };
-            let action = api::route(&head, &h.buf[head.head_len..end], &ctx);
+            let action = api::route(&head, &h.buf[start..end], &ctx);
             if let Action::Upgrade { key: ws_key, claims } = action {
                 let leftover = h.buf.split_off(end);
                 return self.upgrade(key, &head, ip, &ws_key, claims, leftover);
             }
-            h.buf.drain(..end);
+            h.consumed = end;
+            if h.consumed == h.buf.len() {
+                h.buf.clear();
+                h.consumed = 0;
+            }
             let resp = match action {
                 Action::Respond(resp) => resp,
                 Action::Broadcast { kind, frame } => {
