@@ -124,3 +124,30 @@ fn in_process_shutdown_sends_1001_after_queued_messages() {
     drop(c);
     s.stop().unwrap();
 }
+
+#[test]
+fn dotenv_file_is_read_and_the_environment_wins() {
+    let dir = std::env::temp_dir().join(format!("taskcast-dotenv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(".env"), "PORT=not-a-port\nJWT_SECRET=from-dotenv-from-dotenv-from-dotenv\n").unwrap();
+    let run = |extra: &[(&str, &str)]| {
+        let mut c = taskcast();
+        c.current_dir(&dir).envs(extra.iter().copied());
+        c
+    };
+    // The .env value is used (and rejected, naming the variable)...
+    let out = run(&[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PORT"));
+    // ...unless the real environment sets it.
+    let out = run(&[("PORT", "0")]).arg("token").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        token.trim(),
+        &jsonwebtoken::DecodingKey::from_secret(b"from-dotenv-from-dotenv-from-dotenv"),
+        &jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256),
+    );
+    assert!(claims.is_ok(), "token signed with the .env secret");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
