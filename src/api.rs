@@ -1,0 +1,186 @@
+//! Routing: what each HTTP request gets. Pure decisions, no I/O — the event
+//! loop carries them out (writes the response, upgrades, fans out).
+//!
+//! | route | methods | answer |
+//! |---|---|---|
+//! | `/health` | GET, HEAD | `{"status":"ok","connectedClients":N}` |
+//! | `/ws` | GET + Upgrade | 101, or 400/401/403/426/503 before upgrading |
+//! | `/api/broadcast` | POST | `{"status":"ok","recipients":N}`, or 400/401/403/415 |
+//! | any | OPTIONS | CORS preflight: 204 for allowed origins, else 403 |
+
+use std::rc::Rc;
+
+use serde_json::json;
+
+use crate::auth::{AuthError, Claims, Verifier};
+use crate::broadcast;
+use crate::config::{Config, Origins};
+use crate::http::{Head, Method, Response};
+
+/// What the loop needs to know to route one request.
+pub struct Ctx<'a> {
+    pub config: &'a Config,
+    pub verifier: &'a Verifier,
+    /// Open WebSocket clients now.
+    pub clients: usize,
+}
+
+/// The decision for one request.
+pub enum Action {
+    Respond(Response),
+    /// Accept the WebSocket: send 101 with this key's accept value.
+    Upgrade {
+        key: String,
+        claims: Claims,
+    },
+    /// Fan this frame out, then answer with the recipient count.
+    Broadcast {
+        kind: String,
+        frame: Rc<[u8]>,
+    },
+}
+
+/// How long browsers may cache a preflight answer.
+const PREFLIGHT_MAX_AGE_SECS: u32 = 600;
+
+pub fn route(head: &Head, body: &[u8], ctx: &Ctx) -> Action {
+    let origin_ok = head
+        .origin
+        .as_deref()
+        .is_none_or(|o| ctx.config.allowed_origins.allows(o));
+    if head.method() == Method::Options {
+        return Action::Respond(preflight(head, origin_ok));
+    }
+    match head.path.as_str() {
+        "/health" => match head.method() {
+            Method::Get | Method::Head => Action::Respond(Response::json(
+                200,
+                &json!({"status": "ok", "connectedClients": ctx.clients}),
+            )),
+            _ => Action::Respond(not_allowed("GET, HEAD, OPTIONS")),
+        },
+        "/ws" => upgrade(head, origin_ok, ctx),
+        "/api/broadcast" => match head.method() {
+            Method::Post => broadcast(head, body, origin_ok, ctx),
+            _ => Action::Respond(not_allowed("POST, OPTIONS")),
+        },
+        _ => Action::Respond(Response::error(
+            404,
+            "no such endpoint: try /health, /ws or /api/broadcast",
+        )),
+    }
+}
+
+fn not_allowed(allow: &'static str) -> Response {
+    Response::error(405, "method not allowed").header("Allow", allow)
+}
+
+fn unauthorized(e: AuthError) -> Response {
+    Response::error(401, e.message()).header("WWW-Authenticate", "Bearer")
+}
+
+fn preflight(head: &Head, origin_ok: bool) -> Response {
+    if head.cors_request_method.is_none() {
+        // A plain OPTIONS: say what exists.
+        return Response::new(204).header("Allow", "GET, HEAD, POST, OPTIONS");
+    }
+    if head.origin.is_none() || !origin_ok {
+        return Response::error(403, "origin not allowed");
+    }
+    Response::new(204)
+        .header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+        .header(
+            "Access-Control-Allow-Headers",
+            "Authorization, Content-Type",
+        )
+        .header("Access-Control-Max-Age", PREFLIGHT_MAX_AGE_SECS.to_string())
+}
+
+fn upgrade(head: &Head, origin_ok: bool, ctx: &Ctx) -> Action {
+    if head.method() != Method::Get {
+        return Action::Respond(not_allowed("GET"));
+    }
+    if !origin_ok {
+        return Action::Respond(Response::error(403, "origin not allowed"));
+    }
+    // RFC 6455 §4.2.1: an opening handshake is a GET with Upgrade: websocket,
+    // Connection: Upgrade, a Sec-WebSocket-Key and version 13.
+    if !head.upgrade_websocket {
+        return Action::Respond(
+            Response::error(426, "this endpoint only speaks WebSocket")
+                .header("Upgrade", "websocket"),
+        );
+    }
+    if !head.connection_upgrade {
+        return Action::Respond(Response::error(
+            400,
+            "Connection header must include Upgrade",
+        ));
+    }
+    let Some(key) = head.ws_key.as_deref().filter(|k| !k.is_empty()) else {
+        return Action::Respond(Response::error(400, "missing Sec-WebSocket-Key"));
+    };
+    if head.ws_version.as_deref() != Some("13") {
+        // §4.4: answer with the versions we do speak.
+        return Action::Respond(
+            Response::error(426, "unsupported WebSocket version")
+                .header("Sec-WebSocket-Version", "13"),
+        );
+    }
+    let claims = match ctx.verifier.verify(head.bearer_token().unwrap_or("")) {
+        Ok(c) => c,
+        Err(e) => return Action::Respond(unauthorized(e)),
+    };
+    if ctx.clients >= ctx.config.max_connections {
+        return Action::Respond(
+            Response::error(503, "too many connections").header("Retry-After", "5"),
+        );
+    }
+    Action::Upgrade {
+        key: key.to_string(),
+        claims,
+    }
+}
+
+fn broadcast(head: &Head, body: &[u8], origin_ok: bool, ctx: &Ctx) -> Action {
+    if !origin_ok {
+        return Action::Respond(Response::error(403, "origin not allowed"));
+    }
+    // Only the header: a token in a broadcaster's URL would end up in logs.
+    if let Err(e) = ctx
+        .verifier
+        .verify(head.authorization_bearer().unwrap_or(""))
+    {
+        return Action::Respond(unauthorized(e));
+    }
+    if let Some(ct) = &head.content_type {
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        if !mime.eq_ignore_ascii_case("application/json") {
+            return Action::Respond(Response::error(
+                415,
+                "Content-Type must be application/json",
+            ));
+        }
+    }
+    match broadcast::parse(body) {
+        Ok((kind, frame)) => Action::Broadcast { kind, frame },
+        Err(msg) => Action::Respond(Response::error(400, &msg)),
+    }
+}
+
+/// The answer to an accepted broadcast.
+pub fn broadcast_ok(recipients: usize) -> Response {
+    Response::json(200, &json!({"status": "ok", "recipients": recipients}))
+}
+
+/// Adds the CORS headers a response to `head` needs: an allowed origin is
+/// echoed (with credentials); a disallowed one gets nothing. `Vary: Origin`
+/// always, since the answer depends on it.
+pub fn with_cors(mut resp: Response, head: &Head, origins: &Origins) -> Response {
+    if let Some(origin) = head.origin.as_deref().filter(|o| origins.allows(o)) {
+        resp = resp
+            .header("Access-Control-Allow-Origin", origin.to_string())
+            .header("Access-Control-Allow-Credentials", "true");
+    }
+    resp.header("Vary", "Origin")
+}

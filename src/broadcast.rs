@@ -1,0 +1,152 @@
+//! `/api/broadcast` bodies in, WebSocket frames out.
+//!
+//! A broadcast is validated once, turned into the envelope
+//! `{"type": T, "payload": <data>}` once, and framed once; the resulting
+//! bytes are shared by every recipient's queue. `data` is carried as the raw
+//! JSON text the caller sent (validated, never re-serialized).
+
+use std::borrow::Cow;
+use std::rc::Rc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+
+/// The message types the front end is documented to handle. Others that
+/// match [`valid_type`] are delivered too (apps grow their own types).
+pub const DOCUMENTED_TYPES: [&str; 4] = [
+    "task_created",
+    "task_updated",
+    "task_deleted",
+    "task_status_changed",
+];
+
+/// Longest accepted `type`.
+pub const MAX_TYPE_LEN: usize = 64;
+
+#[derive(Deserialize)]
+struct Body<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    /// `Some` even for `"data": null` (a plain Option would read null as absent).
+    #[serde(borrow, default, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// A `type` is 1-64 characters of letters, digits and `_ . : -`: safe to
+/// embed in JSON and in logs without escaping.
+pub fn valid_type(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= MAX_TYPE_LEN
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+/// Validates a broadcast body and returns `(type, framed envelope)`, or the
+/// message for a 400.
+pub fn parse(body: &[u8]) -> Result<(String, Rc<[u8]>), String> {
+    let parsed: Body = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            format!("body must be {{\"type\": string, \"data\": any JSON}}: {e}")
+        }
+        _ => format!("invalid JSON: {e}"),
+    })?;
+    let kind = match parsed.kind {
+        None => return Err("missing \"type\"".into()),
+        Some(t) if !valid_type(&t) => {
+            return Err("\"type\" must be 1-64 characters of letters, digits and _ . : -".into());
+        }
+        Some(t) => t,
+    };
+    let data = parsed.data.ok_or("missing \"data\"")?;
+    Ok((kind.to_string(), frame(&envelope(&kind, data.get()))))
+}
+
+/// `{"type":"<kind>","payload":<payload>}`; `kind` must pass [`valid_type`]
+/// and `payload` must be JSON text.
+pub fn envelope(kind: &str, payload: &str) -> Vec<u8> {
+    debug_assert!(valid_type(kind));
+    let mut out = Vec::with_capacity(24 + kind.len() + payload.len());
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\",\"payload\":");
+    out.extend_from_slice(payload.as_bytes());
+    out.push(b'}');
+    out
+}
+
+/// Frames `text` as one unmasked, final text frame (what a server sends),
+/// in a single shared allocation.
+pub fn frame(text: &[u8]) -> Rc<[u8]> {
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    let mut out = Vec::with_capacity(header.len(text.len() as u64) + text.len());
+    header
+        .format(text.len() as u64, &mut out)
+        .expect("writing to a Vec cannot fail");
+    out.extend_from_slice(text);
+    Rc::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tungstenite::protocol::frame::Frame;
+
+    #[test]
+    fn envelope_and_frame() {
+        let (kind, f) = parse(br#"{"type":"task_updated","data":{"id":7,"title":"x"}}"#).unwrap();
+        assert_eq!(kind, "task_updated");
+        assert_eq!(f[0], 0x81); // FIN + text
+        let text = &f[2..];
+        assert_eq!(f[1] as usize, text.len());
+        let v: serde_json::Value = serde_json::from_slice(text).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"task_updated","payload":{"id":7,"title":"x"}})
+        );
+    }
+
+    #[test]
+    fn frame_matches_tungstenite_encoding() {
+        for len in [0usize, 125, 126, 65535, 65536, 70000] {
+            let text = vec![b'a'; len];
+            let mut want = Vec::new();
+            Frame::message(text.clone(), OpCode::Data(Data::Text), true)
+                .format(&mut want)
+                .unwrap();
+            assert_eq!(&frame(&text)[..], &want[..], "len {len}");
+        }
+    }
+
+    #[test]
+    fn rejects() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "invalid JSON"),
+            (b"{", "invalid JSON"),
+            (b"[1,2]", "body must be"),
+            (br#"{"data":1}"#, "missing \"type\""),
+            (br#"{"type":"","data":1}"#, "1-64"),
+            (br#"{"type":"a b","data":1}"#, "1-64"),
+            (br#"{"type":"a\"b","data":1}"#, "1-64"),
+            (br#"{"type":7,"data":1}"#, "body must be"),
+            (br#"{"type":"task_created"}"#, "missing \"data\""),
+        ];
+        for (body, want) in cases {
+            let e = parse(body).unwrap_err();
+            assert!(e.contains(want), "{:?}: {e}", String::from_utf8_lossy(body));
+        }
+        let long = format!(r#"{{"type":"{}","data":1}}"#, "a".repeat(65));
+        assert!(parse(long.as_bytes()).is_err());
+        assert!(
+            parse(format!(r#"{{"type":"{}","data":null}}"#, "a".repeat(64)).as_bytes()).is_ok()
+        );
+    }
+}

@@ -1,0 +1,391 @@
+//! Configuration from the environment (and `.env`, loaded by `main`).
+//!
+//! Every variable is parsed here, once, at start-up. A bad value is a
+//! [`ConfigError`] that names the variable; `main` prints it and exits 2, so a
+//! typo in a deployment never turns into a server running with a surprise.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+/// Fds kept back from the open-file limit when MAX_CONNECTIONS is derived:
+/// the listener, epoll, the waker, signal pipes, log files and HTTP callers
+/// (broadcasts, health checks) that arrive while the WebSocket count is full.
+pub const FD_RESERVE: usize = 256;
+
+/// Which `Origin` headers may talk to us (browsers always send one; servers
+/// and CLI tools usually do not, and are allowed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origins {
+    /// `ALLOWED_ORIGINS=*`: any origin.
+    Any,
+    /// Exact origins (`scheme://host[:port]`), compared case-insensitively.
+    List(Vec<String>),
+}
+
+impl Origins {
+    /// Is a request carrying this `Origin` header allowed?
+    pub fn allows(&self, origin: &str) -> bool {
+        match self {
+            Origins::Any => true,
+            Origins::List(list) => {
+                let origin = origin.trim_end_matches('/');
+                list.iter().any(|o| o.eq_ignore_ascii_case(origin))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Origins {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origins::Any => f.write_str("*"),
+            Origins::List(l) => f.write_str(&l.join(",")),
+        }
+    }
+}
+
+/// Everything the server needs to run. Tests build one with
+/// [`Config::for_tests`] and adjust fields directly.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen (HOST:PORT).
+    pub addr: SocketAddr,
+    /// Front-end origins allowed by CORS and by the WebSocket Origin check.
+    pub allowed_origins: Origins,
+    /// HS256 secret shared with the front end (BetterAuth / the app).
+    pub jwt_secret: Vec<u8>,
+    /// True when JWT_SECRET was unset and a per-run secret was generated:
+    /// `main` then prints a ready-made token so a newcomer can try it.
+    pub jwt_secret_generated: bool,
+    /// Required `iss` claim, when set.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    pub jwt_audience: Option<String>,
+    /// Largest ordinary client -> server message.
+    pub max_message_bytes: usize,
+    /// Largest client message that carries a token (`{"type":"auth"}`):
+    /// BetterAuth JWTs hold the user object and run 600-1000+ bytes.
+    pub max_auth_message_bytes: usize,
+    /// Largest `/api/broadcast` body, checked against Content-Length
+    /// before any of the body is read.
+    pub max_broadcast_bytes: usize,
+    /// How often the server pings each WebSocket client.
+    pub ping_interval: Duration,
+    /// How long a client may stay silent (no frame at all) before it is dropped.
+    pub pong_wait: Duration,
+    /// Messages queued for one client before it counts as too slow and is closed.
+    pub send_queue_limit: usize,
+    /// Open WebSocket clients at most; further upgrades get 503.
+    pub max_connections: usize,
+    /// An HTTP request must arrive whole within this time (slowloris guard);
+    /// also the idle timeout of a keep-alive connection.
+    pub request_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long clients get to receive close 1001.
+    pub shutdown_grace: Duration,
+    /// Messages (of any kind) one client may send per second, sustained...
+    pub client_msg_rate: u32,
+    /// ...and in a burst; past that the client is closed with 1008.
+    pub client_msg_burst: u32,
+}
+
+/// A bad configuration value: names the variable and says what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {}: {}", self.var, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
+
+/// Parses a variable with `FromStr`, or returns the default when unset/empty.
+fn parse_or<T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: T,
+    what: &str,
+) -> Result<T, ConfigError> {
+    match get(var) {
+        None => Ok(default),
+        Some(v) if v.trim().is_empty() => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| err(var, format!("{v:?} is not {what}"))),
+    }
+}
+
+/// Like [`parse_or`] for counts that must be at least 1.
+fn positive(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    let v = parse_or(get, var, default, "a positive whole number")?;
+    if v == 0 {
+        return Err(err(var, "must be at least 1"));
+    }
+    Ok(v)
+}
+
+fn secs(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: u64,
+) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_secs(
+        positive(get, var, default as usize)? as u64
+    ))
+}
+
+fn optional(get: &impl Fn(&str) -> Option<String>, var: &str) -> Option<String> {
+    get(var)
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads configuration through `get` (the environment, or a map in tests).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let port: u16 = parse_or(&get, "PORT", 8080, "a port number (0-65535)")?;
+        let host = optional(&get, "HOST").unwrap_or_else(|| "0.0.0.0".into());
+        let addr = (host.as_str(), port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| err("HOST", format!("{host:?} is not an address to listen on")))?;
+
+        let origins =
+            optional(&get, "ALLOWED_ORIGINS").unwrap_or_else(|| "http://localhost:3000".into());
+        let allowed_origins = parse_origins(&origins)?;
+
+        let (jwt_secret, jwt_secret_generated) = match optional(&get, "JWT_SECRET") {
+            Some(s) => (s.into_bytes(), false),
+            None => (random_secret(), true),
+        };
+
+        let max_message_bytes = positive(&get, "MAX_MESSAGE_BYTES", 512)?;
+        let max_auth_message_bytes = positive(&get, "MAX_AUTH_MESSAGE_BYTES", 8192)?;
+        if max_auth_message_bytes < max_message_bytes {
+            return Err(err(
+                "MAX_AUTH_MESSAGE_BYTES",
+                format!("must be at least MAX_MESSAGE_BYTES ({max_message_bytes})"),
+            ));
+        }
+        let max_broadcast_bytes = positive(&get, "MAX_BROADCAST_BYTES", 65536)?;
+        let ping_interval = secs(&get, "PING_INTERVAL_SECS", 54)?;
+        let pong_wait = secs(&get, "PONG_WAIT_SECS", 60)?;
+        if ping_interval >= pong_wait {
+            return Err(err(
+                "PING_INTERVAL_SECS",
+                format!(
+                    "must be below PONG_WAIT_SECS ({}s), or live clients are dropped between pings",
+                    pong_wait.as_secs()
+                ),
+            ));
+        }
+        let send_queue_limit = positive(&get, "SEND_QUEUE_LIMIT", 256)?;
+        let max_connections = positive(&get, "MAX_CONNECTIONS", default_max_connections())?;
+        let request_timeout = secs(&get, "REQUEST_TIMEOUT_SECS", 10)?;
+        let shutdown_grace = secs(&get, "SHUTDOWN_GRACE_SECS", 5)?;
+        let client_msg_rate = positive(&get, "CLIENT_MESSAGES_PER_SEC", 50)? as u32;
+        let client_msg_burst = positive(&get, "CLIENT_MESSAGE_BURST", 100)? as u32;
+
+        Ok(Config {
+            addr,
+            allowed_origins,
+            jwt_secret,
+            jwt_secret_generated,
+            jwt_issuer: optional(&get, "JWT_ISSUER"),
+            jwt_audience: optional(&get, "JWT_AUDIENCE"),
+            max_message_bytes,
+            max_auth_message_bytes,
+            max_broadcast_bytes,
+            ping_interval,
+            pong_wait,
+            send_queue_limit,
+            max_connections,
+            request_timeout,
+            shutdown_grace,
+            client_msg_rate,
+            client_msg_burst,
+        })
+    }
+
+    /// Defaults on 127.0.0.1:0 with a fixed secret; tests tweak fields.
+    pub fn for_tests(secret: &str) -> Config {
+        let mut c = Config::from_lookup(|k| match k {
+            "HOST" => Some("127.0.0.1".into()),
+            "PORT" => Some("0".into()),
+            "JWT_SECRET" => Some(secret.into()),
+            _ => None,
+        })
+        .expect("test defaults are valid");
+        c.max_connections = 10_000;
+        c
+    }
+}
+
+fn parse_origins(v: &str) -> Result<Origins, ConfigError> {
+    if v.trim() == "*" {
+        return Ok(Origins::Any);
+    }
+    let mut list = Vec::new();
+    for o in v.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let o = o.trim_end_matches('/');
+        let ok = (o.starts_with("http://") || o.starts_with("https://"))
+            && !o
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/'));
+        if !ok {
+            return Err(err(
+                "ALLOWED_ORIGINS",
+                format!(
+                    "{o:?} is not an origin like https://app.example.com (scheme://host[:port], no path)"
+                ),
+            ));
+        }
+        list.push(o.to_ascii_lowercase());
+    }
+    if list.is_empty() {
+        return Err(err(
+            "ALLOWED_ORIGINS",
+            "lists no origin (use * to allow any)",
+        ));
+    }
+    Ok(Origins::List(list))
+}
+
+/// The soft open-file limit less [`FD_RESERVE`] (and never below 1).
+fn default_max_connections() -> usize {
+    crate::sys::open_file_limit()
+        .saturating_sub(FD_RESERVE)
+        .max(1)
+}
+
+/// 32 random bytes, hex-encoded: a per-run development secret.
+fn random_secret() -> Vec<u8> {
+    let mut bytes = [0u8; 32];
+    crate::sys::fill_random(&mut bytes);
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(
+            c.allowed_origins,
+            Origins::List(vec!["http://localhost:3000".into()])
+        );
+        assert!(c.jwt_secret_generated);
+        assert_eq!(c.jwt_secret.len(), 64);
+        assert_eq!(c.max_message_bytes, 512);
+        assert_eq!(c.max_broadcast_bytes, 65536);
+        assert_eq!(c.ping_interval, Duration::from_secs(54));
+        assert_eq!(c.pong_wait, Duration::from_secs(60));
+        assert_eq!(c.send_queue_limit, 256);
+        assert!(c.max_connections >= 1);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let table: &[(&[(&str, &str)], &str)] = &[
+            (&[("PORT", "abc")], "PORT"),
+            (&[("PORT", "70000")], "PORT"),
+            (&[("HOST", "not a host!")], "HOST"),
+            (&[("MAX_MESSAGE_BYTES", "0")], "MAX_MESSAGE_BYTES"),
+            (&[("MAX_MESSAGE_BYTES", "-3")], "MAX_MESSAGE_BYTES"),
+            (&[("MAX_BROADCAST_BYTES", "lots")], "MAX_BROADCAST_BYTES"),
+            (
+                &[("PING_INTERVAL_SECS", "60"), ("PONG_WAIT_SECS", "60")],
+                "PING_INTERVAL_SECS",
+            ),
+            (&[("PONG_WAIT_SECS", "x")], "PONG_WAIT_SECS"),
+            (&[("SEND_QUEUE_LIMIT", "0")], "SEND_QUEUE_LIMIT"),
+            (&[("MAX_CONNECTIONS", "1.5")], "MAX_CONNECTIONS"),
+            (&[("ALLOWED_ORIGINS", "localhost:3000")], "ALLOWED_ORIGINS"),
+            (
+                &[("ALLOWED_ORIGINS", "https://a.com/path")],
+                "ALLOWED_ORIGINS",
+            ),
+            (&[("ALLOWED_ORIGINS", " , ")], "ALLOWED_ORIGINS"),
+            (
+                &[("MAX_AUTH_MESSAGE_BYTES", "100")],
+                "MAX_AUTH_MESSAGE_BYTES",
+            ),
+        ];
+        for (pairs, var) in table {
+            let e = cfg(pairs).unwrap_err();
+            assert_eq!(e.var, *var, "{pairs:?}");
+            assert!(e.to_string().contains(var), "{e}");
+        }
+    }
+
+    #[test]
+    fn origins() {
+        let c = cfg(&[(
+            "ALLOWED_ORIGINS",
+            "https://App.example.com/, http://localhost:3000",
+        )])
+        .unwrap();
+        assert!(c.allowed_origins.allows("https://app.example.com"));
+        assert!(c.allowed_origins.allows("http://localhost:3000"));
+        assert!(!c.allowed_origins.allows("http://localhost:3001"));
+        assert!(!c.allowed_origins.allows("https://app.example.com.evil.com"));
+        assert!(!c.allowed_origins.allows("null"));
+        assert_eq!(
+            cfg(&[("ALLOWED_ORIGINS", "*")]).unwrap().allowed_origins,
+            Origins::Any
+        );
+    }
+
+    #[test]
+    fn secret_and_claims() {
+        let c = cfg(&[
+            ("JWT_SECRET", "s3cret"),
+            ("JWT_ISSUER", "http://a"),
+            ("JWT_AUDIENCE", " "),
+        ])
+        .unwrap();
+        assert_eq!(c.jwt_secret, b"s3cret");
+        assert!(!c.jwt_secret_generated);
+        assert_eq!(c.jwt_issuer.as_deref(), Some("http://a"));
+        assert_eq!(c.jwt_audience, None);
+    }
+}

@@ -1,0 +1,30 @@
+//! taskcast: a real-time broadcast server for task-management apps.
+//!
+//! A Server Action posts `{"type": T, "data": D}` to `/api/broadcast`; every
+//! browser tab connected to `/ws` receives `{"type": T, "payload": D}`.
+//!
+//! # Layout
+//! - [`server`]: the event loop — one thread, one mio `Poll`, every socket
+//!   in a `Slab`; accept, read, timers, flush. Start here.
+//! - [`api`]: routing decisions for each HTTP request (pure, no I/O).
+//! - [`http`]: request heads (httparse) and responses.
+//! - [`ws`]: the 101 handshake, per-client WebSocket state, client messages,
+//!   and every close code we send.
+//! - [`broadcast`]: validating a broadcast and framing it once.
+//! - [`outqueue`]: a connection's pending output, written with one writev.
+//! - [`auth`]: JWT verification and minting.
+//! - [`config`]: environment variables, validated at start-up.
+//! - [`sys`]: the open-file limit and randomness.
+
+pub mod api;
+pub mod auth;
+pub mod broadcast;
+pub mod config;
+pub mod http;
+pub mod outqueue;
+pub mod server;
+pub mod sys;
+pub mod ws;
+
+pub use config::Config;
+pub use server::{Server, ShutdownHandle};

@@ -1,0 +1,292 @@
+//! The WebSocket side of a connection: the 101 handshake answer, the state
+//! kept per client, what client messages mean, and every close code we send.
+//!
+//! tungstenite's [`WebSocketContext`] runs the protocol (frame parsing,
+//! masking, fragments, automatic pongs, the close handshake). It never
+//! touches the socket for writing: [`Wire`] hands it the socket for reads
+//! and the connection's [`OutQueue`] for writes, so the frames it makes
+//! (pongs, close replies) queue up in order behind the shared broadcast
+//! frames, and one writer (`OutQueue::write_to`) owns the byte stream.
+
+use std::borrow::Cow;
+use std::io::{self, Read, Write};
+use std::time::Instant;
+
+use serde::Deserialize;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{WebSocketConfig, WebSocketContext};
+
+use crate::config::Config;
+use crate::outqueue::OutQueue;
+
+/// tungstenite's read buffer per connection. Its default (128 KiB) would
+/// cost 1.3 GB at 10k clients; client messages here are ≤ 512 B (tokens up
+/// to MAX_AUTH_MESSAGE_BYTES grow it on demand), so 1 KiB covers a read.
+pub const READ_BUFFER_BYTES: usize = 1024;
+
+/// Why we close a WebSocket: the one place that maps reasons to close codes
+/// (RFC 6455 §7.4.1 for 1xxx; 4xxx are taskcast's own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// 1001: the server is shutting down.
+    Shutdown,
+    /// 1002: the client broke the protocol (bad framing, unmasked frame, ...).
+    Protocol,
+    /// 1003: binary frames are not part of taskcast's protocol.
+    Binary,
+    /// 1007: a text frame that is not UTF-8.
+    BadUtf8,
+    /// 1008: the client sent messages faster than allowed.
+    RateLimited,
+    /// 1009: a message over MAX_MESSAGE_BYTES (MAX_AUTH_MESSAGE_BYTES for auth).
+    TooBig,
+    /// 1013 ("try again later"): the client read too slowly and SEND_QUEUE_LIMIT
+    /// messages piled up; it should reconnect and refetch its state.
+    SlowConsumer,
+    /// 4001: the token expired and was not refreshed in time.
+    TokenExpired,
+    /// 4003: an in-band `auth` token was invalid or for another user.
+    AuthFailed,
+}
+
+impl Reason {
+    pub fn code(self) -> u16 {
+        match self {
+            Reason::Shutdown => 1001,
+            Reason::Protocol => 1002,
+            Reason::Binary => 1003,
+            Reason::BadUtf8 => 1007,
+            Reason::RateLimited => 1008,
+            Reason::TooBig => 1009,
+            Reason::SlowConsumer => 1013,
+            Reason::TokenExpired => 4001,
+            Reason::AuthFailed => 4003,
+        }
+    }
+
+    pub fn text(self) -> &'static str {
+        match self {
+            Reason::Shutdown => "server shutting down",
+            Reason::Protocol => "protocol error",
+            Reason::Binary => "binary messages are not supported",
+            Reason::BadUtf8 => "text message is not valid UTF-8",
+            Reason::RateLimited => "too many messages",
+            Reason::TooBig => "message too big",
+            Reason::SlowConsumer => "client too slow: reconnect",
+            Reason::TokenExpired => "token expired",
+            Reason::AuthFailed => "invalid token",
+        }
+    }
+
+    pub fn close_frame(self) -> tungstenite::protocol::CloseFrame {
+        tungstenite::protocol::CloseFrame {
+            code: CloseCode::from(self.code()),
+            reason: self.text().into(),
+        }
+    }
+}
+
+/// tungstenite settings for one server connection.
+pub fn config(cfg: &Config) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        // Write straight through to the OutQueue; tungstenite keeps nothing.
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024)
+        // A frame larger than the largest message is refused from its header.
+        .max_frame_size(Some(cfg.max_auth_message_bytes))
+        .max_message_size(Some(cfg.max_auth_message_bytes))
+}
+
+/// The `101 Switching Protocols` answer (RFC 6455 §4.2.2).
+pub fn handshake_response(key: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        tungstenite::handshake::derive_accept_key(key.as_bytes())
+    )
+    .into_bytes()
+}
+
+/// The socket as tungstenite sees it: reads from the socket, writes into
+/// the connection's queue (flushed by the event loop).
+pub struct Wire<'a, S> {
+    pub sock: &'a mut S,
+    pub out: &'a mut OutQueue,
+}
+
+impl<S: Read> Read for Wire<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.sock.read(buf)
+    }
+}
+
+impl<S> Write for Wire<'_, S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.push_owned(buf.to_vec());
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Per-client WebSocket state.
+pub struct WsConn {
+    /// The protocol state machine (read buffer, close handshake).
+    pub ctx: WebSocketContext,
+    /// The token's subject, for logs and for checking in-band refreshes.
+    pub sub: String,
+    /// When the token stops being valid (exp + leeway); the client is closed
+    /// with 4001 unless it sends a fresh token first.
+    pub expires_at: Instant,
+    /// Last time any frame arrived; silence past PONG_WAIT drops the client.
+    pub last_seen: Instant,
+    /// When the next protocol Ping is due.
+    pub next_ping: Instant,
+    /// Set once we sent a close frame: the peer must answer by then.
+    pub close_deadline: Option<Instant>,
+    /// Inbound rate limit (a token bucket, refilled per second).
+    pub bucket: TokenBucket,
+}
+
+/// What a client text message asks of the server.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inbound {
+    /// Send this JSON text back.
+    Reply(String),
+    /// Nothing to do (well-formed but not ours).
+    Ignore,
+    /// In-band token refresh.
+    Auth(String),
+    /// Close the connection.
+    Close(Reason),
+}
+
+#[derive(Deserialize)]
+struct ClientMessage<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    token: Option<Cow<'a, str>>,
+}
+
+/// `{"type":"error","payload":{"message": ...}}`.
+pub fn error_message(message: &str) -> String {
+    let message = serde_json::Value::from(message);
+    format!(r#"{{"type":"error","payload":{{"message":{message}}}}}"#)
+}
+
+/// Interprets one text message. Ordinary messages are bounded by
+/// `max_bytes`; only `auth` messages may use the larger frame limit.
+pub fn on_text(text: &str, max_bytes: usize) -> Inbound {
+    let msg: ClientMessage = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(_) if text.len() > max_bytes => return Inbound::Close(Reason::TooBig),
+        Err(e) if e.is_data() => return Inbound::Ignore,
+        Err(e) => return Inbound::Reply(error_message(&format!("invalid JSON: {e}"))),
+    };
+    let kind = msg.kind.as_deref().unwrap_or("");
+    if kind == "auth" {
+        return match msg.token {
+            Some(t) => Inbound::Auth(t.into_owned()),
+            None => Inbound::Reply(error_message("auth message needs a \"token\"")),
+        };
+    }
+    if text.len() > max_bytes {
+        return Inbound::Close(Reason::TooBig);
+    }
+    match kind {
+        "ping" => Inbound::Reply(r#"{"type":"pong"}"#.to_string()),
+        _ => Inbound::Ignore,
+    }
+}
+
+/// A token bucket: `burst` messages at once, refilled at `per_sec`.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    tokens: f32,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(burst: u32, now: Instant) -> TokenBucket {
+        TokenBucket {
+            tokens: burst as f32,
+            last: now,
+        }
+    }
+
+    /// Takes one token; false when the bucket is empty.
+    pub fn take(&mut self, burst: u32, per_sec: u32, now: Instant) -> bool {
+        let refill = now.saturating_duration_since(self.last).as_secs_f32() * per_sec as f32;
+        self.tokens = (self.tokens + refill).min(burst as f32);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn client_messages() {
+        let cases: &[(&str, Inbound)] = &[
+            (
+                r#"{"type":"ping"}"#,
+                Inbound::Reply(r#"{"type":"pong"}"#.into()),
+            ),
+            (r#"{"type":"hello","x":1}"#, Inbound::Ignore),
+            (r#"[1,2,3]"#, Inbound::Ignore),
+            (r#""str""#, Inbound::Ignore),
+            (
+                r#"{"type":"auth","token":"a.b.c"}"#,
+                Inbound::Auth("a.b.c".into()),
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(on_text(text, 512), *want, "{text}");
+        }
+        match on_text("{not json", 512) {
+            Inbound::Reply(r) => assert!(
+                r.starts_with(r#"{"type":"error","payload":{"message":"invalid JSON"#),
+                "{r}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let big_ping = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(600));
+        assert_eq!(on_text(&big_ping, 512), Inbound::Close(Reason::TooBig));
+        let big_auth = format!(r#"{{"type":"auth","token":"{}"}}"#, "x".repeat(1000));
+        assert_eq!(on_text(&big_auth, 512), Inbound::Auth("x".repeat(1000)));
+        assert_eq!(
+            on_text(&"x".repeat(600), 512),
+            Inbound::Close(Reason::TooBig)
+        );
+    }
+
+    #[test]
+    fn bucket() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(3, t0);
+        assert!(b.take(3, 1, t0) && b.take(3, 1, t0) && b.take(3, 1, t0));
+        assert!(!b.take(3, 1, t0));
+        assert!(b.take(3, 1, t0 + Duration::from_millis(1100)));
+        assert!(!b.take(3, 1, t0 + Duration::from_millis(1100)));
+    }
+
+    #[test]
+    fn handshake_accept_key() {
+        // RFC 6455 §1.3 example.
+        let r = String::from_utf8(handshake_response("dGhlIHNhbXBsZSBub25jZQ==")).unwrap();
+        assert!(
+            r.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+            "{r}"
+        );
+    }
+}

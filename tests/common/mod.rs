@@ -1,0 +1,251 @@
+//! Helpers every integration test uses: a real server on 127.0.0.1:0 in a
+//! thread of this process, real signed tokens, a real WebSocket client, and
+//! raw HTTP over a real socket. Every wait is bounded.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use taskcast::{Config, Server, ShutdownHandle};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, WebSocket};
+
+pub const SECRET: &str = "test-secret-test-secret-test-secret!";
+/// Upper bound for any single wait in a test.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub type Ws = WebSocket<TcpStream>;
+
+/// A server running in a thread; shut down (and joined) on drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub handle: ShutdownHandle,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    /// Shuts down and waits for the loop to return.
+    pub fn stop(mut self) -> std::io::Result<()> {
+        self.handle.shutdown();
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.handle.shutdown();
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn config() -> Config {
+    Config::for_tests(SECRET)
+}
+
+pub fn start() -> TestServer {
+    start_with(config())
+}
+
+pub fn start_with(config: Config) -> TestServer {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let (addr, handle, thread) = Server::spawn(config).expect("bind");
+    TestServer { addr, handle, thread: Some(thread) }
+}
+
+pub fn token(sub: &str) -> String {
+    taskcast::auth::mint(SECRET.as_bytes(), sub, 3600)
+}
+
+/// Signs arbitrary claims with HS256 and the test secret.
+pub fn sign(claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+pub fn now() -> u64 {
+    taskcast::auth::now_secs()
+}
+
+/// Opens a WebSocket with `?token=`; panics if the upgrade fails.
+pub fn ws(addr: SocketAddr, token: &str) -> Ws {
+    ws_try(addr, &format!("/ws?token={token}"), &[]).expect("upgrade")
+}
+
+/// Opens a WebSocket at `path` with extra headers; returns the HTTP status
+/// and body on refusal.
+pub fn ws_try(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Ws, (u16, String)> {
+    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    match tungstenite::client(req, stream) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+            let body = resp.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+            Err((resp.status().as_u16(), body))
+        }
+        Err(e) => panic!("handshake: {e}"),
+    }
+}
+
+/// The next text message as JSON, skipping control frames; panics on timeout.
+pub fn next_json(ws: &mut Ws) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "no message within {WAIT:?}");
+        match ws.read().expect("read") {
+            Message::Text(t) => return serde_json::from_str(&t).expect("server sent JSON"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until the server's close frame arrives; returns it.
+pub fn expect_close(ws: &mut Ws) -> Option<CloseFrame> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "no close within {WAIT:?}");
+        match ws.read() {
+            Ok(Message::Close(f)) => return f,
+            Ok(_) => continue,
+            Err(e) => panic!("expected a close frame, got error {e}"),
+        }
+    }
+}
+
+/// The close code the server sent.
+pub fn close_code(ws: &mut Ws) -> u16 {
+    expect_close(ws).map(|f| u16::from(f.code)).unwrap_or(1005)
+}
+
+/// One raw HTTP exchange result.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body {:?} is not JSON: {e}", self.body))
+    }
+}
+
+/// A raw keep-alive HTTP connection.
+pub struct Http {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Http {
+    pub fn connect(addr: SocketAddr) -> Http {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        Http { stream, buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, raw: &[u8]) {
+        self.stream.write_all(raw).unwrap();
+    }
+
+    /// Reads one response (uses Content-Length; none means no body).
+    pub fn response(&mut self) -> HttpResponse {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            if let Ok(httparse::Status::Complete(n)) = resp.parse(&self.buf) {
+                let hs: Vec<(String, String)> = resp
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+                    .collect();
+                let len = hs
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .map_or(0, |(_, v)| v.parse().unwrap());
+                if self.buf.len() >= n + len {
+                    let status = resp.code.unwrap();
+                    let body = String::from_utf8_lossy(&self.buf[n..n + len]).into_owned();
+                    self.buf.drain(..n + len);
+                    return HttpResponse { status, headers: hs, body };
+                }
+            }
+            assert!(Instant::now() < deadline, "no full response within {WAIT:?}: {:?}", String::from_utf8_lossy(&self.buf));
+            let mut chunk = [0u8; 16384];
+            let n = self.stream.read(&mut chunk).expect("read response");
+            assert!(n > 0, "connection closed before a full response: {:?}", String::from_utf8_lossy(&self.buf));
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// True if the server closes the connection (EOF) within the wait.
+    pub fn closed(&mut self) -> bool {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// One request on a fresh connection.
+pub fn request(addr: SocketAddr, raw: &str) -> HttpResponse {
+    let mut c = Http::connect(addr);
+    c.send(raw.as_bytes());
+    c.response()
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> HttpResponse {
+    request(addr, &format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"))
+}
+
+/// The raw request for a broadcast.
+pub fn broadcast_request(token: &str, body: &str) -> String {
+    format!(
+        "POST /api/broadcast HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+pub fn broadcast(addr: SocketAddr, token: &str, body: &str) -> HttpResponse {
+    request(addr, &broadcast_request(token, body))
+}
+
+/// Polls /health until `connectedClients` equals `n` (bounded).
+pub fn wait_clients(addr: SocketAddr, n: u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = get(addr, "/health").json()["connectedClients"].as_u64().unwrap();
+        if got == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "connectedClients stayed {got}, want {n}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
