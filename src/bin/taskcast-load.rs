@@ -247,6 +247,9 @@ fn run(cfg: &Config) -> Result<i32, String> {
         }
         Auth::Token(t) => ClientAuth::Token(t.clone()),
     };
+    let source_ips = cfg
+        .source_ips
+        .unwrap_or_else(|| taskcast_load::engine::auto_source_ips(addr, cfg.conns));
     let mut engine = Engine::new(
         cfg.conns,
         addr,
@@ -255,6 +258,7 @@ fn run(cfg: &Config) -> Result<i32, String> {
         cfg.query_token,
         cfg.concurrency,
         Duration::from_secs_f64(cfg.connect_timeout),
+        source_ips,
     )
     .map_err(|e| format!("cannot create the poll: {e}"))?;
 
@@ -296,6 +300,14 @@ fn run(cfg: &Config) -> Result<i32, String> {
         json!(n),
         n.to_string(),
     );
+    if source_ips > 1 && addr.is_ipv4() && addr.ip().is_loopback() {
+        rep.add(
+            "source_ips",
+            "client source addresses",
+            json!(source_ips),
+            format!("127.0.0.1 .. 127.0.0.{source_ips}"),
+        );
+    }
     rep.add(
         "conns_open",
         "connections opened",
@@ -308,23 +320,18 @@ fn run(cfg: &Config) -> Result<i32, String> {
     rep.json_only("connect_secs", json!(round3(connect_secs)));
     let failed = engine.stats.failed.clone();
     let mut failed_json = Map::new();
-    for (k, v) in &failed {
-        failed_json.insert(k.clone(), json!(v));
-    }
     let not_attempted = engine.not_attempted();
-    if !finished {
-        let pending = engine.stats.in_flight;
-        failed_json.insert("phase_timeout".into(), json!(pending));
-    }
-    if not_attempted > 0 {
-        failed_json.insert("not_attempted".into(), json!(not_attempted));
-    }
     let mut failed_display = failed.clone();
-    if !finished && engine.stats.in_flight > 0 {
-        failed_display.insert("phase_timeout".into(), engine.stats.in_flight as u64);
+    if engine.stats.in_flight > 0 {
+        // still handshaking when the phase ended (timeout, or aborted early)
+        let key = if finished { "aborted" } else { "phase_timeout" };
+        failed_display.insert(key.into(), engine.stats.in_flight as u64);
     }
     if not_attempted > 0 {
         failed_display.insert("not_attempted".into(), not_attempted as u64);
+    }
+    for (k, v) in &failed_display {
+        failed_json.insert(k.clone(), json!(v));
     }
     rep.add(
         "conns_failed",
@@ -389,6 +396,9 @@ fn run(cfg: &Config) -> Result<i32, String> {
     }
 
     match cfg.mode {
+        Mode::Idle if engine.stats.open == 0 => {
+            rep.problem("no client connected; nothing to hold".into());
+        }
         Mode::Idle => idle_phase(cfg, &mut engine, &mut rep, addr, &host_header, rss_before),
         Mode::Latency | Mode::Throughput => {
             if engine.stats.open == 0 {

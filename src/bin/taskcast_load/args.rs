@@ -44,6 +44,8 @@ pub struct Config {
     pub timeout: f64,
     pub connect_timeout: f64,
     pub concurrency: usize,
+    /// Loopback source addresses to spread clients over (None: automatic).
+    pub source_ips: Option<usize>,
     pub auth: Auth,
     pub query_token: bool,
     pub json: bool,
@@ -71,6 +73,8 @@ common flags:
   --timeout SECS         bound for each phase (connect, delivery), default 60
   --connect-timeout SECS bound for one WebSocket handshake, default 10
   --concurrency N        handshakes in flight at once, default 500
+  --source-ips N         spread clients over 127.0.0.1..127.0.0.N (loopback only;
+                         default: one address per 8000 clients)
   --pipeline N           requests in flight per sender connection
                          (default 16 for latency, 8 for throughput)
   --server-pid PID       read server RSS / CPU time from /proc/PID
@@ -91,6 +95,7 @@ const VALUE_FLAGS: &[&str] = &[
     "timeout",
     "connect-timeout",
     "concurrency",
+    "source-ips",
     "secret",
     "token",
 ];
@@ -291,6 +296,10 @@ pub fn parse(args: &[String], env_secret: Option<String>) -> Result<Option<Confi
         return Err("--concurrency must be at least 1".into());
     }
     let server_pid: Option<u32> = num(&flags, "server-pid")?;
+    let source_ips: Option<usize> = num(&flags, "source-ips")?;
+    if matches!(source_ips, Some(n) if n == 0 || n > 250) {
+        return Err("--source-ips must be between 1 and 250".into());
+    }
 
     let auth = match (flags.get("secret"), flags.get("token")) {
         (Some(_), Some(_)) => return Err("give either --secret or --token, not both".into()),
@@ -318,6 +327,7 @@ pub fn parse(args: &[String], env_secret: Option<String>) -> Result<Option<Confi
         timeout,
         connect_timeout,
         concurrency,
+        source_ips,
         auth,
         query_token: flags.contains_key("query-token"),
         json: flags.contains_key("json"),
@@ -346,6 +356,12 @@ mod tests {
         assert_eq!(c.auth, Auth::Secret("abc".into()));
         assert!(!c.json);
         assert_eq!(c.server_pid, None);
+        assert_eq!(c.source_ips, None);
+        let c = p("idle --conns 10 --secret abc --source-ips 3")
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.source_ips, Some(3));
+        assert!(p("idle --conns 10 --secret abc --source-ips 0").is_err());
     }
 
     #[test]
