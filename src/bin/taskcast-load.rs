@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 
 use taskcast_load::args::{self, Auth, Config, Mode};
-use taskcast_load::engine::{ClientAuth, Engine};
+use taskcast_load::engine::{ClientAuth, Engine, EngineOptions};
 use taskcast_load::http::{self, SendShared, SenderPlan};
 use taskcast_load::stats::{Summary, round3};
 use taskcast_load::sysinfo;
@@ -250,19 +250,20 @@ fn run(cfg: &Config) -> Result<i32, String> {
     let source_ips = cfg
         .source_ips
         .unwrap_or_else(|| taskcast_load::engine::auto_source_ips(addr, cfg.conns));
-    let mut engine = Engine::new(
-        cfg.conns,
+    let mut engine = Engine::new(EngineOptions {
+        conns: cfg.conns,
         addr,
-        host_header.clone(),
+        host_header: host_header.clone(),
         auth,
-        cfg.query_token,
-        cfg.concurrency,
-        Duration::from_secs_f64(cfg.connect_timeout),
+        query_token: cfg.query_token,
+        concurrency: cfg.concurrency,
+        connect_timeout: Duration::from_secs_f64(cfg.connect_timeout),
         source_ips,
-    )
+    })
     .map_err(|e| format!("cannot create the poll: {e}"))?;
 
     // ---- connect phase ----
+    let overflows_before = sysinfo::listen_overflows();
     let t0 = Instant::now();
     let connect_deadline = t0 + Duration::from_secs_f64(cfg.timeout);
     let n = cfg.conns;
@@ -341,6 +342,20 @@ fn run(cfg: &Config) -> Result<i32, String> {
     );
     if let Some(s) = Summary::from_us(&mut engine.stats.handshake_us) {
         rep.add("handshake", "handshake latency", s.to_json(), s.line());
+    }
+    if let (Some(b), Some(a)) = (overflows_before, sysinfo::listen_overflows()) {
+        let d = a.saturating_sub(b);
+        rep.add(
+            "listen_overflows",
+            "listen queue overflows",
+            json!(d),
+            format!("{d} (kernel TcpExt ListenOverflows, system-wide, during connect)"),
+        );
+        if d > 0 && addr.ip().is_loopback() {
+            eprintln!(
+                "taskcast-load: note: the server's accept queue overflowed {d} times; those SYNs were dropped and retried after ~1 s (lower --concurrency, or give the server a larger listen backlog)"
+            );
+        }
     }
     for (cause, example) in &engine.stats.failure_examples {
         eprintln!("taskcast-load: connection failure `{cause}`, e.g.: {example}");
@@ -629,7 +644,10 @@ fn send_phase(
         );
     }
     let fatal = shared.fatal();
-    let timed_out = !completed || (fatal.is_none() && !engine.deliveries_complete());
+    let timed_out = !completed
+        || (fatal.is_none()
+            && (!engine.deliveries_complete()
+                || shared.sent.load(Ordering::Relaxed) < msgs as u64));
 
     // ---- posts ----
     let sent = shared.sent.load(Ordering::Relaxed);
@@ -721,15 +739,18 @@ fn send_phase(
     // ---- deliveries ----
     let t = engine.tracker.as_ref().expect("tracking");
     let accepted_mask = t.accepted_mask();
+    let all_mask = t.all_mask();
     let counts = engine.client_counts();
     let mut missing_total = 0u64;
+    let mut missing_accepted = 0u64;
     let mut incomplete = Vec::new();
     let mut complete = 0usize;
     let mut min_recv = u32::MAX;
     let mut max_recv = 0u32;
     for &(id, open, got) in &counts {
-        let (miss, first) = t.missing_for(id, &accepted_mask);
+        let (miss, first) = t.missing_for(id, &all_mask);
         missing_total += miss;
+        missing_accepted += t.missing_for(id, &accepted_mask).0;
         min_recv = min_recv.min(got);
         max_recv = max_recv.max(got);
         if miss == 0 {
@@ -757,10 +778,14 @@ fn send_phase(
     rep.json_only("expected_nominal", json!(expected_nominal));
     rep.add(
         "missing",
-        "missing (of accepted)",
+        "missing",
         json!(missing_total),
-        missing_total.to_string(),
+        format!(
+            "{missing_total} ({missing_accepted} of broadcasts the server accepted, {} of broadcasts not sent or not accepted)",
+            missing_total - missing_accepted
+        ),
     );
+    rep.json_only("missing_accepted", json!(missing_accepted));
     rep.add("duplicates", "duplicates", json!(t.dup), t.dup.to_string());
     rep.add(
         "out_of_order",
@@ -796,17 +821,24 @@ fn send_phase(
     }
     report_closed(engine, rep);
 
+    if sent < msgs as u64 {
+        rep.problem(format!(
+            "only {sent} of {msgs} broadcasts were sent before the phase ended"
+        ));
+    }
     if timed_out {
         let msg = format!(
-            "timed out after {:.1} s with {delivered} of {expected} deliveries ({missing_total} accepted broadcasts missing)",
+            "timed out after {:.1} s with {delivered} of {expected} deliveries ({missing_accepted} deliveries of accepted broadcasts missing)",
             t0.elapsed().as_secs_f64()
         );
         eprintln!("taskcast-load: {msg}");
         rep.problem(msg);
-    } else if missing_total > 0 {
-        rep.problem(format!("{missing_total} deliveries missing"));
+    } else if missing_accepted > 0 {
+        rep.problem(format!(
+            "{missing_accepted} deliveries of accepted broadcasts missing"
+        ));
     }
-    if delivered < expected && !timed_out && missing_total == 0 && rejected + unknown == 0 {
+    if delivered < expected && !timed_out && missing_accepted == 0 && rejected + unknown == 0 {
         rep.problem(format!("only {delivered} of {expected} deliveries"));
     }
     if t.dup > 0 {

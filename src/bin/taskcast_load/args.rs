@@ -105,8 +105,6 @@ const BOOL_FLAGS: &[&str] = &["json", "query-token"];
 pub fn parse_url(url: &str) -> Result<(String, u16), String> {
     let rest = if let Some(r) = url.strip_prefix("http://") {
         r
-    } else if url.starts_with("https://") || url.starts_with("ws") {
-        return Err(format!("--url {url}: only http:// URLs are supported"));
     } else if url.contains("://") {
         return Err(format!("--url {url}: only http:// URLs are supported"));
     } else {

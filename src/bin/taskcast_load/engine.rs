@@ -167,12 +167,22 @@ impl Tracker {
         m
     }
 
-    /// Accepted seqs that client `id` did not receive.
-    pub fn missing_for(&self, id: usize, accepted: &[u64]) -> (u64, Vec<usize>) {
+    /// Bitmap of every seq of the run.
+    pub fn all_mask(&self) -> Vec<u64> {
+        let mut m = vec![u64::MAX; self.words];
+        if let (false, Some(last)) = (self.msgs.is_multiple_of(64), m.last_mut()) {
+            *last = (1u64 << (self.msgs % 64)) - 1;
+        }
+        m
+    }
+
+    /// Seqs in `mask` that client `id` did not receive: count and the first
+    /// few.
+    pub fn missing_for(&self, id: usize, mask: &[u64]) -> (u64, Vec<usize>) {
         let row = &self.seen[id * self.words..(id + 1) * self.words];
         let mut n = 0u64;
         let mut first = Vec::new();
-        for (wi, (&a, &s)) in accepted.iter().zip(row).enumerate() {
+        for (wi, (&a, &s)) in mask.iter().zip(row).enumerate() {
             let miss = a & !s;
             n += miss.count_ones() as u64;
             if miss != 0 && first.len() < 10 {
@@ -185,6 +195,21 @@ impl Tracker {
         }
         (n, first)
     }
+}
+
+/// What the connection side needs to know.
+pub struct EngineOptions {
+    pub conns: usize,
+    pub addr: SocketAddr,
+    pub host_header: String,
+    pub auth: ClientAuth,
+    /// Send the token as `?token=` instead of an Authorization header.
+    pub query_token: bool,
+    /// Handshakes in flight at once.
+    pub concurrency: usize,
+    pub connect_timeout: Duration,
+    /// Loopback source addresses to spread connections over (1: no binding).
+    pub source_ips: usize,
 }
 
 pub struct Engine {
@@ -295,16 +320,17 @@ fn classify(e: &io::Error) -> &'static str {
 }
 
 impl Engine {
-    pub fn new(
-        conns: usize,
-        addr: SocketAddr,
-        host_header: String,
-        auth: ClientAuth,
-        query_token: bool,
-        concurrency: usize,
-        connect_timeout: Duration,
-        source_ips: usize,
-    ) -> io::Result<Engine> {
+    pub fn new(o: EngineOptions) -> io::Result<Engine> {
+        let EngineOptions {
+            conns,
+            addr,
+            host_header,
+            auth,
+            query_token,
+            concurrency,
+            connect_timeout,
+            source_ips,
+        } = o;
         let now = Instant::now();
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -459,10 +485,8 @@ impl Engine {
             .closed_examples
             .entry(reason.to_string())
             .or_insert(detail);
-        if let Some(t) = self.tracker.as_mut() {
-            if t.tracked[id] {
-                t.dead_uniq += c.uniq as u64;
-            }
+        if let Some(t) = self.tracker.as_mut().filter(|t| t.tracked[id]) {
+            t.dead_uniq += c.uniq as u64;
         }
     }
 
@@ -639,10 +663,10 @@ impl Engine {
                 self.tracker.as_mut(),
                 &mut self.rng,
             );
-            if let Ok(used) = r {
-                if used < n {
-                    c.pending.extend_from_slice(&buf[used..]);
-                }
+            if let Ok(used) = r
+                && used < n
+            {
+                c.pending.extend_from_slice(&buf[used..]);
             }
             r
         } else {

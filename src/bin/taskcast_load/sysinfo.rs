@@ -76,6 +76,26 @@ pub fn raise_nofile_limit() -> u64 {
     }
 }
 
+/// The kernel's TcpExt ListenOverflows counter (system-wide, from
+/// /proc/net/netstat): SYNs dropped because an accept queue was full.
+pub fn listen_overflows() -> Option<u64> {
+    parse_netstat_field(
+        &fs::read_to_string("/proc/net/netstat").ok()?,
+        "TcpExt:",
+        "ListenOverflows",
+    )
+}
+
+/// /proc/net/netstat holds pairs of lines: `Prefix: names...` then
+/// `Prefix: values...`.
+pub fn parse_netstat_field(text: &str, prefix: &str, field: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+    let names = lines.next()?;
+    let values = lines.next()?;
+    let idx = names.split_whitespace().position(|n| n == field)?;
+    values.split_whitespace().nth(idx)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +112,17 @@ mod tests {
         let s = "4242 (task cast) (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 1 0 12345 1000 200";
         assert_eq!(parse_stat_cpu(s), Some(325));
         assert_eq!(parse_stat_cpu("garbage"), None);
+    }
+
+    #[test]
+    fn parses_netstat() {
+        let t = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 17 18\nIpExt: InNoRoutes\nIpExt: 0\n";
+        assert_eq!(
+            parse_netstat_field(t, "TcpExt:", "ListenOverflows"),
+            Some(17)
+        );
+        assert_eq!(parse_netstat_field(t, "TcpExt:", "Nope"), None);
+        assert_eq!(parse_netstat_field(t, "IpExt:", "InNoRoutes"), Some(0));
     }
 
     #[test]
