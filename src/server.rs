@@ -169,30 +169,20 @@ impl Server {
     /// Binds and runs a server on a new thread (the server itself is not
     /// `Send`: its queues share frames through `Rc`). For tests, benches and
     /// embedding; returns once the listener is bound.
-    pub fn spawn(
-        config: Config,
-    ) -> io::Result<(
-        SocketAddr,
-        ShutdownHandle,
-        std::thread::JoinHandle<io::Result<()>>,
-    )> {
+    pub fn spawn(config: Config) -> io::Result<(SocketAddr, ShutdownHandle, std::thread::JoinHandle<io::Result<()>>)> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("taskcast".into())
-            .spawn(move || {
-                let server = match Server::bind(config) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return Ok(());
-                    }
-                };
-                let _ = tx.send(Ok((server.local_addr(), server.shutdown_handle())));
-                server.run()
-            })?;
-        let (addr, handle) = rx
-            .recv()
-            .map_err(|_| io::Error::other("server thread died"))??;
+        let thread = std::thread::Builder::new().name("taskcast".into()).spawn(move || {
+            let server = match Server::bind(config) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return Ok(());
+                }
+            };
+            let _ = tx.send(Ok((server.local_addr(), server.shutdown_handle())));
+            server.run()
+        })?;
+        let (addr, handle) = rx.recv().map_err(|_| io::Error::other("server thread died"))??;
         Ok((addr, handle, thread))
     }
 

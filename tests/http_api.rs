@@ -11,10 +11,7 @@ fn health_reports_status_and_clients() {
     let r = get(s.addr, "/health");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/json"));
-    assert_eq!(
-        r.json(),
-        serde_json::json!({"status": "ok", "connectedClients": 0})
-    );
+    assert_eq!(r.json(), serde_json::json!({"status": "ok", "connectedClients": 0}));
     let _a = ws(s.addr, &token("a"));
     let _b = ws(s.addr, &token("b"));
     wait_clients(s.addr, 2);
@@ -29,9 +26,7 @@ fn head_health_has_length_but_no_body() {
     // response must follow immediately: parse both.
     let mut raw = Vec::new();
     let deadline = std::time::Instant::now() + WAIT;
-    while std::time::Instant::now() < deadline
-        && raw.windows(4).filter(|w| w == b"\r\n\r\n").count() < 2
-    {
+    while std::time::Instant::now() < deadline && raw.windows(4).filter(|w| w == b"\r\n\r\n").count() < 2 {
         let mut b = [0u8; 4096];
         let n = std::io::Read::read(&mut c.stream, &mut b).unwrap();
         raw.extend_from_slice(&b[..n]);
@@ -40,13 +35,7 @@ fn head_health_has_length_but_no_body() {
     let first = text.split("\r\n\r\n").next().unwrap();
     assert!(first.starts_with("HTTP/1.1 200 OK"), "{text}");
     assert!(first.contains("Content-Length: 36"), "{text}");
-    assert!(
-        text.split("\r\n\r\n")
-            .nth(1)
-            .unwrap()
-            .starts_with("HTTP/1.1 200 OK"),
-        "{text}"
-    );
+    assert!(text.split("\r\n\r\n").nth(1).unwrap().starts_with("HTTP/1.1 200 OK"), "{text}");
 }
 
 #[test]
@@ -64,10 +53,7 @@ fn unknown_path_and_wrong_methods() {
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("POST, OPTIONS"));
 
-    let r = request(
-        s.addr,
-        "POST /ws HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
-    );
+    let r = request(s.addr, "POST /ws HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET"));
 }
@@ -81,26 +67,11 @@ fn cors_preflight_allowed_origin() {
          Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization, content-type\r\n\r\n",
     );
     assert_eq!(r.status, 204);
-    assert_eq!(
-        r.header("access-control-allow-origin"),
-        Some("http://localhost:3000")
-    );
-    assert_eq!(
-        r.header("access-control-allow-methods"),
-        Some("GET, POST, OPTIONS")
-    );
-    assert_eq!(
-        r.header("access-control-allow-headers"),
-        Some("Authorization, Content-Type")
-    );
+    assert_eq!(r.header("access-control-allow-origin"), Some("http://localhost:3000"));
+    assert_eq!(r.header("access-control-allow-methods"), Some("GET, POST, OPTIONS"));
+    assert_eq!(r.header("access-control-allow-headers"), Some("Authorization, Content-Type"));
     assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
-    assert!(
-        r.header("access-control-max-age")
-            .unwrap()
-            .parse::<u32>()
-            .unwrap()
-            > 0
-    );
+    assert!(r.header("access-control-max-age").unwrap().parse::<u32>().unwrap() > 0);
     assert_eq!(r.header("vary"), Some("Origin"));
     assert_eq!(r.body, "");
 }
@@ -119,27 +90,17 @@ fn cors_preflight_disallowed_origin() {
 #[test]
 fn cors_headers_on_responses() {
     let s = start();
-    let r = request(
-        s.addr,
-        "GET /health HTTP/1.1\r\nHost: t\r\nOrigin: http://localhost:3000\r\n\r\n",
-    );
+    let r = request(s.addr, "GET /health HTTP/1.1\r\nHost: t\r\nOrigin: http://localhost:3000\r\n\r\n");
     assert_eq!(r.status, 200);
-    assert_eq!(
-        r.header("access-control-allow-origin"),
-        Some("http://localhost:3000")
-    );
+    assert_eq!(r.header("access-control-allow-origin"), Some("http://localhost:3000"));
     assert_eq!(r.header("vary"), Some("Origin"));
 
-    let r = request(
-        s.addr,
-        "GET /health HTTP/1.1\r\nHost: t\r\nOrigin: https://evil.example\r\n\r\n",
-    );
+    let r = request(s.addr, "GET /health HTTP/1.1\r\nHost: t\r\nOrigin: https://evil.example\r\n\r\n");
     assert_eq!(r.header("access-control-allow-origin"), None);
 
     // A browser page from another origin cannot broadcast.
     let body = r#"{"type":"task_created","data":{}}"#;
-    let raw = broadcast_request(&token("u"), body)
-        .replace("Host: t\r\n", "Host: t\r\nOrigin: https://evil.example\r\n");
+    let raw = broadcast_request(&token("u"), body).replace("Host: t\r\n", "Host: t\r\nOrigin: https://evil.example\r\n");
     let r = request(s.addr, &raw);
     assert_eq!(r.status, 403);
     assert_eq!(r.header("access-control-allow-origin"), None);
@@ -150,20 +111,9 @@ fn wildcard_origins_allow_any() {
     let mut c = config();
     c.allowed_origins = taskcast::config::Origins::Any;
     let s = start_with(c);
-    let r = request(
-        s.addr,
-        "GET /health HTTP/1.1\r\nHost: t\r\nOrigin: https://anything.example\r\n\r\n",
-    );
-    assert_eq!(
-        r.header("access-control-allow-origin"),
-        Some("https://anything.example")
-    );
-    ws_try(
-        s.addr,
-        &format!("/ws?token={}", token("u")),
-        &[("Origin", "https://anything.example")],
-    )
-    .expect("upgrade");
+    let r = request(s.addr, "GET /health HTTP/1.1\r\nHost: t\r\nOrigin: https://anything.example\r\n\r\n");
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://anything.example"));
+    ws_try(s.addr, &format!("/ws?token={}", token("u")), &[("Origin", "https://anything.example")]).expect("upgrade");
 }
 
 #[test]
@@ -175,41 +125,14 @@ fn broadcast_answers() {
         (broadcast_request(&t, ok), 200, ""),
         (broadcast_request("", ok), 401, "missing token"),
         (broadcast_request("not.a.jwt", ok), 401, "malformed"),
-        (
-            broadcast_request(
-                &sign(&serde_json::json!({"sub":"x","exp": now() - 3600})),
-                ok,
-            ),
-            401,
-            "expired",
-        ),
+        (broadcast_request(&sign(&serde_json::json!({"sub":"x","exp": now() - 3600})), ok), 401, "expired"),
         (broadcast_request(&t, "{nope"), 400, "invalid JSON"),
-        (
-            broadcast_request(&t, r#"{"type":"task_created"}"#),
-            400,
-            "missing \"data\"",
-        ),
-        (
-            broadcast_request(&t, r#"{"data":{}}"#),
-            400,
-            "missing \"type\"",
-        ),
-        (
-            broadcast_request(&t, r#"{"type":"","data":{}}"#),
-            400,
-            "1-64",
-        ),
-        (
-            broadcast_request(&t, r#"{"type":"has space","data":{}}"#),
-            400,
-            "1-64",
-        ),
+        (broadcast_request(&t, r#"{"type":"task_created"}"#), 400, "missing \"data\""),
+        (broadcast_request(&t, r#"{"data":{}}"#), 400, "missing \"type\""),
+        (broadcast_request(&t, r#"{"type":"","data":{}}"#), 400, "1-64"),
+        (broadcast_request(&t, r#"{"type":"has space","data":{}}"#), 400, "1-64"),
         (broadcast_request(&t, &"x".repeat(100)), 400, "invalid JSON"),
-        (
-            broadcast_request(&t, ok).replace("application/json", "text/plain"),
-            415,
-            "application/json",
-        ),
+        (broadcast_request(&t, ok).replace("application/json", "text/plain"), 415, "application/json"),
     ];
     for (raw, status, msg) in cases {
         let r = request(s.addr, &raw);
@@ -218,10 +141,7 @@ fn broadcast_answers() {
             assert_eq!(r.json(), serde_json::json!({"status":"ok","recipients":0}));
         } else {
             let body = r.json();
-            assert!(
-                body["message"].as_str().unwrap().contains(msg),
-                "{raw}: {body}"
-            );
+            assert!(body["message"].as_str().unwrap().contains(msg), "{raw}: {body}");
             assert!(body["error"].is_string());
         }
         if status == 401 {
@@ -280,10 +200,7 @@ fn keep_alive_and_pipelining() {
     // Three requests in one write, a fourth split across writes.
     let mut raw = String::new();
     raw.push_str("GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
-    raw.push_str(&broadcast_request(
-        &t,
-        r#"{"type":"task_updated","data":1}"#,
-    ));
+    raw.push_str(&broadcast_request(&t, r#"{"type":"task_updated","data":1}"#));
     raw.push_str("GET /nope HTTP/1.1\r\nHost: t\r\n\r\n");
     h.send(raw.as_bytes());
     assert_eq!(h.response().status, 200);
@@ -329,11 +246,7 @@ fn oversized_head_gets_431() {
 #[test]
 fn garbage_gets_400_and_close() {
     let s = start();
-    for garbage in [
-        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
-        b"HELLO\r\n\r\n",
-        b"GET / HTTP/9.9\r\n\r\n",
-    ] {
+    for garbage in [&b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..], b"HELLO\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n"] {
         let mut h = Http::connect(s.addr);
         h.send(garbage);
         assert_eq!(h.response().status, 400, "{garbage:?}");

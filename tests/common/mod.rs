@@ -55,11 +55,7 @@ pub fn start() -> TestServer {
 pub fn start_with(config: Config) -> TestServer {
     let _ = env_logger::builder().is_test(true).try_init();
     let (addr, handle, thread) = Server::spawn(config).expect("bind");
-    TestServer {
-        addr,
-        handle,
-        thread: Some(thread),
-    }
+    TestServer { addr, handle, thread: Some(thread) }
 }
 
 pub fn token(sub: &str) -> String {
@@ -100,11 +96,7 @@ pub fn ws_try(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<
     match tungstenite::client(req, stream) {
         Ok((ws, _)) => Ok(ws),
         Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
-            let body = resp
-                .body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
+            let body = resp.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
             Err((resp.status().as_u16(), body))
         }
         Err(e) => panic!("handshake: {e}"),
@@ -152,14 +144,10 @@ pub struct HttpResponse {
 
 impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("body {:?} is not JSON: {e}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body {:?} is not JSON: {e}", self.body))
     }
 }
 
@@ -173,10 +161,7 @@ impl Http {
     pub fn connect(addr: SocketAddr) -> Http {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(WAIT)).unwrap();
-        Http {
-            stream,
-            buf: Vec::new(),
-        }
+        Http { stream, buf: Vec::new() }
     }
 
     pub fn send(&mut self, raw: &[u8]) {
@@ -193,12 +178,7 @@ impl Http {
                 let hs: Vec<(String, String)> = resp
                     .headers
                     .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_string(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
+                    .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
                     .collect();
                 let len = hs
                     .iter()
@@ -208,25 +188,13 @@ impl Http {
                     let status = resp.code.unwrap();
                     let body = String::from_utf8_lossy(&self.buf[n..n + len]).into_owned();
                     self.buf.drain(..n + len);
-                    return HttpResponse {
-                        status,
-                        headers: hs,
-                        body,
-                    };
+                    return HttpResponse { status, headers: hs, body };
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "no full response within {WAIT:?}: {:?}",
-                String::from_utf8_lossy(&self.buf)
-            );
+            assert!(Instant::now() < deadline, "no full response within {WAIT:?}: {:?}", String::from_utf8_lossy(&self.buf));
             let mut chunk = [0u8; 16384];
             let n = self.stream.read(&mut chunk).expect("read response");
-            assert!(
-                n > 0,
-                "connection closed before a full response: {:?}",
-                String::from_utf8_lossy(&self.buf)
-            );
+            assert!(n > 0, "connection closed before a full response: {:?}", String::from_utf8_lossy(&self.buf));
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
@@ -273,16 +241,11 @@ pub fn broadcast(addr: SocketAddr, token: &str, body: &str) -> HttpResponse {
 pub fn wait_clients(addr: SocketAddr, n: u64) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let got = get(addr, "/health").json()["connectedClients"]
-            .as_u64()
-            .unwrap();
+        let got = get(addr, "/health").json()["connectedClients"].as_u64().unwrap();
         if got == n {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "connectedClients stayed {got}, want {n}"
-        );
+        assert!(Instant::now() < deadline, "connectedClients stayed {got}, want {n}");
         std::thread::sleep(Duration::from_millis(10));
     }
 }
