@@ -11,6 +11,7 @@
 use std::rc::Rc;
 
 use serde_json::json;
+use subtle::ConstantTimeEq;
 
 use crate::auth::{AuthError, Claims, Verifier};
 use crate::broadcast;
@@ -23,6 +24,8 @@ pub struct Ctx<'a> {
     pub verifier: &'a Verifier,
     /// Open WebSocket clients now.
     pub clients: usize,
+    /// Open WebSocket clients from this request's client IP.
+    pub clients_from_ip: usize,
 }
 
 /// The decision for one request.
@@ -44,19 +47,15 @@ pub enum Action {
 const PREFLIGHT_MAX_AGE_SECS: u32 = 600;
 
 pub fn route(head: &Head, body: &[u8], ctx: &Ctx) -> Action {
-    let origin_ok = head
-        .origin
-        .as_deref()
-        .is_none_or(|o| ctx.config.allowed_origins.allows(o));
+    let origin_ok = head.origin.as_deref().is_none_or(|o| ctx.config.allowed_origins.allows(o));
     if head.method() == Method::Options {
         return Action::Respond(preflight(head, origin_ok));
     }
     match head.path.as_str() {
         "/health" => match head.method() {
-            Method::Get | Method::Head => Action::Respond(Response::json(
-                200,
-                &json!({"status": "ok", "connectedClients": ctx.clients}),
-            )),
+            Method::Get | Method::Head => {
+                Action::Respond(Response::json(200, &json!({"status": "ok", "connectedClients": ctx.clients})))
+            }
             _ => Action::Respond(not_allowed("GET, HEAD, OPTIONS")),
         },
         "/ws" => upgrade(head, origin_ok, ctx),
@@ -64,10 +63,7 @@ pub fn route(head: &Head, body: &[u8], ctx: &Ctx) -> Action {
             Method::Post => broadcast(head, body, origin_ok, ctx),
             _ => Action::Respond(not_allowed("POST, OPTIONS")),
         },
-        _ => Action::Respond(Response::error(
-            404,
-            "no such endpoint: try /health, /ws or /api/broadcast",
-        )),
+        _ => Action::Respond(Response::error(404, "no such endpoint: try /health, /ws or /api/broadcast")),
     }
 }
 
@@ -89,10 +85,7 @@ fn preflight(head: &Head, origin_ok: bool) -> Response {
     }
     Response::new(204)
         .header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
-        .header(
-            "Access-Control-Allow-Headers",
-            "Authorization, Content-Type",
-        )
+        .header("Access-Control-Allow-Headers", "Authorization, Content-Type")
         .header("Access-Control-Max-Age", PREFLIGHT_MAX_AGE_SECS.to_string())
 }
 
@@ -107,15 +100,11 @@ fn upgrade(head: &Head, origin_ok: bool, ctx: &Ctx) -> Action {
     // Connection: Upgrade, a Sec-WebSocket-Key and version 13.
     if !head.upgrade_websocket {
         return Action::Respond(
-            Response::error(426, "this endpoint only speaks WebSocket")
-                .header("Upgrade", "websocket"),
+            Response::error(426, "this endpoint only speaks WebSocket").header("Upgrade", "websocket"),
         );
     }
     if !head.connection_upgrade {
-        return Action::Respond(Response::error(
-            400,
-            "Connection header must include Upgrade",
-        ));
+        return Action::Respond(Response::error(400, "Connection header must include Upgrade"));
     }
     let Some(key) = head.ws_key.as_deref().filter(|k| !k.is_empty()) else {
         return Action::Respond(Response::error(400, "missing Sec-WebSocket-Key"));
@@ -123,8 +112,7 @@ fn upgrade(head: &Head, origin_ok: bool, ctx: &Ctx) -> Action {
     if head.ws_version.as_deref() != Some("13") {
         // §4.4: answer with the versions we do speak.
         return Action::Respond(
-            Response::error(426, "unsupported WebSocket version")
-                .header("Sec-WebSocket-Version", "13"),
+            Response::error(426, "unsupported WebSocket version").header("Sec-WebSocket-Version", "13"),
         );
     }
     let claims = match ctx.verifier.verify(head.bearer_token().unwrap_or("")) {
@@ -132,40 +120,55 @@ fn upgrade(head: &Head, origin_ok: bool, ctx: &Ctx) -> Action {
         Err(e) => return Action::Respond(unauthorized(e)),
     };
     if ctx.clients >= ctx.config.max_connections {
+        return Action::Respond(Response::error(503, "too many connections").header("Retry-After", "5"));
+    }
+    let per_ip = ctx.config.max_connections_per_ip;
+    if per_ip > 0 && ctx.clients_from_ip >= per_ip {
         return Action::Respond(
-            Response::error(503, "too many connections").header("Retry-After", "5"),
+            Response::error(429, "too many connections from this address").header("Retry-After", "5"),
         );
     }
-    Action::Upgrade {
-        key: key.to_string(),
-        claims,
-    }
+    Action::Upgrade { key: key.to_string(), claims }
 }
 
 fn broadcast(head: &Head, body: &[u8], origin_ok: bool, ctx: &Ctx) -> Action {
     if !origin_ok {
         return Action::Respond(Response::error(403, "origin not allowed"));
     }
-    // Only the header: a token in a broadcaster's URL would end up in logs.
-    if let Err(e) = ctx
-        .verifier
-        .verify(head.authorization_bearer().unwrap_or(""))
-    {
-        return Action::Respond(unauthorized(e));
+    if let Err(resp) = publisher(head, ctx) {
+        return Action::Respond(resp);
     }
     if let Some(ct) = &head.content_type {
         let mime = ct.split(';').next().unwrap_or("").trim();
         if !mime.eq_ignore_ascii_case("application/json") {
-            return Action::Respond(Response::error(
-                415,
-                "Content-Type must be application/json",
-            ));
+            return Action::Respond(Response::error(415, "Content-Type must be application/json"));
         }
     }
     match broadcast::parse(body) {
         Ok((kind, frame)) => Action::Broadcast { kind, frame },
         Err(msg) => Action::Respond(Response::error(400, &msg)),
     }
+}
+
+/// Checks the publisher's credential. With BROADCAST_API_KEY set, only that
+/// key (Bearer or X-API-Key, compared in constant time) may broadcast; a
+/// user's JWT is recognised and refused with 403. Without it, any valid JWT
+/// may (the original design). Only headers count: a credential in a URL
+/// would end up in logs.
+fn publisher(head: &Head, ctx: &Ctx) -> Result<(), Response> {
+    let bearer = head.authorization_bearer();
+    let Some(key) = &ctx.config.broadcast_api_key else {
+        return ctx.verifier.verify(bearer.unwrap_or("")).map(|_| ()).map_err(unauthorized);
+    };
+    let presented = head.api_key.as_deref().or(bearer).unwrap_or("");
+    if bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
+        return Ok(());
+    }
+    if ctx.verifier.verify(presented).is_ok() {
+        return Err(Response::error(403, "user tokens cannot broadcast: use the publisher API key"));
+    }
+    let msg = if presented.is_empty() { "missing API key" } else { "invalid API key" };
+    Err(Response::error(401, msg).header("WWW-Authenticate", "Bearer"))
 }
 
 /// The answer to an accepted broadcast.

@@ -80,10 +80,7 @@ impl Verifier {
             None => validation.validate_aud = false,
         }
         validation.set_required_spec_claims(&required);
-        Verifier {
-            key: DecodingKey::from_secret(&config.jwt_secret),
-            validation,
-        }
+        Verifier { key: DecodingKey::from_secret(&config.jwt_secret), validation }
     }
 
     /// Verifies a compact JWT and returns its claims.
@@ -91,19 +88,19 @@ impl Verifier {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map(|d| d.claims)
-            .map_err(|e| match e.kind() {
+        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map(|d| d.claims).map_err(|e| {
+            match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
-                ErrorKind::InvalidAlgorithm
-                | ErrorKind::InvalidAlgorithmName
-                | ErrorKind::UnsupportedAlgorithm => AuthError::WrongAlgorithm,
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
+                    AuthError::WrongAlgorithm
+                }
                 ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
                 ErrorKind::InvalidAudience => AuthError::WrongAudience,
                 _ => AuthError::Malformed,
-            })
+            }
+        })
     }
 }
 
@@ -112,20 +109,17 @@ pub fn now_secs() -> u64 {
     jsonwebtoken::get_current_timestamp()
 }
 
+/// How long a token with this `exp` stays acceptable (leeway included).
+pub fn time_left(exp: u64) -> std::time::Duration {
+    std::time::Duration::from_secs((exp + LEEWAY_SECS).saturating_sub(now_secs()))
+}
+
 /// Signs an HS256 token for `sub`, valid for `ttl_secs`.
 pub fn mint(secret: &[u8], sub: &str, ttl_secs: u64) -> String {
     let now = now_secs();
-    let claims = Claims {
-        sub: Some(sub.to_string()),
-        exp: now + ttl_secs,
-        iat: Some(now),
-    };
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret),
-    )
-    .expect("HS256 signing cannot fail")
+    let claims = Claims { sub: Some(sub.to_string()), exp: now + ttl_secs, iat: Some(now) };
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))
+        .expect("HS256 signing cannot fail")
 }
 
 #[cfg(test)]
@@ -136,12 +130,7 @@ mod tests {
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     fn sign(header: Header, claims: serde_json::Value, secret: &str) -> String {
-        jsonwebtoken::encode(
-            &header,
-            &claims,
-            &EncodingKey::from_secret(secret.as_bytes()),
-        )
-        .unwrap()
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
     }
 
     fn verifier(iss: Option<&str>, aud: Option<&str>) -> Verifier {
@@ -161,48 +150,21 @@ mod tests {
             (String::new(), Err(AuthError::Missing)),
             ("abc".into(), Err(AuthError::Malformed)),
             ("a.b.c".into(), Err(AuthError::Malformed)),
-            (
-                sign(hs(), json!({"sub":"u","exp": now - 3600}), SECRET),
-                Err(AuthError::Expired),
-            ),
+            (sign(hs(), json!({"sub":"u","exp": now - 3600}), SECRET), Err(AuthError::Expired)),
             // within leeway: still accepted
+            (sign(hs(), json!({"sub":"u","exp": now - 5}), SECRET), Ok(())),
+            (sign(hs(), json!({"sub":"u","exp": now + 60, "nbf": now + 3600}), SECRET), Err(AuthError::NotYetValid)),
             (
-                sign(hs(), json!({"sub":"u","exp": now - 5}), SECRET),
-                Ok(()),
-            ),
-            (
-                sign(
-                    hs(),
-                    json!({"sub":"u","exp": now + 60, "nbf": now + 3600}),
-                    SECRET,
-                ),
-                Err(AuthError::NotYetValid),
-            ),
-            (
-                sign(
-                    hs(),
-                    json!({"sub":"u","exp": now + 60}),
-                    "another-secret-another-secret-xx",
-                ),
+                sign(hs(), json!({"sub":"u","exp": now + 60}), "another-secret-another-secret-xx"),
                 Err(AuthError::BadSignature),
             ),
+            (sign(hs(), json!({"sub":"u"}), SECRET), Err(AuthError::Malformed)),
             (
-                sign(hs(), json!({"sub":"u"}), SECRET),
-                Err(AuthError::Malformed),
-            ),
-            (
-                sign(
-                    Header::new(Algorithm::HS384),
-                    json!({"sub":"u","exp": now + 60}),
-                    SECRET,
-                ),
+                sign(Header::new(Algorithm::HS384), json!({"sub":"u","exp": now + 60}), SECRET),
                 Err(AuthError::WrongAlgorithm),
             ),
             // aud present but not configured: accepted
-            (
-                sign(hs(), json!({"sub":"u","exp": now + 60, "aud": "x"}), SECRET),
-                Ok(()),
-            ),
+            (sign(hs(), json!({"sub":"u","exp": now + 60, "aud": "x"}), SECRET), Ok(())),
         ];
         for (i, (token, want)) in cases.iter().enumerate() {
             assert_eq!(v.verify(token).map(|_| ()), *want, "case {i}");
@@ -223,10 +185,7 @@ mod tests {
         const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut out = String::new();
         for chunk in input.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
+            let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
             for i in 0..=chunk.len() {
                 out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
             }
@@ -239,26 +198,12 @@ mod tests {
         let now = now_secs();
         let v = verifier(Some("https://app"), Some("https://app"));
         let hs = Header::new(Algorithm::HS256);
-        let good = sign(
-            hs.clone(),
-            json!({"sub":"u","exp":now+60,"iss":"https://app","aud":"https://app"}),
-            SECRET,
-        );
-        let bad_iss = sign(
-            hs.clone(),
-            json!({"sub":"u","exp":now+60,"iss":"https://evil","aud":"https://app"}),
-            SECRET,
-        );
-        let bad_aud = sign(
-            hs.clone(),
-            json!({"sub":"u","exp":now+60,"iss":"https://app","aud":"https://evil"}),
-            SECRET,
-        );
-        let no_iss = sign(
-            hs,
-            json!({"sub":"u","exp":now+60,"aud":"https://app"}),
-            SECRET,
-        );
+        let good = sign(hs.clone(), json!({"sub":"u","exp":now+60,"iss":"https://app","aud":"https://app"}), SECRET);
+        let bad_iss =
+            sign(hs.clone(), json!({"sub":"u","exp":now+60,"iss":"https://evil","aud":"https://app"}), SECRET);
+        let bad_aud =
+            sign(hs.clone(), json!({"sub":"u","exp":now+60,"iss":"https://app","aud":"https://evil"}), SECRET);
+        let no_iss = sign(hs, json!({"sub":"u","exp":now+60,"aud":"https://app"}), SECRET);
         assert!(v.verify(&good).is_ok());
         assert_eq!(v.verify(&bad_iss).unwrap_err(), AuthError::WrongIssuer);
         assert_eq!(v.verify(&bad_aud).unwrap_err(), AuthError::WrongAudience);

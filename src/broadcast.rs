@@ -15,12 +15,7 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 /// The message types the front end is documented to handle. Others that
 /// match [`valid_type`] are delivered too (apps grow their own types).
-pub const DOCUMENTED_TYPES: [&str; 4] = [
-    "task_created",
-    "task_updated",
-    "task_deleted",
-    "task_status_changed",
-];
+pub const DOCUMENTED_TYPES: [&str; 4] = ["task_created", "task_updated", "task_deleted", "task_status_changed"];
 
 /// Longest accepted `type`.
 pub const MAX_TYPE_LEN: usize = 64;
@@ -43,8 +38,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
 pub fn valid_type(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= MAX_TYPE_LEN
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+        && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
 /// Validates a broadcast body and returns `(type, framed envelope)`, or the
@@ -83,14 +77,9 @@ pub fn envelope(kind: &str, payload: &str) -> Vec<u8> {
 /// Frames `text` as one unmasked, final text frame (what a server sends),
 /// in a single shared allocation.
 pub fn frame(text: &[u8]) -> Rc<[u8]> {
-    let header = FrameHeader {
-        opcode: OpCode::Data(Data::Text),
-        ..FrameHeader::default()
-    };
+    let header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
     let mut out = Vec::with_capacity(header.len(text.len() as u64) + text.len());
-    header
-        .format(text.len() as u64, &mut out)
-        .expect("writing to a Vec cannot fail");
+    header.format(text.len() as u64, &mut out).expect("writing to a Vec cannot fail");
     out.extend_from_slice(text);
     Rc::from(out)
 }
@@ -108,10 +97,7 @@ mod tests {
         let text = &f[2..];
         assert_eq!(f[1] as usize, text.len());
         let v: serde_json::Value = serde_json::from_slice(text).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"type":"task_updated","payload":{"id":7,"title":"x"}})
-        );
+        assert_eq!(v, serde_json::json!({"type":"task_updated","payload":{"id":7,"title":"x"}}));
     }
 
     #[test]
@@ -119,9 +105,7 @@ mod tests {
         for len in [0usize, 125, 126, 65535, 65536, 70000] {
             let text = vec![b'a'; len];
             let mut want = Vec::new();
-            Frame::message(text.clone(), OpCode::Data(Data::Text), true)
-                .format(&mut want)
-                .unwrap();
+            Frame::message(text.clone(), OpCode::Data(Data::Text), true).format(&mut want).unwrap();
             assert_eq!(&frame(&text)[..], &want[..], "len {len}");
         }
     }
@@ -145,8 +129,6 @@ mod tests {
         }
         let long = format!(r#"{{"type":"{}","data":1}}"#, "a".repeat(65));
         assert!(parse(long.as_bytes()).is_err());
-        assert!(
-            parse(format!(r#"{{"type":"{}","data":null}}"#, "a".repeat(64)).as_bytes()).is_ok()
-        );
+        assert!(parse(format!(r#"{{"type":"{}","data":null}}"#, "a".repeat(64)).as_bytes()).is_ok());
     }
 }

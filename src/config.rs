@@ -87,6 +87,15 @@ pub struct Config {
     pub client_msg_rate: u32,
     /// ...and in a burst; past that the client is closed with 1008.
     pub client_msg_burst: u32,
+    /// When set, `/api/broadcast` takes only this key (a publisher
+    /// credential), and user JWTs get 403.
+    pub broadcast_api_key: Option<String>,
+    /// Open WebSocket clients per client IP (0 = no limit); then 429.
+    pub max_connections_per_ip: usize,
+    /// Broadcasts accepted per second, sustained (0 = no limit)...
+    pub broadcast_rate: u32,
+    /// ...and in a burst; past that `/api/broadcast` answers 429.
+    pub broadcast_burst: u32,
 }
 
 /// A bad configuration value: names the variable and says what was expected.
@@ -105,10 +114,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        message: message.into(),
-    }
+    ConfigError { var, message: message.into() }
 }
 
 /// Parses a variable with `FromStr`, or returns the default when unset/empty.
@@ -121,19 +127,12 @@ fn parse_or<T: std::str::FromStr>(
     match get(var) {
         None => Ok(default),
         Some(v) if v.trim().is_empty() => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| err(var, format!("{v:?} is not {what}"))),
+        Some(v) => v.trim().parse().map_err(|_| err(var, format!("{v:?} is not {what}"))),
     }
 }
 
 /// Like [`parse_or`] for counts that must be at least 1.
-fn positive(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: usize,
-) -> Result<usize, ConfigError> {
+fn positive(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: usize) -> Result<usize, ConfigError> {
     let v = parse_or(get, var, default, "a positive whole number")?;
     if v == 0 {
         return Err(err(var, "must be at least 1"));
@@ -141,20 +140,12 @@ fn positive(
     Ok(v)
 }
 
-fn secs(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: u64,
-) -> Result<Duration, ConfigError> {
-    Ok(Duration::from_secs(
-        positive(get, var, default as usize)? as u64
-    ))
+fn secs(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_secs(positive(get, var, default as usize)? as u64))
 }
 
 fn optional(get: &impl Fn(&str) -> Option<String>, var: &str) -> Option<String> {
-    get(var)
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
+    get(var).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
 }
 
 impl Config {
@@ -173,8 +164,7 @@ impl Config {
             .and_then(|mut a| a.next())
             .ok_or_else(|| err("HOST", format!("{host:?} is not an address to listen on")))?;
 
-        let origins =
-            optional(&get, "ALLOWED_ORIGINS").unwrap_or_else(|| "http://localhost:3000".into());
+        let origins = optional(&get, "ALLOWED_ORIGINS").unwrap_or_else(|| "http://localhost:3000".into());
         let allowed_origins = parse_origins(&origins)?;
 
         let (jwt_secret, jwt_secret_generated) = match optional(&get, "JWT_SECRET") {
@@ -208,6 +198,13 @@ impl Config {
         let shutdown_grace = secs(&get, "SHUTDOWN_GRACE_SECS", 5)?;
         let client_msg_rate = positive(&get, "CLIENT_MESSAGES_PER_SEC", 50)? as u32;
         let client_msg_burst = positive(&get, "CLIENT_MESSAGE_BURST", 100)? as u32;
+        let max_connections_per_ip = parse_or(&get, "MAX_CONNECTIONS_PER_IP", 1000, "a whole number (0 = no limit)")?;
+        let broadcast_rate = parse_or(&get, "BROADCAST_RATE_PER_SEC", 1000, "a whole number (0 = no limit)")?;
+        let broadcast_burst = positive(&get, "BROADCAST_BURST", 10_000)? as u32;
+        let broadcast_api_key = optional(&get, "BROADCAST_API_KEY");
+        if broadcast_api_key.as_ref().is_some_and(|k| k.len() < 16) {
+            return Err(err("BROADCAST_API_KEY", "must be at least 16 characters (use a long random string)"));
+        }
 
         Ok(Config {
             addr,
@@ -227,6 +224,10 @@ impl Config {
             shutdown_grace,
             client_msg_rate,
             client_msg_burst,
+            broadcast_api_key,
+            max_connections_per_ip,
+            broadcast_rate,
+            broadcast_burst,
         })
     }
 
@@ -252,44 +253,31 @@ fn parse_origins(v: &str) -> Result<Origins, ConfigError> {
     for o in v.split(',').map(str::trim).filter(|o| !o.is_empty()) {
         let o = o.trim_end_matches('/');
         let ok = (o.starts_with("http://") || o.starts_with("https://"))
-            && !o
-                .split_once("://")
-                .is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/'));
+            && !o.split_once("://").is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/'));
         if !ok {
             return Err(err(
                 "ALLOWED_ORIGINS",
-                format!(
-                    "{o:?} is not an origin like https://app.example.com (scheme://host[:port], no path)"
-                ),
+                format!("{o:?} is not an origin like https://app.example.com (scheme://host[:port], no path)"),
             ));
         }
         list.push(o.to_ascii_lowercase());
     }
     if list.is_empty() {
-        return Err(err(
-            "ALLOWED_ORIGINS",
-            "lists no origin (use * to allow any)",
-        ));
+        return Err(err("ALLOWED_ORIGINS", "lists no origin (use * to allow any)"));
     }
     Ok(Origins::List(list))
 }
 
 /// The soft open-file limit less [`FD_RESERVE`] (and never below 1).
 fn default_max_connections() -> usize {
-    crate::sys::open_file_limit()
-        .saturating_sub(FD_RESERVE)
-        .max(1)
+    crate::sys::open_file_limit().saturating_sub(FD_RESERVE).max(1)
 }
 
 /// 32 random bytes, hex-encoded: a per-run development secret.
 fn random_secret() -> Vec<u8> {
     let mut bytes = [0u8; 32];
     crate::sys::fill_random(&mut bytes);
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>()
-        .into_bytes()
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<String>().into_bytes()
 }
 
 #[cfg(test)]
@@ -298,10 +286,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -309,10 +294,7 @@ mod tests {
     fn defaults() {
         let c = cfg(&[]).unwrap();
         assert_eq!(c.addr, "0.0.0.0:8080".parse().unwrap());
-        assert_eq!(
-            c.allowed_origins,
-            Origins::List(vec!["http://localhost:3000".into()])
-        );
+        assert_eq!(c.allowed_origins, Origins::List(vec!["http://localhost:3000".into()]));
         assert!(c.jwt_secret_generated);
         assert_eq!(c.jwt_secret.len(), 64);
         assert_eq!(c.max_message_bytes, 512);
@@ -332,23 +314,18 @@ mod tests {
             (&[("MAX_MESSAGE_BYTES", "0")], "MAX_MESSAGE_BYTES"),
             (&[("MAX_MESSAGE_BYTES", "-3")], "MAX_MESSAGE_BYTES"),
             (&[("MAX_BROADCAST_BYTES", "lots")], "MAX_BROADCAST_BYTES"),
-            (
-                &[("PING_INTERVAL_SECS", "60"), ("PONG_WAIT_SECS", "60")],
-                "PING_INTERVAL_SECS",
-            ),
+            (&[("PING_INTERVAL_SECS", "60"), ("PONG_WAIT_SECS", "60")], "PING_INTERVAL_SECS"),
             (&[("PONG_WAIT_SECS", "x")], "PONG_WAIT_SECS"),
             (&[("SEND_QUEUE_LIMIT", "0")], "SEND_QUEUE_LIMIT"),
             (&[("MAX_CONNECTIONS", "1.5")], "MAX_CONNECTIONS"),
             (&[("ALLOWED_ORIGINS", "localhost:3000")], "ALLOWED_ORIGINS"),
-            (
-                &[("ALLOWED_ORIGINS", "https://a.com/path")],
-                "ALLOWED_ORIGINS",
-            ),
+            (&[("ALLOWED_ORIGINS", "https://a.com/path")], "ALLOWED_ORIGINS"),
             (&[("ALLOWED_ORIGINS", " , ")], "ALLOWED_ORIGINS"),
-            (
-                &[("MAX_AUTH_MESSAGE_BYTES", "100")],
-                "MAX_AUTH_MESSAGE_BYTES",
-            ),
+            (&[("MAX_AUTH_MESSAGE_BYTES", "100")], "MAX_AUTH_MESSAGE_BYTES"),
+            (&[("BROADCAST_API_KEY", "short")], "BROADCAST_API_KEY"),
+            (&[("MAX_CONNECTIONS_PER_IP", "-1")], "MAX_CONNECTIONS_PER_IP"),
+            (&[("BROADCAST_RATE_PER_SEC", "fast")], "BROADCAST_RATE_PER_SEC"),
+            (&[("BROADCAST_BURST", "0")], "BROADCAST_BURST"),
         ];
         for (pairs, var) in table {
             let e = cfg(pairs).unwrap_err();
@@ -359,30 +336,18 @@ mod tests {
 
     #[test]
     fn origins() {
-        let c = cfg(&[(
-            "ALLOWED_ORIGINS",
-            "https://App.example.com/, http://localhost:3000",
-        )])
-        .unwrap();
+        let c = cfg(&[("ALLOWED_ORIGINS", "https://App.example.com/, http://localhost:3000")]).unwrap();
         assert!(c.allowed_origins.allows("https://app.example.com"));
         assert!(c.allowed_origins.allows("http://localhost:3000"));
         assert!(!c.allowed_origins.allows("http://localhost:3001"));
         assert!(!c.allowed_origins.allows("https://app.example.com.evil.com"));
         assert!(!c.allowed_origins.allows("null"));
-        assert_eq!(
-            cfg(&[("ALLOWED_ORIGINS", "*")]).unwrap().allowed_origins,
-            Origins::Any
-        );
+        assert_eq!(cfg(&[("ALLOWED_ORIGINS", "*")]).unwrap().allowed_origins, Origins::Any);
     }
 
     #[test]
     fn secret_and_claims() {
-        let c = cfg(&[
-            ("JWT_SECRET", "s3cret"),
-            ("JWT_ISSUER", "http://a"),
-            ("JWT_AUDIENCE", " "),
-        ])
-        .unwrap();
+        let c = cfg(&[("JWT_SECRET", "s3cret"), ("JWT_ISSUER", "http://a"), ("JWT_AUDIENCE", " ")]).unwrap();
         assert_eq!(c.jwt_secret, b"s3cret");
         assert!(!c.jwt_secret_generated);
         assert_eq!(c.jwt_issuer.as_deref(), Some("http://a"));

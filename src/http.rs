@@ -49,6 +49,8 @@ pub struct Head {
     pub ws_version: Option<String>,
     /// `Access-Control-Request-Method`: marks a CORS preflight.
     pub cors_request_method: Option<String>,
+    /// `X-Forwarded-For`, trusted only from a loopback peer (a local proxy).
+    pub forwarded_for: Option<String>,
 }
 
 impl Head {
@@ -59,18 +61,12 @@ impl Head {
     /// The value of query parameter `name` (no percent-decoding: JWTs are
     /// base64url and dots, which need none).
     pub fn query_param(&self, name: &str) -> Option<&str> {
-        self.query
-            .as_deref()?
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v)
+        self.query.as_deref()?.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v)
     }
 
     /// The token from `Authorization: Bearer ...`, else from `?token=`.
     pub fn bearer_token(&self) -> Option<&str> {
-        self.authorization_bearer()
-            .or_else(|| self.query_param("token"))
+        self.authorization_bearer().or_else(|| self.query_param("token"))
     }
 
     /// The token from `Authorization: Bearer ...` only.
@@ -79,6 +75,20 @@ impl Head {
         let (scheme, rest) = v.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
     }
+}
+
+/// The client's address: the TCP peer, or — when the peer is a reverse proxy
+/// on this machine (loopback) — the last address it added to
+/// `X-Forwarded-For`. A remote peer cannot choose its own address this way.
+pub fn client_ip(peer: std::net::IpAddr, head: &Head) -> std::net::IpAddr {
+    if !peer.is_loopback() {
+        return peer;
+    }
+    head.forwarded_for
+        .as_deref()
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|ip| ip.trim().parse().ok())
+        .unwrap_or(peer)
 }
 
 /// A request the server refuses before routing it.
@@ -129,20 +139,14 @@ pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, Reject> {
         let name = h.name;
         let is = |n: &str| name.eq_ignore_ascii_case(n);
         // Only headers we act on must be text; others pass unread.
-        let text = || {
-            std::str::from_utf8(h.value)
-                .map(str::trim)
-                .map_err(|_| reject(400, "header value is not UTF-8"))
-        };
+        let text = || std::str::from_utf8(h.value).map(str::trim).map_err(|_| reject(400, "header value is not UTF-8"));
         if is("content-length") {
             let v = text()?;
             // RFC 9110 §8.6: one decimal number; differing repeats are an error.
             if v.is_empty() || v.len() > 19 || !v.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(reject(400, "invalid Content-Length"));
             }
-            let n: usize = v
-                .parse()
-                .map_err(|_| reject(400, "invalid Content-Length"))?;
+            let n: usize = v.parse().map_err(|_| reject(400, "invalid Content-Length"))?;
             if content_length.is_some_and(|c| c != n) {
                 return Err(reject(400, "conflicting Content-Length headers"));
             }
@@ -150,10 +154,7 @@ pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, Reject> {
         } else if is("transfer-encoding") {
             // Content-Length and Transfer-Encoding together is the classic
             // smuggling vector (RFC 9112 §6.1); chunked alone needs a length.
-            return Err(reject(
-                411,
-                "chunked bodies are not supported: send Content-Length",
-            ));
+            return Err(reject(411, "chunked bodies are not supported: send Content-Length"));
         } else if is("connection") {
             for token in text()?.split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") {
@@ -165,9 +166,7 @@ pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, Reject> {
                 }
             }
         } else if is("upgrade") {
-            head.upgrade_websocket = text()?
-                .split(',')
-                .any(|p| p.trim().eq_ignore_ascii_case("websocket"));
+            head.upgrade_websocket = text()?.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket"));
         } else if is("origin") {
             head.origin = Some(text()?.to_string());
         } else if is("authorization") {
@@ -180,6 +179,8 @@ pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, Reject> {
             head.ws_key = Some(text()?.to_string());
         } else if is("sec-websocket-version") {
             head.ws_version = Some(text()?.to_string());
+        } else if is("x-forwarded-for") {
+            head.forwarded_for = Some(text()?.to_string());
         } else if is("access-control-request-method") {
             head.cors_request_method = Some(text()?.to_string());
         }
@@ -208,10 +209,7 @@ pub fn status_text(status: u16) -> (&'static str, &'static str) {
         415 => ("Unsupported Media Type", "unsupported_media_type"),
         426 => ("Upgrade Required", "upgrade_required"),
         429 => ("Too Many Requests", "too_many_requests"),
-        431 => (
-            "Request Header Fields Too Large",
-            "request_header_fields_too_large",
-        ),
+        431 => ("Request Header Fields Too Large", "request_header_fields_too_large"),
         503 => ("Service Unavailable", "service_unavailable"),
         _ => ("Internal Server Error", "internal_error"),
     }
@@ -227,11 +225,7 @@ pub struct Response {
 
 impl Response {
     pub fn new(status: u16) -> Response {
-        Response {
-            status,
-            headers: Vec::new(),
-            body: String::new(),
-        }
+        Response { status, headers: Vec::new(), body: String::new() }
     }
 
     /// A JSON body.
@@ -243,10 +237,7 @@ impl Response {
 
     /// `{"error": "<code>", "message": "..."}`.
     pub fn error(status: u16, message: &str) -> Response {
-        Response::json(
-            status,
-            &serde_json::json!({"error": status_text(status).1, "message": message}),
-        )
+        Response::json(status, &serde_json::json!({"error": status_text(status).1, "message": message}))
     }
 
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Response {
@@ -258,12 +249,7 @@ impl Response {
     /// `omit_body` is for HEAD requests (the length is still announced).
     pub fn encode(&self, keep_alive: bool, omit_body: bool) -> Vec<u8> {
         let mut s = String::with_capacity(160 + self.body.len());
-        let _ = write!(
-            s,
-            "HTTP/1.1 {} {}\r\n",
-            self.status,
-            status_text(self.status).0
-        );
+        let _ = write!(s, "HTTP/1.1 {} {}\r\n", self.status, status_text(self.status).0);
         for (k, v) in &self.headers {
             let _ = write!(s, "{k}: {v}\r\n");
         }
@@ -271,11 +257,7 @@ impl Response {
             let _ = write!(s, "Content-Length: {}\r\n", self.body.len());
         }
         if self.status != 101 {
-            s.push_str(if keep_alive {
-                "Connection: keep-alive\r\n"
-            } else {
-                "Connection: close\r\n"
-            });
+            s.push_str(if keep_alive { "Connection: keep-alive\r\n" } else { "Connection: close\r\n" });
         }
         s.push_str("\r\n");
         if !omit_body {
@@ -373,19 +355,22 @@ mod tests {
         assert_eq!(h.ws_key.as_deref(), Some("k"));
         assert_eq!(h.origin.as_deref(), Some("http://x"));
 
-        let h = parse_head(b"GET / HTTP/1.0\r\nAuthorization: bearer  t1 \r\n\r\n", 0)
-            .unwrap()
-            .unwrap();
+        let h = parse_head(b"GET / HTTP/1.0\r\nAuthorization: bearer  t1 \r\n\r\n", 0).unwrap().unwrap();
         assert!(!h.keep_alive);
         assert_eq!(h.bearer_token(), Some("t1"));
-        let h = parse_head(
-            b"GET / HTTP/1.1\r\nConnection: close\r\nAuthorization: Basic x\r\n\r\n",
-            0,
-        )
-        .unwrap()
-        .unwrap();
+        let h =
+            parse_head(b"GET / HTTP/1.1\r\nConnection: close\r\nAuthorization: Basic x\r\n\r\n", 0).unwrap().unwrap();
         assert!(!h.keep_alive);
         assert_eq!(h.bearer_token(), None);
+    }
+
+    #[test]
+    fn client_ip_trusts_forwarded_for_only_from_loopback() {
+        let h = parse_head(b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.2.3.4, 5.6.7.8\r\n\r\n", 0).unwrap().unwrap();
+        assert_eq!(client_ip("127.0.0.1".parse().unwrap(), &h), "5.6.7.8".parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(client_ip("9.9.9.9".parse().unwrap(), &h), "9.9.9.9".parse::<std::net::IpAddr>().unwrap());
+        let h = parse_head(b"GET / HTTP/1.1\r\nX-Forwarded-For: junk\r\n\r\n", 0).unwrap().unwrap();
+        assert_eq!(client_ip("127.0.0.1".parse().unwrap(), &h), "127.0.0.1".parse::<std::net::IpAddr>().unwrap());
     }
 
     #[test]
@@ -396,13 +381,7 @@ mod tests {
         assert!(s.contains("Vary: Origin\r\n"));
         assert!(s.contains("Connection: keep-alive\r\n"));
         let body = r#"{"error":"not_found","message":"no such path"}"#;
-        assert!(
-            s.ends_with(&format!(
-                "Content-Length: {}\r\nConnection: keep-alive\r\n\r\n{body}",
-                body.len()
-            )),
-            "{s}"
-        );
+        assert!(s.ends_with(&format!("Content-Length: {}\r\nConnection: keep-alive\r\n\r\n{body}", body.len())), "{s}");
         let head_only = String::from_utf8(r.encode(false, true)).unwrap();
         assert!(head_only.ends_with("Connection: close\r\n\r\n"));
     }

@@ -18,7 +18,11 @@ fn main() -> ExitCode {
         eprintln!("taskcast: cannot read .env: {e}");
         return ExitCode::from(2);
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        // tungstenite logs whole messages at trace level, and an in-band
+        // auth message carries a token: never let those through.
+        .filter_module("tungstenite", log::LevelFilter::Debug)
+        .init();
 
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -50,9 +54,7 @@ fn serve() -> ExitCode {
     if config.jwt_secret.len() < 32 && !config.jwt_secret_generated {
         log::warn!("JWT_SECRET is shorter than 32 bytes: use a long random secret in production");
     }
-    let dev_secret = config
-        .jwt_secret_generated
-        .then(|| config.jwt_secret.clone());
+    let dev_secret = config.jwt_secret_generated.then(|| config.jwt_secret.clone());
     let mut server = match Server::bind(config) {
         Ok(s) => s,
         Err(e) => {
@@ -107,9 +109,7 @@ fn token(args: &[String]) -> ExitCode {
             ("--ttl", Some(v)) => match v.parse() {
                 Ok(n) if n > 0 => ttl = n,
                 _ => {
-                    eprintln!(
-                        "taskcast token: --ttl needs a positive number of seconds, got {v:?}"
-                    );
+                    eprintln!("taskcast token: --ttl needs a positive number of seconds, got {v:?}");
                     return ExitCode::from(2);
                 }
             },

@@ -88,10 +88,7 @@ impl OutQueue {
     pub fn drop_unstarted(&mut self) {
         let keep = usize::from(self.front_written > 0).min(self.chunks.len());
         self.chunks.truncate(keep);
-        self.bytes = self
-            .chunks
-            .front()
-            .map_or(0, |c| c.bytes().len() - self.front_written);
+        self.bytes = self.chunks.front().map_or(0, |c| c.bytes().len() - self.front_written);
     }
 
     /// Writes queued chunks until the queue is empty or `w` would block.
@@ -169,11 +166,7 @@ mod tests {
         q.push_shared(shared);
         assert_eq!((q.len(), q.bytes()), (3, 17));
 
-        let mut w = Trickle {
-            got: vec![],
-            cap: 4,
-            budget: 7,
-        };
+        let mut w = Trickle { got: vec![], cap: 4, budget: 7 };
         assert_eq!(q.write_to(&mut w).unwrap(), Flush::Blocked);
         assert_eq!(w.got, b"hello w");
         assert_eq!((q.len(), q.bytes()), (2, 10));
@@ -190,11 +183,7 @@ mod tests {
         let mut q = OutQueue::default();
         q.push_owned(b"abcdef".to_vec());
         q.push_owned(b"ghi".to_vec());
-        let mut w = Trickle {
-            got: vec![],
-            cap: 2,
-            budget: 2,
-        };
+        let mut w = Trickle { got: vec![], cap: 2, budget: 2 };
         q.write_to(&mut w).unwrap();
         q.drop_unstarted();
         assert_eq!((q.len(), q.bytes()), (1, 4));
@@ -216,11 +205,7 @@ mod tests {
         for i in 0..200u8 {
             q.push_owned(vec![i]);
         }
-        let mut w = Trickle {
-            got: vec![],
-            cap: usize::MAX,
-            budget: usize::MAX,
-        };
+        let mut w = Trickle { got: vec![], cap: usize::MAX, budget: usize::MAX };
         assert_eq!(q.write_to(&mut w).unwrap(), Flush::Done);
         assert_eq!(w.got, (0..200u8).collect::<Vec<_>>());
     }

@@ -14,9 +14,9 @@
 //! connection's [`OutQueue`] for the next writable event.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -127,6 +127,10 @@ pub struct Server {
     ws_config: WebSocketConfig,
     /// Open, authenticated WebSocket clients (what /health reports).
     clients: usize,
+    /// Open WebSocket clients per client IP (MAX_CONNECTIONS_PER_IP).
+    clients_per_ip: HashMap<IpAddr, usize>,
+    /// Accepted broadcasts (BROADCAST_RATE_PER_SEC), shared by all publishers.
+    broadcast_bucket: TokenBucket,
     next_id: u64,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
@@ -141,8 +145,7 @@ impl Server {
     pub fn bind(config: Config) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(config.addr)?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         Ok(Server {
             local_addr: listener.local_addr()?,
@@ -154,8 +157,10 @@ impl Server {
             scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
             verifier: Verifier::new(&config),
             ws_config: ws::config(&config),
+            broadcast_bucket: TokenBucket::new(config.broadcast_burst, Instant::now()),
             config,
             clients: 0,
+            clients_per_ip: HashMap::new(),
             next_id: 0,
             stop: Arc::new(AtomicBool::new(false)),
             waker,
@@ -192,10 +197,7 @@ impl Server {
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle {
-            stop: self.stop.clone(),
-            waker: self.waker.clone(),
-        }
+        ShutdownHandle { stop: self.stop.clone(), waker: self.waker.clone() }
     }
 
     /// SIGINT and SIGTERM start the graceful shutdown. The handler only
@@ -208,9 +210,7 @@ impl Server {
         signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, write)?;
         signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, write2)?;
         let mut read = mio::net::UnixStream::from_std(read);
-        self.poll
-            .registry()
-            .register(&mut read, SIGNALS, Interest::READABLE)?;
+        self.poll.registry().register(&mut read, SIGNALS, Interest::READABLE)?;
         self.signals = Some(read);
         Ok(())
     }
@@ -226,18 +226,11 @@ impl Server {
             if let Some(deadline) = self.shutdown_deadline
                 && (self.conns.is_empty() || now >= deadline)
             {
-                info!(
-                    "shutdown complete ({} connections cut at the deadline)",
-                    self.conns.len()
-                );
+                info!("shutdown complete ({} connections cut at the deadline)", self.conns.len());
                 return Ok(());
             }
 
-            let timeout = if self.again.is_empty() {
-                self.poll_timeout(now)
-            } else {
-                Some(Duration::ZERO)
-            };
+            let timeout = if self.again.is_empty() { self.poll_timeout(now) } else { Some(Duration::ZERO) };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -270,14 +263,10 @@ impl Server {
 
     /// Time until the nearest timer (or the accept back-off / shutdown end).
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        let next = [
-            self.timers.peek().map(|Reverse((t, _, _))| *t),
-            self.accept_paused_until,
-            self.shutdown_deadline,
-        ]
-        .into_iter()
-        .flatten()
-        .min()?;
+        let next = [self.timers.peek().map(|Reverse((t, _, _))| *t), self.accept_paused_until, self.shutdown_deadline]
+            .into_iter()
+            .flatten()
+            .min()?;
         // Round up to whole milliseconds: epoll's resolution; rounding down
         // would wake early and spin until the deadline.
         Some(next.saturating_duration_since(now) + Duration::from_micros(999))
@@ -300,11 +289,9 @@ impl Server {
                     let _ = stream.set_nodelay(true);
                     let entry = self.conns.vacant_entry();
                     let key = entry.key();
-                    if let Err(e) = self.poll.registry().register(
-                        &mut stream,
-                        Token(key),
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
+                    if let Err(e) =
+                        self.poll.registry().register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)
+                    {
                         warn!("register {peer}: {e}");
                         continue;
                     }
@@ -324,10 +311,7 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                    ) =>
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) =>
                 {
                     // Out of fds: the pending connection stays in the backlog
                     // and the listener would report ready forever. Stop
@@ -360,10 +344,7 @@ impl Server {
         }
         let deadline = now + self.config.shutdown_grace;
         self.shutdown_deadline = Some(deadline);
-        info!(
-            "closing {} clients with 1001 (grace {:?})",
-            self.clients, self.config.shutdown_grace
-        );
+        info!("closing {} clients with 1001 (grace {:?})", self.clients, self.config.shutdown_grace);
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             match &self.conns[key].phase {
@@ -450,10 +431,7 @@ impl Server {
                     Ok(Some(head)) => Box::new(head),
                     Ok(None) => return,
                     Err(reject) => {
-                        debug!(
-                            "{} bad request: {} {}",
-                            conn.peer, reject.status, reject.message
-                        );
+                        debug!("{} bad request: {} {}", conn.peer, reject.status, reject.message);
                         // The framing is lost (or the body unwanted): answer and close.
                         let resp = Response::error(reject.status, reject.message);
                         conn.out.push_owned(resp.encode(false, false));
@@ -468,46 +446,40 @@ impl Server {
                 h.head = Some(head);
                 return;
             }
-            let action = api::route(
-                &head,
-                &h.buf[head.head_len..end],
-                &Ctx {
-                    config: &self.config,
-                    verifier: &self.verifier,
-                    clients: self.clients,
-                },
-            );
-            if let Action::Upgrade {
-                key: ws_key,
-                claims,
-            } = action
-            {
+            let ip = http::client_ip(conn.peer.ip(), &head);
+            let ctx = Ctx {
+                config: &self.config,
+                verifier: &self.verifier,
+                clients: self.clients,
+                clients_from_ip: self.clients_per_ip.get(&ip).copied().unwrap_or(0),
+            };
+            let action = api::route(&head, &h.buf[head.head_len..end], &ctx);
+            if let Action::Upgrade { key: ws_key, claims } = action {
                 let leftover = h.buf.split_off(end);
-                return self.upgrade(key, &head, &ws_key, claims, leftover);
+                return self.upgrade(key, &head, ip, &ws_key, claims, leftover);
             }
             h.buf.drain(..end);
             let resp = match action {
                 Action::Respond(resp) => resp,
                 Action::Broadcast { kind, frame } => {
-                    let n = self.fan_out(frame);
-                    debug!("broadcast {kind} to {n} clients");
-                    api::broadcast_ok(n)
+                    let (rate, burst) = (self.config.broadcast_rate, self.config.broadcast_burst);
+                    if rate > 0 && !self.broadcast_bucket.take(burst, rate, Instant::now()) {
+                        debug!("broadcast {kind} refused: over BROADCAST_RATE_PER_SEC");
+                        Response::error(429, "too many broadcasts").header("Retry-After", "1")
+                    } else {
+                        let n = self.fan_out(frame);
+                        debug!("broadcast {kind} to {n} clients");
+                        api::broadcast_ok(n)
+                    }
                 }
                 Action::Upgrade { .. } => unreachable!(),
             };
             let resp = api::with_cors(resp, &head, &self.config.allowed_origins);
             let conn = &mut self.conns[key];
             // Log the path only: the query may hold a token.
-            debug!(
-                "{} {:?} {} -> {}",
-                conn.peer,
-                head.method(),
-                head.path,
-                resp.status
-            );
+            debug!("{} {:?} {} -> {}", conn.peer, head.method(), head.path, resp.status);
             let keep = head.keep_alive && self.shutdown_deadline.is_none();
-            conn.out
-                .push_owned(resp.encode(keep, head.method() == http::Method::Head));
+            conn.out.push_owned(resp.encode(keep, head.method() == http::Method::Head));
             self.mark_dirty(key);
             if !keep {
                 return self.begin_close(key);
@@ -517,34 +489,25 @@ impl Server {
         }
     }
 
-    fn upgrade(
-        &mut self,
-        key: usize,
-        head: &Head,
-        ws_key: &str,
-        claims: auth::Claims,
-        leftover: Vec<u8>,
-    ) {
+    fn upgrade(&mut self, key: usize, head: &Head, ip: IpAddr, ws_key: &str, claims: auth::Claims, leftover: Vec<u8>) {
         let now = Instant::now();
-        let ttl = claims.exp.saturating_sub(auth::now_secs()) + auth::LEEWAY_SECS;
+        let expires_at = now + auth::time_left(claims.exp);
         let sub = claims.sub.unwrap_or_default();
         let conn = &mut self.conns[key];
         conn.out.push_owned(ws::handshake_response(ws_key));
         let has_leftover = !leftover.is_empty();
         conn.phase = Phase::Ws(Box::new(WsConn {
-            ctx: WebSocketContext::from_partially_read(
-                leftover,
-                Role::Server,
-                Some(self.ws_config),
-            ),
+            ctx: WebSocketContext::from_partially_read(leftover, Role::Server, Some(self.ws_config)),
             sub,
-            expires_at: now + Duration::from_secs(ttl),
+            ip,
+            expires_at,
             last_seen: now,
             next_ping: now + self.config.ping_interval,
             close_deadline: None,
             bucket: TokenBucket::new(self.config.client_msg_burst, now),
         }));
         self.clients += 1;
+        *self.clients_per_ip.entry(ip).or_default() += 1;
         let peer = conn.peer;
         debug!(
             "{peer} connected as {:?} (origin {:?}); {} clients",
@@ -576,10 +539,7 @@ impl Server {
             let Phase::Ws(ws) = &mut conn.phase else {
                 return;
             };
-            let result = ws.ctx.read(&mut Wire {
-                sock: &mut conn.stream,
-                out: &mut conn.out,
-            });
+            let result = ws.ctx.read(&mut Wire { sock: &mut conn.stream, out: &mut conn.out });
             if !conn.out.is_empty() {
                 self.mark_dirty(key); // tungstenite may have queued a pong or close reply
             }
@@ -608,9 +568,7 @@ impl Server {
                 Err(E::ConnectionClosed | E::AlreadyClosed) => return self.begin_close(key),
                 Err(E::Capacity(_)) => return self.fail_ws(key, Reason::TooBig),
                 Err(E::Utf8(_)) => return self.fail_ws(key, Reason::BadUtf8),
-                Err(E::Protocol(
-                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-                )) => {
+                Err(E::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)) => {
                     debug!("{} vanished without a close frame", self.conns[key].peer);
                     return self.remove(key);
                 }
@@ -638,24 +596,16 @@ impl Server {
                 };
                 match self.verifier.verify(&token) {
                     Ok(claims) if claims.sub.as_deref().unwrap_or("") == ws.sub => {
-                        let ttl = claims.exp.saturating_sub(auth::now_secs()) + auth::LEEWAY_SECS;
-                        ws.expires_at = now + Duration::from_secs(ttl);
+                        ws.expires_at = now + auth::time_left(claims.exp);
                         self.send_text(key, r#"{"type":"auth_ok"}"#.to_string());
                         self.reschedule_ws(key);
                     }
                     Ok(_) => {
-                        debug!(
-                            "{} refresh token is for another subject",
-                            self.conns[key].peer
-                        );
+                        debug!("{} refresh token is for another subject", self.conns[key].peer);
                         self.close_ws(key, Reason::AuthFailed, now);
                     }
                     Err(e) => {
-                        debug!(
-                            "{} refresh token refused: {}",
-                            self.conns[key].peer,
-                            e.message()
-                        );
+                        debug!("{} refresh token refused: {}", self.conns[key].peer, e.message());
                         self.close_ws(key, Reason::AuthFailed, now);
                     }
                 }
@@ -669,13 +619,7 @@ impl Server {
         if let Phase::Ws(ws) = &mut conn.phase
             && ws.ctx.can_write()
         {
-            let _ = ws.ctx.write(
-                &mut Wire {
-                    sock: &mut conn.stream,
-                    out: &mut conn.out,
-                },
-                Message::text(text),
-            );
+            let _ = ws.ctx.write(&mut Wire { sock: &mut conn.stream, out: &mut conn.out }, Message::text(text));
             self.mark_dirty(key);
         }
     }
@@ -734,12 +678,7 @@ impl Server {
         let now = Instant::now();
         for key in slow {
             let c = &self.conns[key];
-            warn!(
-                "{} ({:?}) too slow: {} messages queued; closing with 1013",
-                c.peer,
-                self.ws_sub(key),
-                c.out.len()
-            );
+            warn!("{} ({:?}) too slow: {} messages queued; closing with 1013", c.peer, self.ws_sub(key), c.out.len());
             self.conns[key].out.drop_unstarted();
             self.close_ws(key, Reason::SlowConsumer, now);
         }
@@ -799,21 +738,11 @@ impl Server {
         if ws.close_deadline.is_some() {
             return;
         }
-        debug!(
-            "{} ({:?}) closing: {} {}",
-            conn.peer,
-            ws.sub,
-            reason.code(),
-            reason.text()
-        );
-        let _ = ws.ctx.close(
-            &mut Wire {
-                sock: &mut conn.stream,
-                out: &mut conn.out,
-            },
-            Some(reason.close_frame()),
-        );
+        let _ = ws.ctx.close(&mut Wire { sock: &mut conn.stream, out: &mut conn.out }, Some(reason.close_frame()));
+        // From here on it no longer counts as a connected client.
         ws.close_deadline = Some(now + CLOSE_WAIT);
+        uncount(&mut self.clients, &mut self.clients_per_ip, ws.ip);
+        debug!("{} ({:?}) closing: {} {}; {} clients", conn.peer, ws.sub, reason.code(), reason.text(), self.clients);
         self.mark_dirty(key);
         self.reschedule_ws(key);
     }
@@ -823,20 +752,8 @@ impl Server {
     fn fail_ws(&mut self, key: usize, reason: Reason) {
         let conn = &mut self.conns[key];
         if let Phase::Ws(ws) = &mut conn.phase {
-            debug!(
-                "{} ({:?}) failed: {} {}",
-                conn.peer,
-                ws.sub,
-                reason.code(),
-                reason.text()
-            );
-            let _ = ws.ctx.close(
-                &mut Wire {
-                    sock: &mut conn.stream,
-                    out: &mut conn.out,
-                },
-                Some(reason.close_frame()),
-            );
+            debug!("{} ({:?}) failed: {} {}", conn.peer, ws.sub, reason.code(), reason.text());
+            let _ = ws.ctx.close(&mut Wire { sock: &mut conn.stream, out: &mut conn.out }, Some(reason.close_frame()));
         }
         self.begin_close(key);
     }
@@ -846,12 +763,12 @@ impl Server {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if let Phase::Ws(ws) = &conn.phase {
-            self.clients -= 1;
-            debug!(
-                "{} ({:?}) disconnected; {} clients",
-                conn.peer, ws.sub, self.clients
-            );
+        // A client already sent our close frame was uncounted then.
+        if let Phase::Ws(ws) = &conn.phase
+            && ws.close_deadline.is_none()
+        {
+            uncount(&mut self.clients, &mut self.clients_per_ip, ws.ip);
+            debug!("{} ({:?}) disconnected; {} clients", conn.peer, ws.sub, self.clients);
         }
         if !matches!(conn.phase, Phase::Closing { .. }) {
             conn.phase = Phase::Closing { fin_sent: false };
@@ -866,12 +783,12 @@ impl Server {
         let Some(conn) = self.conns.try_remove(key) else {
             return;
         };
-        if let Phase::Ws(ws) = &conn.phase {
-            self.clients -= 1;
-            debug!(
-                "{} ({:?}) dropped; {} clients",
-                conn.peer, ws.sub, self.clients
-            );
+        // A client already sent our close frame was uncounted then.
+        if let Phase::Ws(ws) = &conn.phase
+            && ws.close_deadline.is_none()
+        {
+            uncount(&mut self.clients, &mut self.clients_per_ip, ws.ip);
+            debug!("{} ({:?}) dropped; {} clients", conn.peer, ws.sub, self.clients);
         }
     }
 
@@ -891,10 +808,7 @@ impl Server {
         let Phase::Ws(ws) = &self.conns[key].phase else {
             return;
         };
-        let mut at = ws
-            .next_ping
-            .min(ws.last_seen + self.config.pong_wait)
-            .min(ws.expires_at);
+        let mut at = ws.next_ping.min(ws.last_seen + self.config.pong_wait).min(ws.expires_at);
         if let Some(d) = ws.close_deadline {
             at = at.min(d);
         }
@@ -939,10 +853,7 @@ impl Server {
                     return self.remove(key);
                 }
                 if now >= ws.last_seen + self.config.pong_wait {
-                    debug!(
-                        "{} ({:?}) silent for {:?}: dropping",
-                        conn.peer, ws.sub, self.config.pong_wait
-                    );
+                    debug!("{} ({:?}) silent for {:?}: dropping", conn.peer, ws.sub, self.config.pong_wait);
                     return self.remove(key);
                 }
                 if now >= ws.expires_at {
@@ -952,10 +863,7 @@ impl Server {
                     ws.next_ping = now + self.config.ping_interval;
                     if ws.ctx.can_write() {
                         let _ = ws.ctx.write(
-                            &mut Wire {
-                                sock: &mut conn.stream,
-                                out: &mut conn.out,
-                            },
+                            &mut Wire { sock: &mut conn.stream, out: &mut conn.out },
                             Message::Ping(Default::default()),
                         );
                         self.mark_dirty(key);
@@ -963,6 +871,17 @@ impl Server {
                 }
                 self.reschedule_ws(key);
             }
+        }
+    }
+}
+
+/// A client stops counting as connected (once: on close or removal).
+fn uncount(clients: &mut usize, per_ip: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+    *clients -= 1;
+    if let Some(n) = per_ip.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            per_ip.remove(&ip);
         }
     }
 }
@@ -990,9 +909,10 @@ pub fn log_startup(server: &Server) {
         c.pong_wait.as_secs(),
         c.send_queue_limit
     );
+    if c.broadcast_api_key.is_none() {
+        warn!("BROADCAST_API_KEY is not set: any signed-in user's token can broadcast to everyone");
+    }
     if c.allowed_origins == crate::config::Origins::Any {
-        warn!(
-            "ALLOWED_ORIGINS=* lets any web page connect with a user's token; list your front-end origins instead"
-        );
+        warn!("ALLOWED_ORIGINS=* lets any web page connect with a user's token; list your front-end origins instead");
     }
 }

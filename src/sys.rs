@@ -5,33 +5,23 @@ use std::io::Read;
 /// The soft RLIMIT_NOFILE, after raising it to the hard limit (as Go's
 /// runtime does at start): every WebSocket client costs one fd.
 pub fn open_file_limit() -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return 1024;
         }
         if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
                 lim.rlim_cur = lim.rlim_max;
             }
         }
     }
-    usize::try_from(lim.rlim_cur)
-        .unwrap_or(usize::MAX)
-        .min(1 << 20)
+    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX).min(1 << 20)
 }
 
 /// Fills `buf` from the kernel's CSPRNG.
 pub fn fill_random(buf: &mut [u8]) {
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .expect("/dev/urandom is readable");
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).expect("/dev/urandom is readable");
 }

@@ -79,10 +79,7 @@ impl Reason {
     }
 
     pub fn close_frame(self) -> tungstenite::protocol::CloseFrame {
-        tungstenite::protocol::CloseFrame {
-            code: CloseCode::from(self.code()),
-            reason: self.text().into(),
-        }
+        tungstenite::protocol::CloseFrame { code: CloseCode::from(self.code()), reason: self.text().into() }
     }
 }
 
@@ -136,6 +133,8 @@ pub struct WsConn {
     pub ctx: WebSocketContext,
     /// The token's subject, for logs and for checking in-band refreshes.
     pub sub: String,
+    /// The client's address (for MAX_CONNECTIONS_PER_IP).
+    pub ip: std::net::IpAddr,
     /// When the token stops being valid (exp + leeway); the client is closed
     /// with 4001 unless it sends a fresh token first.
     pub expires_at: Instant,
@@ -210,10 +209,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     pub fn new(burst: u32, now: Instant) -> TokenBucket {
-        TokenBucket {
-            tokens: burst as f32,
-            last: now,
-        }
+        TokenBucket { tokens: burst as f32, last: now }
     }
 
     /// Takes one token; false when the bucket is empty.
@@ -238,36 +234,24 @@ mod tests {
     #[test]
     fn client_messages() {
         let cases: &[(&str, Inbound)] = &[
-            (
-                r#"{"type":"ping"}"#,
-                Inbound::Reply(r#"{"type":"pong"}"#.into()),
-            ),
+            (r#"{"type":"ping"}"#, Inbound::Reply(r#"{"type":"pong"}"#.into())),
             (r#"{"type":"hello","x":1}"#, Inbound::Ignore),
             (r#"[1,2,3]"#, Inbound::Ignore),
             (r#""str""#, Inbound::Ignore),
-            (
-                r#"{"type":"auth","token":"a.b.c"}"#,
-                Inbound::Auth("a.b.c".into()),
-            ),
+            (r#"{"type":"auth","token":"a.b.c"}"#, Inbound::Auth("a.b.c".into())),
         ];
         for (text, want) in cases {
             assert_eq!(on_text(text, 512), *want, "{text}");
         }
         match on_text("{not json", 512) {
-            Inbound::Reply(r) => assert!(
-                r.starts_with(r#"{"type":"error","payload":{"message":"invalid JSON"#),
-                "{r}"
-            ),
+            Inbound::Reply(r) => assert!(r.starts_with(r#"{"type":"error","payload":{"message":"invalid JSON"#), "{r}"),
             other => panic!("{other:?}"),
         }
         let big_ping = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(600));
         assert_eq!(on_text(&big_ping, 512), Inbound::Close(Reason::TooBig));
         let big_auth = format!(r#"{{"type":"auth","token":"{}"}}"#, "x".repeat(1000));
         assert_eq!(on_text(&big_auth, 512), Inbound::Auth("x".repeat(1000)));
-        assert_eq!(
-            on_text(&"x".repeat(600), 512),
-            Inbound::Close(Reason::TooBig)
-        );
+        assert_eq!(on_text(&"x".repeat(600), 512), Inbound::Close(Reason::TooBig));
     }
 
     #[test]
@@ -284,9 +268,6 @@ mod tests {
     fn handshake_accept_key() {
         // RFC 6455 §1.3 example.
         let r = String::from_utf8(handshake_response("dGhlIHNhbXBsZSBub25jZQ==")).unwrap();
-        assert!(
-            r.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
-            "{r}"
-        );
+        assert!(r.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{r}");
     }
 }

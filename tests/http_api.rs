@@ -100,7 +100,8 @@ fn cors_headers_on_responses() {
 
     // A browser page from another origin cannot broadcast.
     let body = r#"{"type":"task_created","data":{}}"#;
-    let raw = broadcast_request(&token("u"), body).replace("Host: t\r\n", "Host: t\r\nOrigin: https://evil.example\r\n");
+    let raw =
+        broadcast_request(&token("u"), body).replace("Host: t\r\n", "Host: t\r\nOrigin: https://evil.example\r\n");
     let r = request(s.addr, &raw);
     assert_eq!(r.status, 403);
     assert_eq!(r.header("access-control-allow-origin"), None);
@@ -170,8 +171,11 @@ fn oversized_body_is_refused_from_content_length() {
     let mut h = Http::connect(s.addr);
     // Only the head is sent: the 413 must come without reading any body.
     h.send(
-        format!("POST /api/broadcast HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Length: 1001\r\n\r\n", token("u"))
-            .as_bytes(),
+        format!(
+            "POST /api/broadcast HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Length: 1001\r\n\r\n",
+            token("u")
+        )
+        .as_bytes(),
     );
     let r = h.response();
     assert_eq!(r.status, 413);

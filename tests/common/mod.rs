@@ -86,10 +86,7 @@ pub fn ws(addr: SocketAddr, token: &str) -> Ws {
 pub fn ws_try(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Ws, (u16, String)> {
     let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
     for (k, v) in headers {
-        req.headers_mut().insert(
-            tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
+        req.headers_mut().insert(tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
     }
     let stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
@@ -191,7 +188,11 @@ impl Http {
                     return HttpResponse { status, headers: hs, body };
                 }
             }
-            assert!(Instant::now() < deadline, "no full response within {WAIT:?}: {:?}", String::from_utf8_lossy(&self.buf));
+            assert!(
+                Instant::now() < deadline,
+                "no full response within {WAIT:?}: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
             let mut chunk = [0u8; 16384];
             let n = self.stream.read(&mut chunk).expect("read response");
             assert!(n > 0, "connection closed before a full response: {:?}", String::from_utf8_lossy(&self.buf));
