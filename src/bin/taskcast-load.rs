@@ -90,11 +90,7 @@ struct Report {
 
 impl Report {
     fn new() -> Self {
-        Report {
-            rows: Vec::new(),
-            json: Map::new(),
-            problems: Vec::new(),
-        }
+        Report { rows: Vec::new(), json: Map::new(), problems: Vec::new() }
     }
     fn add(&mut self, key: &str, label: &str, value: Value, shown: String) {
         self.json.insert(key.to_string(), value);
@@ -107,12 +103,8 @@ impl Report {
         self.problems.push(p);
     }
     fn print(mut self, as_json: bool) {
-        self.json
-            .insert("ok".into(), Value::Bool(self.problems.is_empty()));
-        self.json.insert(
-            "problems".into(),
-            Value::Array(self.problems.iter().cloned().map(Value::String).collect()),
-        );
+        self.json.insert("ok".into(), Value::Bool(self.problems.is_empty()));
+        self.json.insert("problems".into(), Value::Array(self.problems.iter().cloned().map(Value::String).collect()));
         let out = io::stdout();
         let mut out = out.lock();
         if as_json {
@@ -135,10 +127,8 @@ impl Report {
 
 fn resolve(cfg: &Config) -> Result<SocketAddr, String> {
     let host = cfg.host.trim_start_matches('[').trim_end_matches(']');
-    let addrs: Vec<SocketAddr> = (host, cfg.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {}: {e}", cfg.host))?
-        .collect();
+    let addrs: Vec<SocketAddr> =
+        (host, cfg.port).to_socket_addrs().map_err(|e| format!("cannot resolve {}: {e}", cfg.host))?.collect();
     addrs
         .iter()
         .find(|a| a.is_ipv4())
@@ -148,11 +138,7 @@ fn resolve(cfg: &Config) -> Result<SocketAddr, String> {
 }
 
 fn kib(v: u64) -> String {
-    if v >= 10 * 1024 {
-        format!("{:.1} MiB ({v} KiB)", v as f64 / 1024.0)
-    } else {
-        format!("{v} KiB")
-    }
+    if v >= 10 * 1024 { format!("{:.1} MiB ({v} KiB)", v as f64 / 1024.0) } else { format!("{v} KiB") }
 }
 
 fn counts_str(m: &BTreeMap<String, u64>) -> String {
@@ -188,50 +174,29 @@ fn run(cfg: &Config) -> Result<i32, String> {
 
     // Preflight: is the server there at all?
     let health_before = match http::get_health(addr, &host_header) {
-        Ok((200, body)) => serde_json::from_str::<Value>(&body)
-            .ok()
-            .and_then(|v| v.get("connectedClients").and_then(Value::as_u64)),
+        Ok((200, body)) => {
+            serde_json::from_str::<Value>(&body).ok().and_then(|v| v.get("connectedClients").and_then(Value::as_u64))
+        }
         Ok((st, body)) => {
             eprintln!("taskcast-load: warning: GET /health answered HTTP {st}: {body}");
             None
         }
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            return Err(format!(
-                "connection refused by {addr}: is the taskcast server running at {}?",
-                cfg.url
-            ));
+            return Err(format!("connection refused by {addr}: is the taskcast server running at {}?", cfg.url));
         }
         Err(e) if taskcast_load::engine::is_fd_limit(&e) => {
             return Err(format!("out of file descriptors ({e}); raise `ulimit -n`"));
         }
         Err(e) => {
-            return Err(format!(
-                "GET {}/health failed: {e}",
-                cfg.url.trim_end_matches('/')
-            ));
+            return Err(format!("GET {}/health failed: {e}", cfg.url.trim_end_matches('/')));
         }
     };
 
     let mut rep = Report::new();
-    rep.add(
-        "mode",
-        "mode",
-        json!(cfg.mode.name()),
-        cfg.mode.name().into(),
-    );
-    rep.add(
-        "url",
-        "server",
-        json!(cfg.url),
-        format!("{} ({addr})", cfg.url),
-    );
+    rep.add("mode", "mode", json!(cfg.mode.name()), cfg.mode.name().into());
+    rep.add("url", "server", json!(cfg.url), format!("{} ({addr})", cfg.url));
     if let Some(n) = health_before {
-        rep.add(
-            "server_clients_before",
-            "server clients before",
-            json!(n),
-            n.to_string(),
-        );
+        rep.add("server_clients_before", "server clients before", json!(n), n.to_string());
     }
 
     let pid = cfg.server_pid;
@@ -247,9 +212,7 @@ fn run(cfg: &Config) -> Result<i32, String> {
         }
         Auth::Token(t) => ClientAuth::Token(t.clone()),
     };
-    let source_ips = cfg
-        .source_ips
-        .unwrap_or_else(|| taskcast_load::engine::auto_source_ips(addr, cfg.conns));
+    let source_ips = cfg.source_ips.unwrap_or_else(|| taskcast_load::engine::auto_source_ips(addr, cfg.conns));
     let mut engine = Engine::new(EngineOptions {
         conns: cfg.conns,
         addr,
@@ -289,18 +252,9 @@ fn run(cfg: &Config) -> Result<i32, String> {
             },
         )
         .map_err(|e| format!("poll failed: {e}"))?;
-    let connect_secs = engine
-        .stats
-        .last_open
-        .map_or(t0.elapsed(), |t| t.duration_since(t0))
-        .as_secs_f64();
+    let connect_secs = engine.stats.last_open.map_or(t0.elapsed(), |t| t.duration_since(t0)).as_secs_f64();
     let opened = engine.stats.opened_total;
-    rep.add(
-        "conns_target",
-        "connections wanted",
-        json!(n),
-        n.to_string(),
-    );
+    rep.add("conns_target", "connections wanted", json!(n), n.to_string());
     if source_ips > 1 && addr.is_ipv4() && addr.ip().is_loopback() {
         rep.add(
             "source_ips",
@@ -313,10 +267,7 @@ fn run(cfg: &Config) -> Result<i32, String> {
         "conns_open",
         "connections opened",
         json!(opened),
-        format!(
-            "{opened} in {connect_secs:.2} s ({:.0}/s)",
-            opened as f64 / connect_secs.max(1e-9)
-        ),
+        format!("{opened} in {connect_secs:.2} s ({:.0}/s)", opened as f64 / connect_secs.max(1e-9)),
     );
     rep.json_only("connect_secs", json!(round3(connect_secs)));
     let failed = engine.stats.failed.clone();
@@ -334,12 +285,7 @@ fn run(cfg: &Config) -> Result<i32, String> {
     for (k, v) in &failed_display {
         failed_json.insert(k.clone(), json!(v));
     }
-    rep.add(
-        "conns_failed",
-        "connections failed",
-        Value::Object(failed_json),
-        counts_str(&failed_display),
-    );
+    rep.add("conns_failed", "connections failed", Value::Object(failed_json), counts_str(&failed_display));
     if let Some(s) = Summary::from_us(&mut engine.stats.handshake_us) {
         rep.add("handshake", "handshake latency", s.to_json(), s.line());
     }
@@ -365,8 +311,7 @@ fn run(cfg: &Config) -> Result<i32, String> {
         let msg = format!(
             "the server rejected the token (HTTP 401): {}",
             match &cfg.auth {
-                Auth::Secret(_) =>
-                    "--secret (or $JWT_SECRET) does not match the server's JWT_SECRET",
+                Auth::Secret(_) => "--secret (or $JWT_SECRET) does not match the server's JWT_SECRET",
                 Auth::Token(_) => "the --token is invalid or expired",
             }
         );
@@ -395,16 +340,10 @@ fn run(cfg: &Config) -> Result<i32, String> {
         rep.problem(msg);
     }
     if failed.contains_key("http_503") {
-        rep.problem(format!(
-            "server refused {} connections with 503 (connection limit)",
-            failed["http_503"]
-        ));
+        rep.problem(format!("server refused {} connections with 503 (connection limit)", failed["http_503"]));
     }
     if failed.contains_key("http_429") {
-        rep.problem(format!(
-            "server rate-limited {} connections with 429",
-            failed["http_429"]
-        ));
+        rep.problem(format!("server rate-limited {} connections with 429", failed["http_429"]));
     }
     if opened < n {
         rep.problem(format!("{} of {n} connections did not open", n - opened));
@@ -449,43 +388,21 @@ fn idle_phase(
         );
     });
     let open = engine.stats.open;
-    rep.add(
-        "hold_secs",
-        "held",
-        json!(cfg.hold),
-        format!("{:.1} s, {open} still open at the end", cfg.hold),
-    );
+    rep.add("hold_secs", "held", json!(cfg.hold), format!("{:.1} s, {open} still open at the end", cfg.hold));
     rep.json_only("conns_open_after_hold", json!(open));
-    rep.add(
-        "pings_answered",
-        "pings answered",
-        json!(engine.stats.pongs),
-        engine.stats.pongs.to_string(),
-    );
+    rep.add("pings_answered", "pings answered", json!(engine.stats.pongs), engine.stats.pongs.to_string());
     report_closed(engine, rep);
 
     if let Some(c) = connected_clients(addr, host_header) {
-        rep.add(
-            "server_clients",
-            "server connectedClients",
-            json!(c),
-            c.to_string(),
-        );
+        rep.add("server_clients", "server connectedClients", json!(c), c.to_string());
         if c < open as u64 {
-            rep.problem(format!(
-                "/health reports {c} connected clients while {open} are open"
-            ));
+            rep.problem(format!("/health reports {c} connected clients while {open} are open"));
         }
     }
     if let Some(pid) = cfg.server_pid {
         let after = sysinfo::rss_kib(pid);
         if let Some(b) = rss_before {
-            rep.add(
-                "server_rss_before_kib",
-                "server RSS before",
-                json!(b),
-                kib(b),
-            );
+            rep.add("server_rss_before_kib", "server RSS before", json!(b), kib(b));
         }
         if let Some(a) = after {
             rep.add("server_rss_after_kib", "server RSS after", json!(a), kib(a));
@@ -496,11 +413,7 @@ fn idle_phase(
                 "server_bytes_per_conn",
                 "server RSS per connection",
                 json!(per.round()),
-                format!(
-                    "{:.0} bytes ({:.2} KiB) over {open} open",
-                    per,
-                    per / 1024.0
-                ),
+                format!("{:.0} bytes ({:.2} KiB) over {open} open", per, per / 1024.0),
             );
         }
     }
@@ -509,11 +422,7 @@ fn idle_phase(
             "client_rss_kib",
             "load tool RSS",
             json!(r),
-            format!(
-                "{} ({:.0} bytes/conn)",
-                kib(r),
-                r as f64 * 1024.0 / open.max(1) as f64
-            ),
+            format!("{} ({:.0} bytes/conn)", kib(r), r as f64 * 1024.0 / open.max(1) as f64),
         );
     }
 }
@@ -524,21 +433,12 @@ fn report_closed(engine: &Engine, rep: &mut Report) {
     for (k, v) in closed {
         m.insert(k.clone(), json!(v));
     }
-    rep.add(
-        "closed_by_server",
-        "connections lost",
-        Value::Object(m),
-        counts_str(closed),
-    );
+    rep.add("closed_by_server", "connections lost", Value::Object(m), counts_str(closed));
     if !closed.is_empty() {
         for (cause, ex) in &engine.stats.closed_examples {
             eprintln!("taskcast-load: open connection lost `{cause}`, e.g.: {ex}");
         }
-        rep.problem(format!(
-            "{} open connections were lost ({})",
-            engine.stats.closed_total(),
-            counts_str(closed)
-        ));
+        rep.problem(format!("{} open connections were lost ({})", engine.stats.closed_total(), counts_str(closed)));
     }
 }
 
@@ -568,11 +468,7 @@ fn send_phase(
     let own_cpu_before = sysinfo::own_cpu_ms();
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs_f64(cfg.timeout);
-    let rate = if cfg.mode == Mode::Latency {
-        Some(cfg.rate)
-    } else {
-        None
-    };
+    let rate = if cfg.mode == Mode::Latency { Some(cfg.rate) } else { None };
     let mut handles = Vec::with_capacity(k);
     for (i, token) in tokens.into_iter().enumerate() {
         let plan = SenderPlan {
@@ -638,16 +534,11 @@ fn send_phase(
     shared.stop.store(true, Ordering::SeqCst);
     let mut results = Vec::with_capacity(k);
     for h in handles {
-        results.push(
-            h.join()
-                .map_err(|_| "a sender thread panicked".to_string())?,
-        );
+        results.push(h.join().map_err(|_| "a sender thread panicked".to_string())?);
     }
     let fatal = shared.fatal();
     let timed_out = !completed
-        || (fatal.is_none()
-            && (!engine.deliveries_complete()
-                || shared.sent.load(Ordering::Relaxed) < msgs as u64));
+        || (fatal.is_none() && (!engine.deliveries_complete() || shared.sent.load(Ordering::Relaxed) < msgs as u64));
 
     // ---- posts ----
     let sent = shared.sent.load(Ordering::Relaxed);
@@ -670,12 +561,7 @@ fn send_phase(
         sender_errors.extend(r.errors);
         reconnects += r.reconnects;
     }
-    let send_times: Vec<u64> = shared
-        .send_ns
-        .iter()
-        .map(|a| a.load(Ordering::Relaxed))
-        .filter(|&v| v != 0)
-        .collect();
+    let send_times: Vec<u64> = shared.send_ns.iter().map(|a| a.load(Ordering::Relaxed)).filter(|&v| v != 0).collect();
     let first_post_ns = send_times.iter().copied().min().unwrap_or(1) - 1;
     let last_post_ns = send_times.iter().copied().max().unwrap_or(1) - 1;
     let send_secs = (last_post_ns - first_post_ns) as f64 / 1e9;
@@ -693,12 +579,7 @@ fn send_phase(
     );
     if sent > 1 {
         let r = (sent - 1) as f64 / send_secs.max(1e-9);
-        rep.add(
-            "post_rate",
-            "post rate achieved",
-            json!(r.round()),
-            format!("{r:.1}/s over {send_secs:.2} s"),
-        );
+        rep.add("post_rate", "post rate achieved", json!(r.round()), format!("{r:.1}/s over {send_secs:.2} s"));
     }
     let recipients = shared.recipients.load(Ordering::Relaxed);
     rep.add(
@@ -727,9 +608,7 @@ fn send_phase(
         rep.problem(format!("{unknown} broadcasts got no answer"));
     }
     if reconnects > 0 {
-        rep.problem(format!(
-            "sender connections were re-established {reconnects} times"
-        ));
+        rep.problem(format!("sender connections were re-established {reconnects} times"));
     }
     if let Some(f) = &fatal {
         eprintln!("taskcast-load: {f}");
@@ -756,7 +635,9 @@ fn send_phase(
         if miss == 0 {
             complete += 1;
         } else if incomplete.len() < 5 {
-            incomplete.push(json!({"client": id, "open": open, "received": got, "missing": miss, "first_missing_seqs": first}));
+            incomplete.push(
+                json!({"client": id, "open": open, "received": got, "missing": miss, "first_missing_seqs": first}),
+            );
         }
     }
     let delivered = t.uniq_total;
@@ -791,18 +672,9 @@ fn send_phase(
         "out_of_order",
         "out of order",
         json!(t.ooo),
-        if k > 1 {
-            format!("{} (checked per sender)", t.ooo)
-        } else {
-            t.ooo.to_string()
-        },
+        if k > 1 { format!("{} (checked per sender)", t.ooo) } else { t.ooo.to_string() },
     );
-    rep.add(
-        "unexpected",
-        "unexpected messages",
-        json!(t.unexpected),
-        t.unexpected.to_string(),
-    );
+    rep.add("unexpected", "unexpected messages", json!(t.unexpected), t.unexpected.to_string());
     rep.add(
         "clients_complete",
         "clients complete",
@@ -822,9 +694,7 @@ fn send_phase(
     report_closed(engine, rep);
 
     if sent < msgs as u64 {
-        rep.problem(format!(
-            "only {sent} of {msgs} broadcasts were sent before the phase ended"
-        ));
+        rep.problem(format!("only {sent} of {msgs} broadcasts were sent before the phase ended"));
     }
     if timed_out {
         let msg = format!(
@@ -834,9 +704,7 @@ fn send_phase(
         eprintln!("taskcast-load: {msg}");
         rep.problem(msg);
     } else if missing_accepted > 0 {
-        rep.problem(format!(
-            "{missing_accepted} deliveries of accepted broadcasts missing"
-        ));
+        rep.problem(format!("{missing_accepted} deliveries of accepted broadcasts missing"));
     }
     if delivered < expected && !timed_out && missing_accepted == 0 && rejected + unknown == 0 {
         rep.problem(format!("only {delivered} of {expected} deliveries"));
@@ -859,38 +727,19 @@ fn send_phase(
         let first_post = base + Duration::from_nanos(first_post_ns);
         let secs = last.saturating_duration_since(first_post).as_secs_f64();
         let rate = delivered as f64 / secs.max(1e-9);
-        rep.add(
-            "duration_secs",
-            "first POST → last delivery",
-            json!(round3(secs)),
-            format!("{secs:.3} s"),
-        );
-        rep.add(
-            "deliveries_per_sec",
-            "deliveries/s",
-            json!(rate.round()),
-            format!("{rate:.0}"),
-        );
+        rep.add("duration_secs", "first POST → last delivery", json!(round3(secs)), format!("{secs:.3} s"));
+        rep.add("deliveries_per_sec", "deliveries/s", json!(rate.round()), format!("{rate:.0}"));
     }
     if let (Some(b), Some(a)) = (pid.and(cpu_before), cpu_after) {
         let ms = (a.saturating_sub(b)) as f64 * 1000.0 / clk as f64;
-        let per_k = if delivered > 0 {
-            ms / (delivered as f64 / 1000.0)
-        } else {
-            0.0
-        };
+        let per_k = if delivered > 0 { ms / (delivered as f64 / 1000.0) } else { 0.0 };
         rep.add(
             "server_cpu_ms",
             "server CPU time",
             json!(round3(ms)),
             format!("{ms:.0} ms (utime+stime, {clk} ticks/s)"),
         );
-        rep.add(
-            "server_cpu_ms_per_1k",
-            "server CPU per 1k deliveries",
-            json!(round3(per_k)),
-            format!("{per_k:.3} ms"),
-        );
+        rep.add("server_cpu_ms_per_1k", "server CPU per 1k deliveries", json!(round3(per_k)), format!("{per_k:.3} ms"));
         if let Some(r) = pid.and_then(sysinfo::rss_kib) {
             rep.add("server_rss_kib", "server RSS", json!(r), kib(r));
         }
@@ -899,16 +748,8 @@ fn send_phase(
         "client_cpu_ms",
         "load tool CPU time",
         json!(round3(own_cpu_ms)),
-        format!(
-            "{own_cpu_ms:.0} ms ({:.3} ms per 1k deliveries)",
-            own_cpu_ms / (delivered.max(1) as f64 / 1000.0)
-        ),
+        format!("{own_cpu_ms:.0} ms ({:.3} ms per 1k deliveries)", own_cpu_ms / (delivered.max(1) as f64 / 1000.0)),
     );
-    rep.add(
-        "pings_answered",
-        "pings answered",
-        json!(engine.stats.pongs),
-        engine.stats.pongs.to_string(),
-    );
+    rep.add("pings_answered", "pings answered", json!(engine.stats.pongs), engine.stats.pongs.to_string());
     Ok(())
 }

@@ -116,23 +116,17 @@ pub fn parse_url(url: &str) -> Result<(String, u16), String> {
     }
     if authority.starts_with('[') {
         // [v6]:port
-        let end = authority
-            .find(']')
-            .ok_or_else(|| format!("--url {url}: bad IPv6 host"))?;
+        let end = authority.find(']').ok_or_else(|| format!("--url {url}: bad IPv6 host"))?;
         let host = authority[..=end].to_string();
         let port = match authority[end + 1..].strip_prefix(':') {
-            Some(p) => p
-                .parse()
-                .map_err(|_| format!("--url {url}: bad port `{p}`"))?,
+            Some(p) => p.parse().map_err(|_| format!("--url {url}: bad port `{p}`"))?,
             None => 80,
         };
         return Ok((host, port));
     }
     match authority.rsplit_once(':') {
         Some((h, p)) => {
-            let port = p
-                .parse()
-                .map_err(|_| format!("--url {url}: bad port `{p}`"))?;
+            let port = p.parse().map_err(|_| format!("--url {url}: bad port `{p}`"))?;
             if h.is_empty() {
                 return Err(format!("--url {url}: missing host"));
             }
@@ -142,24 +136,14 @@ pub fn parse_url(url: &str) -> Result<(String, u16), String> {
     }
 }
 
-fn num<T: std::str::FromStr>(
-    flags: &HashMap<String, String>,
-    name: &str,
-) -> Result<Option<T>, String> {
+fn num<T: std::str::FromStr>(flags: &HashMap<String, String>, name: &str) -> Result<Option<T>, String> {
     match flags.get(name) {
         None => Ok(None),
-        Some(v) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("--{name}: `{v}` is not a valid number")),
+        Some(v) => v.parse().map(Some).map_err(|_| format!("--{name}: `{v}` is not a valid number")),
     }
 }
 
-fn required<T: std::str::FromStr>(
-    flags: &HashMap<String, String>,
-    name: &str,
-    mode: Mode,
-) -> Result<T, String> {
+fn required<T: std::str::FromStr>(flags: &HashMap<String, String>, name: &str, mode: Mode) -> Result<T, String> {
     num(flags, name)?.ok_or_else(|| format!("{} needs --{name}", mode.name()))
 }
 
@@ -170,10 +154,7 @@ pub fn parse(args: &[String], env_secret: Option<String>) -> Result<Option<Confi
     if args.is_empty() {
         return Err("missing subcommand".into());
     }
-    if args
-        .iter()
-        .any(|a| a == "-h" || a == "--help" || a == "help")
-    {
+    if args.iter().any(|a| a == "-h" || a == "--help" || a == "help") {
         return Ok(None);
     }
     let mode = match args[0].as_str() {
@@ -203,9 +184,7 @@ pub fn parse(args: &[String], env_secret: Option<String>) -> Result<Option<Confi
                 Some(v) => v,
                 None => {
                     i += 1;
-                    args.get(i)
-                        .cloned()
-                        .ok_or_else(|| format!("--{name} needs a value"))?
+                    args.get(i).cloned().ok_or_else(|| format!("--{name} needs a value"))?
                 }
             };
             if flags.insert(name.to_string(), v).is_some() {
@@ -229,10 +208,7 @@ pub fn parse(args: &[String], env_secret: Option<String>) -> Result<Option<Confi
         }
     }
 
-    let url = flags
-        .get("url")
-        .cloned()
-        .unwrap_or_else(|| "http://127.0.0.1:8080".to_string());
+    let url = flags.get("url").cloned().unwrap_or_else(|| "http://127.0.0.1:8080".to_string());
     let (host, port) = parse_url(&url)?;
 
     let conns: usize = required(&flags, "conns", mode)?;
@@ -241,16 +217,8 @@ pub fn parse(args: &[String], env_secret: Option<String>) -> Result<Option<Confi
     }
     let (msgs, rate, senders): (usize, f64, usize) = match mode {
         Mode::Idle => (0, 0.0, 0),
-        Mode::Latency => (
-            required(&flags, "msgs", mode)?,
-            required(&flags, "rate", mode)?,
-            1,
-        ),
-        Mode::Throughput => (
-            required(&flags, "msgs", mode)?,
-            0.0,
-            required(&flags, "senders", mode)?,
-        ),
+        Mode::Latency => (required(&flags, "msgs", mode)?, required(&flags, "rate", mode)?, 1),
+        Mode::Throughput => (required(&flags, "msgs", mode)?, 0.0, required(&flags, "senders", mode)?),
     };
     if mode != Mode::Idle {
         if msgs == 0 || msgs > 100_000_000 {
@@ -271,8 +239,7 @@ pub fn parse(args: &[String], env_secret: Option<String>) -> Result<Option<Confi
     if payload > 16 * 1024 * 1024 {
         return Err("--payload must be at most 16777216 bytes".into());
     }
-    let pipeline: usize =
-        num(&flags, "pipeline")?.unwrap_or(if mode == Mode::Throughput { 8 } else { 16 });
+    let pipeline: usize = num(&flags, "pipeline")?.unwrap_or(if mode == Mode::Throughput { 8 } else { 16 });
     if pipeline == 0 || pipeline > 4096 {
         return Err("--pipeline must be between 1 and 4096".into());
     }
@@ -355,26 +322,23 @@ mod tests {
         assert!(!c.json);
         assert_eq!(c.server_pid, None);
         assert_eq!(c.source_ips, None);
-        let c = p("idle --conns 10 --secret abc --source-ips 3")
-            .unwrap()
-            .unwrap();
+        let c = p("idle --conns 10 --secret abc --source-ips 3").unwrap().unwrap();
         assert_eq!(c.source_ips, Some(3));
         assert!(p("idle --conns 10 --secret abc --source-ips 0").is_err());
     }
 
     #[test]
     fn latency_and_throughput() {
-        let c = p("latency --conns 10 --msgs 100 --rate 2.5 --payload 64 --url http://localhost:9000/ --token t --json")
-            .unwrap()
-            .unwrap();
+        let c =
+            p("latency --conns 10 --msgs 100 --rate 2.5 --payload 64 --url http://localhost:9000/ --token t --json")
+                .unwrap()
+                .unwrap();
         assert_eq!((c.conns, c.msgs, c.rate, c.payload), (10, 100, 2.5, 64));
         assert_eq!((c.host.as_str(), c.port), ("localhost", 9000));
         assert_eq!(c.auth, Auth::Token("t".into()));
         assert_eq!(c.pipeline, 16);
         assert!(c.json);
-        let c = p("throughput --conns=200 --msgs 1000 --senders 4 --server-pid 77 --secret s")
-            .unwrap()
-            .unwrap();
+        let c = p("throughput --conns=200 --msgs 1000 --senders 4 --server-pid 77 --secret s").unwrap().unwrap();
         assert_eq!((c.conns, c.msgs, c.senders, c.pipeline), (200, 1000, 4, 8));
         assert_eq!(c.server_pid, Some(77));
         assert_eq!(c.payload, 200);
@@ -385,40 +349,16 @@ mod tests {
         assert!(p("").is_err());
         assert!(p("bogus --conns 1 --secret s").is_err());
         assert!(p("idle --secret s").unwrap_err().contains("--conns"));
-        assert!(
-            p("idle --conns x --secret s")
-                .unwrap_err()
-                .contains("not a valid number")
-        );
+        assert!(p("idle --conns x --secret s").unwrap_err().contains("not a valid number"));
         assert!(p("idle --conns 1").unwrap_err().contains("--secret"));
         assert!(p("idle --conns 1 --secret a --token b").is_err());
-        assert!(
-            p("idle --conns 1 --secret a --msgs 3")
-                .unwrap_err()
-                .contains("does not apply")
-        );
-        assert!(
-            p("latency --conns 1 --msgs 3 --secret a")
-                .unwrap_err()
-                .contains("--rate")
-        );
+        assert!(p("idle --conns 1 --secret a --msgs 3").unwrap_err().contains("does not apply"));
+        assert!(p("latency --conns 1 --msgs 3 --secret a").unwrap_err().contains("--rate"));
         assert!(p("latency --conns 1 --msgs 3 --rate 0 --secret a").is_err());
         assert!(p("throughput --conns 1 --msgs 3 --senders 0 --secret a").is_err());
-        assert!(
-            p("idle --conns 1 --secret")
-                .unwrap_err()
-                .contains("needs a value")
-        );
-        assert!(
-            p("idle --conns 1 --secret a --wat 3")
-                .unwrap_err()
-                .contains("unknown flag")
-        );
-        assert!(
-            p("idle --conns 1 --conns 2 --secret a")
-                .unwrap_err()
-                .contains("twice")
-        );
+        assert!(p("idle --conns 1 --secret").unwrap_err().contains("needs a value"));
+        assert!(p("idle --conns 1 --secret a --wat 3").unwrap_err().contains("unknown flag"));
+        assert!(p("idle --conns 1 --conns 2 --secret a").unwrap_err().contains("twice"));
         assert!(p("idle --conns 1 --secret a --url https://x").is_err());
         assert!(p("idle --conns 1 --secret a stray").is_err());
         assert_eq!(p("idle --help").unwrap(), None);
@@ -426,29 +366,17 @@ mod tests {
 
     #[test]
     fn env_secret_fallback() {
-        let v: Vec<String> = ["idle", "--conns", "1"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let v: Vec<String> = ["idle", "--conns", "1"].iter().map(|s| s.to_string()).collect();
         let c = parse(&v, Some("envsecret".into())).unwrap().unwrap();
         assert_eq!(c.auth, Auth::Secret("envsecret".into()));
     }
 
     #[test]
     fn urls() {
-        assert_eq!(
-            parse_url("http://127.0.0.1:8080").unwrap(),
-            ("127.0.0.1".into(), 8080)
-        );
+        assert_eq!(parse_url("http://127.0.0.1:8080").unwrap(), ("127.0.0.1".into(), 8080));
         assert_eq!(parse_url("127.0.0.1:81").unwrap(), ("127.0.0.1".into(), 81));
-        assert_eq!(
-            parse_url("http://localhost").unwrap(),
-            ("localhost".into(), 80)
-        );
-        assert_eq!(
-            parse_url("http://[::1]:9000/x").unwrap(),
-            ("[::1]".into(), 9000)
-        );
+        assert_eq!(parse_url("http://localhost").unwrap(), ("localhost".into(), 80));
+        assert_eq!(parse_url("http://[::1]:9000/x").unwrap(), ("[::1]".into(), 9000));
         assert!(parse_url("http://h:notaport").is_err());
         assert!(parse_url("ws://h:1").is_err());
         assert!(parse_url("http://").is_err());

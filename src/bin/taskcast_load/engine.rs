@@ -90,9 +90,7 @@ impl Stats {
     }
     fn fail(&mut self, cause: &str, detail: String) {
         *self.failed.entry(cause.to_string()).or_default() += 1;
-        self.failure_examples
-            .entry(cause.to_string())
-            .or_insert(detail);
+        self.failure_examples.entry(cause.to_string()).or_insert(detail);
     }
 }
 
@@ -242,20 +240,14 @@ fn connect_from(src: Option<std::net::Ipv4Addr>, addr: SocketAddr) -> io::Result
     let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(ip.octets()),
-        },
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(ip.octets()) },
         sin_zero: [0; 8],
     };
     let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: plain socket syscalls on an fd we own (wrapped right away so
     // that it is closed on every error path) and on local structs.
     unsafe {
-        let fd = libc::socket(
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        );
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -269,21 +261,11 @@ fn connect_from(src: Option<std::net::Ipv4Addr>, addr: SocketAddr) -> io::Result
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
         let local = sin(src, 0);
-        if libc::bind(
-            fd,
-            &local as *const libc::sockaddr_in as *const libc::sockaddr,
-            len,
-        ) != 0
-        {
+        if libc::bind(fd, &local as *const libc::sockaddr_in as *const libc::sockaddr, len) != 0 {
             return Err(io::Error::last_os_error());
         }
         let remote = sin(*dst.ip(), dst.port());
-        if libc::connect(
-            fd,
-            &remote as *const libc::sockaddr_in as *const libc::sockaddr,
-            len,
-        ) != 0
-        {
+        if libc::connect(fd, &remote as *const libc::sockaddr_in as *const libc::sockaddr, len) != 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EINPROGRESS) {
                 return Err(e);
@@ -321,21 +303,11 @@ fn classify(e: &io::Error) -> &'static str {
 
 impl Engine {
     pub fn new(o: EngineOptions) -> io::Result<Engine> {
-        let EngineOptions {
-            conns,
-            addr,
-            host_header,
-            auth,
-            query_token,
-            concurrency,
-            connect_timeout,
-            source_ips,
-        } = o;
+        let EngineOptions { conns, addr, host_header, auth, query_token, concurrency, connect_timeout, source_ips } = o;
         let now = Instant::now();
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-            ^ ((std::process::id() as u64) << 32);
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+                ^ ((std::process::id() as u64) << 32);
         let mut clients = Vec::with_capacity(conns);
         for _ in 0..conns {
             clients.push(Client {
@@ -362,9 +334,7 @@ impl Engine {
             connect_timeout,
             rng: XorShift::new(seed ^ 0x9E37_79B9_7F4A_7C15),
             sources: if source_ips > 1 && addr.is_ipv4() && addr.ip().is_loopback() {
-                (0..source_ips.min(250))
-                    .map(|i| std::net::Ipv4Addr::new(127, 0, 0, 1 + i as u8))
-                    .collect()
+                (0..source_ips.min(250)).map(|i| std::net::Ipv4Addr::new(127, 0, 0, 1 + i as u8)).collect()
             } else {
                 Vec::new()
             },
@@ -377,8 +347,7 @@ impl Engine {
 
     /// All connection attempts have finished (open or failed).
     pub fn connect_done(&self) -> bool {
-        (self.next_to_start >= self.clients.len() || self.stats.fd_exhausted)
-            && self.stats.in_flight == 0
+        (self.next_to_start >= self.clients.len() || self.stats.fd_exhausted) && self.stats.in_flight == 0
     }
 
     /// Connections never attempted because the fd limit was hit.
@@ -389,9 +358,7 @@ impl Engine {
     fn token_for(&self, id: usize) -> Result<String, String> {
         match &self.auth {
             ClientAuth::Token(t) => Ok(t.clone()),
-            ClientAuth::Secret(s) => {
-                crate::taskcast_load::http::mint_token(s, &format!("load-{id}"))
-            }
+            ClientAuth::Secret(s) => crate::taskcast_load::http::mint_token(s, &format!("load-{id}")),
         }
     }
 
@@ -409,11 +376,7 @@ impl Engine {
     fn start(&mut self, id: usize) {
         self.stats.started += 1;
         let now = Instant::now();
-        let src = if self.sources.is_empty() {
-            None
-        } else {
-            Some(self.sources[id % self.sources.len()])
-        };
+        let src = if self.sources.is_empty() { None } else { Some(self.sources[id % self.sources.len()]) };
         let mut stream = match connect_from(src, self.addr) {
             Ok(s) => s,
             Err(e) => {
@@ -429,11 +392,7 @@ impl Engine {
                 return;
             }
         };
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            Token(id),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(id), Interest::READABLE | Interest::WRITABLE) {
             let cause = classify(&e);
             if cause == "fd_limit" {
                 self.stats.fd_exhausted = true;
@@ -481,10 +440,7 @@ impl Engine {
         c.frag = None;
         self.stats.open -= 1;
         *self.stats.closed.entry(reason.to_string()).or_default() += 1;
-        self.stats
-            .closed_examples
-            .entry(reason.to_string())
-            .or_insert(detail);
+        self.stats.closed_examples.entry(reason.to_string()).or_insert(detail);
         if let Some(t) = self.tracker.as_mut().filter(|t| t.tracked[id]) {
             t.dead_uniq += c.uniq as u64;
         }
@@ -506,16 +462,8 @@ impl Engine {
             self.deadlines.pop_front();
             let st = self.clients[id].st;
             if matches!(st, St::Connecting | St::Handshaking) {
-                let what = if st == St::Connecting {
-                    "TCP connect"
-                } else {
-                    "WebSocket handshake"
-                };
-                self.fail_handshake(
-                    id,
-                    "timeout",
-                    format!("{what} not finished within {:?}", self.connect_timeout),
-                );
+                let what = if st == St::Connecting { "TCP connect" } else { "WebSocket handshake" };
+                self.fail_handshake(id, "timeout", format!("{what} not finished within {:?}", self.connect_timeout));
             }
         }
     }
@@ -530,16 +478,8 @@ impl Engine {
         };
         let key = tungstenite::handshake::client::generate_key();
         let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-        let path = if self.query_token {
-            format!("/ws?token={token}")
-        } else {
-            "/ws".to_string()
-        };
-        let bearer = if self.query_token {
-            None
-        } else {
-            Some(token.as_str())
-        };
+        let path = if self.query_token { format!("/ws?token={token}") } else { "/ws".to_string() };
+        let bearer = if self.query_token { None } else { Some(token.as_str()) };
         let req = ws::build_upgrade_request(&self.host_header, &path, &key, bearer);
         let c = &mut self.clients[id];
         if let Some(s) = c.stream.as_ref() {
@@ -654,15 +594,7 @@ impl Engine {
         let c = &mut self.clients[id];
         let result = if c.pending.is_empty() {
             let buf = &self.scratch[..n];
-            let r = process(
-                id,
-                c,
-                buf,
-                now,
-                &mut self.stats,
-                self.tracker.as_mut(),
-                &mut self.rng,
-            );
+            let r = process(id, c, buf, now, &mut self.stats, self.tracker.as_mut(), &mut self.rng);
             if let Ok(used) = r
                 && used < n
             {
@@ -672,15 +604,7 @@ impl Engine {
         } else {
             c.pending.extend_from_slice(&self.scratch[..n]);
             let buf = std::mem::take(&mut c.pending);
-            let r = process(
-                id,
-                c,
-                &buf,
-                now,
-                &mut self.stats,
-                self.tracker.as_mut(),
-                &mut self.rng,
-            );
+            let r = process(id, c, &buf, now, &mut self.stats, self.tracker.as_mut(), &mut self.rng);
             if let Ok(used) = r {
                 let mut buf = buf;
                 buf.drain(..used);
@@ -718,9 +642,8 @@ impl Engine {
             if now >= until {
                 return Ok(false);
             }
-            let timeout = (until - now)
-                .min(Duration::from_millis(50))
-                .min(next_progress.saturating_duration_since(now));
+            let timeout =
+                (until - now).min(Duration::from_millis(50)).min(next_progress.saturating_duration_since(now));
             match self.poll.poll(&mut self.events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -729,14 +652,7 @@ impl Engine {
             let evs: Vec<(usize, bool, bool, bool)> = self
                 .events
                 .iter()
-                .map(|e| {
-                    (
-                        e.token().0,
-                        e.is_readable(),
-                        e.is_writable(),
-                        e.is_error() || e.is_read_closed(),
-                    )
-                })
+                .map(|e| (e.token().0, e.is_readable(), e.is_writable(), e.is_error() || e.is_read_closed()))
                 .collect();
             for (id, r, w, h) in evs {
                 self.on_event(id, r, w, h);
@@ -786,28 +702,18 @@ impl Engine {
         if t.uniq_total < open_tracked as u64 * target + t.dead_uniq {
             return false;
         }
-        self.clients
-            .iter()
-            .zip(&t.tracked)
-            .all(|(c, &tr)| !tr || c.st != St::Open || c.uniq as u64 >= target)
+        self.clients.iter().zip(&t.tracked).all(|(c, &tr)| !tr || c.st != St::Open || c.uniq as u64 >= target)
     }
 
     pub fn open_tracked(&self) -> usize {
         match self.tracker.as_ref() {
             None => 0,
-            Some(t) => self
-                .clients
-                .iter()
-                .zip(&t.tracked)
-                .filter(|(c, tr)| **tr && c.st == St::Open)
-                .count(),
+            Some(t) => self.clients.iter().zip(&t.tracked).filter(|(c, tr)| **tr && c.st == St::Open).count(),
         }
     }
 
     pub fn tracked_count(&self) -> usize {
-        self.tracker
-            .as_ref()
-            .map_or(0, |t| t.tracked.iter().filter(|&&b| b).count())
+        self.tracker.as_ref().map_or(0, |t| t.tracked.iter().filter(|&&b| b).count())
     }
 
     /// Per tracked client: (id, still open, unique received).
@@ -830,12 +736,7 @@ impl Engine {
             if let Some(mut s) = c.stream.take() {
                 if c.st == St::Open {
                     frame.clear();
-                    ws::encode_client_frame(
-                        &mut frame,
-                        OP_CLOSE,
-                        &1000u16.to_be_bytes(),
-                        self.rng.mask(),
-                    );
+                    ws::encode_client_frame(&mut frame, OP_CLOSE, &1000u16.to_be_bytes(), self.rng.mask());
                     let _ = s.write(&frame);
                 }
                 let _ = self.poll.registry().deregister(&mut s);
@@ -872,11 +773,7 @@ fn process(
                 stats.opened_total += 1;
                 stats.first_open.get_or_insert(now);
                 stats.last_open = Some(now);
-                stats.handshake_us.push(
-                    now.duration_since(c.started)
-                        .as_micros()
-                        .min(u32::MAX as u128) as u32,
-                );
+                stats.handshake_us.push(now.duration_since(c.started).as_micros().min(u32::MAX as u128) as u32);
                 off = consumed;
             }
             Upgrade::Rejected { status, body } => {
@@ -892,9 +789,7 @@ fn process(
             Upgrade::Invalid(msg) => return Err(("bad_handshake", msg)),
         }
     }
-    let now_ns = tracker
-        .as_ref()
-        .map_or(0, |t| now.duration_since(t.shared.base).as_nanos() as u64);
+    let now_ns = tracker.as_ref().map_or(0, |t| now.duration_since(t.shared.base).as_nanos() as u64);
     loop {
         let (frame, used) = match ws::parse_frame(&buf[off..], MAX_MESSAGE) {
             FrameParse::Incomplete => return Ok(off),
@@ -905,10 +800,7 @@ fn process(
         match frame.opcode {
             OP_TEXT | OP_BINARY => {
                 if c.frag.is_some() {
-                    return Err((
-                        "protocol_error",
-                        "new message inside a fragmented one".into(),
-                    ));
+                    return Err(("protocol_error", "new message inside a fragmented one".into()));
                 }
                 if frame.fin {
                     if let Some(t) = tracker.as_deref_mut() {
@@ -945,13 +837,8 @@ fn process(
                 } else {
                     1005
                 };
-                let reason =
-                    String::from_utf8_lossy(frame.payload.get(2..).unwrap_or(&[])).into_owned();
-                let echo: &[u8] = if frame.payload.len() >= 2 {
-                    &frame.payload[..2]
-                } else {
-                    &[]
-                };
+                let reason = String::from_utf8_lossy(frame.payload.get(2..).unwrap_or(&[])).into_owned();
+                let echo: &[u8] = if frame.payload.len() >= 2 { &frame.payload[..2] } else { &[] };
                 ws::encode_client_frame(&mut c.out, OP_CLOSE, echo, rng.mask());
                 return Err(("server_close", format!("close frame code {code} {reason}")));
             }

@@ -19,15 +19,8 @@ struct Claims<'a> {
 
 /// Mints an HS256 token with `sub`, `iat` = now and `exp` = now + 1 hour.
 pub fn mint_token(secret: &str, sub: &str) -> Result<String, String> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let claims = Claims {
-        sub,
-        exp: now + 3600,
-        iat: now,
-    };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let claims = Claims { sub, exp: now + 3600, iat: now };
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
@@ -88,12 +81,7 @@ pub fn parse_http_response(buf: &[u8]) -> Result<Option<HttpResponse>, String> {
     if buf.len() < head + len {
         return Ok(None);
     }
-    Ok(Some(HttpResponse {
-        status,
-        consumed: head + len,
-        body_start: head,
-        close,
-    }))
+    Ok(Some(HttpResponse { status, consumed: head + len, body_start: head, close }))
 }
 
 /// GET /health with a fresh connection. Returns status and body.
@@ -101,10 +89,7 @@ pub fn get_health(addr: SocketAddr, host_header: &str) -> io::Result<(u16, Strin
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET /health HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(s, "GET /health HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n\r\n")?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
@@ -225,11 +210,7 @@ pub struct SenderPlan {
 impl SenderPlan {
     /// This sender posts seqs id, id + K, id + 2K, ... below total_msgs.
     pub fn count(&self) -> usize {
-        if self.id >= self.total_msgs {
-            0
-        } else {
-            (self.total_msgs - self.id).div_ceil(self.senders)
-        }
+        if self.id >= self.total_msgs { 0 } else { (self.total_msgs - self.id).div_ceil(self.senders) }
     }
 }
 
@@ -249,10 +230,7 @@ const MAX_RECONNECTS: u64 = 5;
 fn connect_sender(plan: &SenderPlan) -> Result<TcpStream, String> {
     let s = TcpStream::connect_timeout(&plan.addr, Duration::from_secs(5)).map_err(|e| {
         if e.kind() == io::ErrorKind::ConnectionRefused {
-            format!(
-                "sender {}: connection refused by {} — is the server running at {}?",
-                plan.id, plan.addr, plan.url
-            )
+            format!("sender {}: connection refused by {} — is the server running at {}?", plan.id, plan.addr, plan.url)
         } else {
             format!("sender {}: cannot connect to {}: {e}", plan.id, plan.addr)
         }
@@ -300,10 +278,7 @@ pub fn run_sender(plan: SenderPlan, sh: Arc<SendShared>) -> SenderResult {
             break;
         }
         if Instant::now() >= plan.deadline {
-            res.errors.push(format!(
-                "sender {}: phase timeout with {} of {} posts sent",
-                plan.id, next, count
-            ));
+            res.errors.push(format!("sender {}: phase timeout with {} of {} posts sent", plan.id, next, count));
             break;
         }
         if reconnect_needed {
@@ -355,10 +330,7 @@ pub fn run_sender(plan: SenderPlan, sh: Arc<SendShared>) -> SenderResult {
         if !out.is_empty() {
             sh.sent.fetch_add(batch, Ordering::Relaxed);
             if let Err(e) = stream.write_all(&out) {
-                res.errors.push(format!(
-                    "sender {}: write failed: {e}; reconnecting",
-                    plan.id
-                ));
+                res.errors.push(format!("sender {}: write failed: {e}; reconnecting", plan.id));
                 reconnect_needed = true;
                 continue;
             }
@@ -367,9 +339,7 @@ pub fn run_sender(plan: SenderPlan, sh: Arc<SendShared>) -> SenderResult {
         if inflight.is_empty() {
             // Rate mode, waiting for the next due time.
             if let Some(due) = next_due {
-                let wait = due
-                    .saturating_duration_since(Instant::now())
-                    .min(Duration::from_millis(100));
+                let wait = due.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
                 std::thread::sleep(wait);
             }
             continue;
@@ -404,10 +374,7 @@ pub fn run_sender(plan: SenderPlan, sh: Arc<SendShared>) -> SenderResult {
                 continue;
             }
             Err(e) => {
-                res.errors.push(format!(
-                    "sender {}: read failed: {e}; reconnecting",
-                    plan.id
-                ));
+                res.errors.push(format!("sender {}: read failed: {e}; reconnecting", plan.id));
                 reconnect_needed = true;
                 continue;
             }
@@ -419,24 +386,18 @@ pub fn run_sender(plan: SenderPlan, sh: Arc<SendShared>) -> SenderResult {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(e) => {
-                    res.errors
-                        .push(format!("sender {}: {e}; reconnecting", plan.id));
+                    res.errors.push(format!("sender {}: {e}; reconnecting", plan.id));
                     reconnect_needed = true;
                     break;
                 }
             };
             let body = &rbuf[off + r.body_start..off + r.consumed];
             let Some((seq, sent_at)) = inflight.pop_front() else {
-                res.errors
-                    .push(format!("sender {}: response without a request", plan.id));
+                res.errors.push(format!("sender {}: response without a request", plan.id));
                 reconnect_needed = true;
                 break;
             };
-            res.ack_us.push(
-                got.duration_since(sent_at)
-                    .as_micros()
-                    .min(u32::MAX as u128) as u32,
-            );
+            res.ack_us.push(got.duration_since(sent_at).as_micros().min(u32::MAX as u128) as u32);
             *res.statuses.entry(r.status).or_default() += 1;
             if r.status == 200 {
                 sh.status[seq].store(ST_ACCEPTED, Ordering::Relaxed);
@@ -457,10 +418,7 @@ pub fn run_sender(plan: SenderPlan, sh: Arc<SendShared>) -> SenderResult {
             }
             off += r.consumed;
             if r.close {
-                res.errors.push(format!(
-                    "sender {}: server answered `Connection: close`; reconnecting",
-                    plan.id
-                ));
+                res.errors.push(format!("sender {}: server answered `Connection: close`; reconnecting", plan.id));
                 reconnect_needed = true;
                 break;
             }
@@ -509,10 +467,7 @@ mod tests {
             httparse::Status::Complete(n) => n,
             _ => panic!(),
         };
-        let len: usize = std::str::from_utf8(req.headers[1].value)
-            .unwrap()
-            .parse()
-            .unwrap();
+        let len: usize = std::str::from_utf8(req.headers[1].value).unwrap().parse().unwrap();
         let body: serde_json::Value = serde_json::from_slice(&out[n..n + len]).unwrap();
         assert_eq!(body["type"], "task_updated");
         assert_eq!(body["data"]["seq"], 5);
@@ -523,24 +478,17 @@ mod tests {
     fn parses_pipelined_responses() {
         let one = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 33\r\n\r\n{\"status\":\"ok\",\"recipients\":1000}";
         let mut buf = one.to_vec();
-        buf.extend_from_slice(
-            b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
-        );
+        buf.extend_from_slice(b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
         let r = parse_http_response(&buf).unwrap().unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.consumed, one.len());
         assert!(!r.close);
-        assert_eq!(
-            find_uint_after(&buf[r.body_start..r.consumed], b"\"recipients\":"),
-            Some(1000)
-        );
+        assert_eq!(find_uint_after(&buf[r.body_start..r.consumed], b"\"recipients\":"), Some(1000));
         let r2 = parse_http_response(&buf[r.consumed..]).unwrap().unwrap();
         assert_eq!(r2.status, 429);
         assert!(r2.close);
         assert_eq!(parse_http_response(&buf[..one.len() - 1]).unwrap(), None);
-        assert!(
-            parse_http_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").is_err()
-        );
+        assert!(parse_http_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
         assert!(parse_http_response(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
     }
 

@@ -8,13 +8,7 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 pub fn parse_vmrss(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// utime + stime of a process in clock ticks, from /proc/PID/stat.
@@ -64,10 +58,7 @@ pub fn raise_nofile_limit() -> u64 {
             return 1024;
         }
         if rl.rlim_cur < rl.rlim_max {
-            let want = libc::rlimit {
-                rlim_cur: rl.rlim_max,
-                rlim_max: rl.rlim_max,
-            };
+            let want = libc::rlimit { rlim_cur: rl.rlim_max, rlim_max: rl.rlim_max };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
                 rl.rlim_cur = rl.rlim_max;
             }
@@ -79,11 +70,7 @@ pub fn raise_nofile_limit() -> u64 {
 /// The kernel's TcpExt ListenOverflows counter (system-wide, from
 /// /proc/net/netstat): SYNs dropped because an accept queue was full.
 pub fn listen_overflows() -> Option<u64> {
-    parse_netstat_field(
-        &fs::read_to_string("/proc/net/netstat").ok()?,
-        "TcpExt:",
-        "ListenOverflows",
-    )
+    parse_netstat_field(&fs::read_to_string("/proc/net/netstat").ok()?, "TcpExt:", "ListenOverflows")
 }
 
 /// /proc/net/netstat holds pairs of lines: `Prefix: names...` then
@@ -117,10 +104,7 @@ mod tests {
     #[test]
     fn parses_netstat() {
         let t = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 17 18\nIpExt: InNoRoutes\nIpExt: 0\n";
-        assert_eq!(
-            parse_netstat_field(t, "TcpExt:", "ListenOverflows"),
-            Some(17)
-        );
+        assert_eq!(parse_netstat_field(t, "TcpExt:", "ListenOverflows"), Some(17));
         assert_eq!(parse_netstat_field(t, "TcpExt:", "Nope"), None);
         assert_eq!(parse_netstat_field(t, "IpExt:", "InNoRoutes"), Some(0));
     }

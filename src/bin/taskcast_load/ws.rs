@@ -82,14 +82,7 @@ pub fn parse_frame(buf: &[u8], max_payload: u64) -> FrameParse<'_> {
     if buf.len() < total {
         return FrameParse::Incomplete;
     }
-    FrameParse::Frame(
-        Frame {
-            fin,
-            opcode,
-            payload: &buf[header..total],
-        },
-        total,
-    )
+    FrameParse::Frame(Frame { fin, opcode, payload: &buf[header..total] }, total)
 }
 
 /// Appends a masked client frame (FIN set) to `out`.
@@ -161,20 +154,13 @@ pub fn find_uint_after(msg: &[u8], key: &[u8]) -> Option<u64> {
 }
 
 /// Builds the HTTP upgrade request.
-pub fn build_upgrade_request(
-    host_header: &str,
-    path: &str,
-    key: &str,
-    bearer: Option<&str>,
-) -> Vec<u8> {
+pub fn build_upgrade_request(host_header: &str, path: &str, key: &str, bearer: Option<&str>) -> Vec<u8> {
     let mut s = String::with_capacity(256 + bearer.map_or(0, str::len));
     s.push_str("GET ");
     s.push_str(path);
     s.push_str(" HTTP/1.1\r\nHost: ");
     s.push_str(host_header);
-    s.push_str(
-        "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ",
-    );
+    s.push_str("\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ");
     s.push_str(key);
     s.push_str("\r\n");
     if let Some(t) = bearer {
@@ -203,9 +189,7 @@ pub enum Upgrade {
 }
 
 fn header_has_token(value: &[u8], token: &str) -> bool {
-    std::str::from_utf8(value)
-        .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        .unwrap_or(false)
+    std::str::from_utf8(value).map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))).unwrap_or(false)
 }
 
 /// Parses the server's answer to the upgrade request.
@@ -224,9 +208,7 @@ pub fn parse_upgrade_response(buf: &[u8], expected_accept: &[u8]) -> Upgrade {
     };
     let status = resp.code.unwrap_or(0);
     if status != 101 {
-        let body = String::from_utf8_lossy(&buf[consumed..buf.len().min(consumed + 512)])
-            .trim()
-            .to_string();
+        let body = String::from_utf8_lossy(&buf[consumed..buf.len().min(consumed + 512)]).trim().to_string();
         return Upgrade::Rejected { status, body };
     }
     let mut upgrade_ok = false;
@@ -286,9 +268,7 @@ mod tests {
         let mut buf = vec![0x81, 126];
         buf.extend_from_slice(&300u16.to_be_bytes());
         buf.extend_from_slice(&payload);
-        assert!(
-            matches!(parse_frame(&buf, 1 << 20), FrameParse::Frame(ref f, 304) if f.payload.len() == 300)
-        );
+        assert!(matches!(parse_frame(&buf, 1 << 20), FrameParse::Frame(ref f, 304) if f.payload.len() == 300));
         // every truncation is incomplete
         for cut in 0..buf.len() {
             assert_eq!(parse_frame(&buf[..cut], 1 << 20), FrameParse::Incomplete);
@@ -305,39 +285,25 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(
-            parse_frame(&buf, 1000),
-            FrameParse::Error("frame larger than the client's limit")
-        );
+        assert_eq!(parse_frame(&buf, 1000), FrameParse::Error("frame larger than the client's limit"));
     }
 
     #[test]
     fn rejects_protocol_violations() {
-        assert!(matches!(
-            parse_frame(&[0x81, 0x85, 0, 0, 0, 0], 100),
-            FrameParse::Error(_)
-        ));
+        assert!(matches!(parse_frame(&[0x81, 0x85, 0, 0, 0, 0], 100), FrameParse::Error(_)));
         assert!(matches!(parse_frame(&[0xC1, 0], 100), FrameParse::Error(_)));
         assert!(matches!(parse_frame(&[0x09, 0], 100), FrameParse::Error(_))); // non-fin ping
-        assert!(matches!(
-            parse_frame(&[0x89, 126, 0, 200], 1000),
-            FrameParse::Error(_)
-        ));
+        assert!(matches!(parse_frame(&[0x89, 126, 0, 200], 1000), FrameParse::Error(_)));
         assert!(matches!(parse_frame(&[0x83, 0], 100), FrameParse::Error(_)));
         // fragmented text is fine
-        assert!(
-            matches!(parse_frame(&[0x01, 1, b'x'], 100), FrameParse::Frame(ref f, 3) if !f.fin)
-        );
+        assert!(matches!(parse_frame(&[0x01, 1, b'x'], 100), FrameParse::Frame(ref f, 3) if !f.fin));
     }
 
     #[test]
     fn encodes_masked_frames() {
         let mut out = Vec::new();
         encode_client_frame(&mut out, OP_PONG, b"abc", [1, 2, 3, 4]);
-        assert_eq!(
-            out,
-            vec![0x8A, 0x83, 1, 2, 3, 4, b'a' ^ 1, b'b' ^ 2, b'c' ^ 3]
-        );
+        assert_eq!(out, vec![0x8A, 0x83, 1, 2, 3, 4, b'a' ^ 1, b'b' ^ 2, b'c' ^ 3]);
         let mut out = Vec::new();
         encode_client_frame(&mut out, OP_TEXT, &[0u8; 200], [0, 0, 0, 0]);
         assert_eq!(&out[..4], &[0x81, 0x80 | 126, 0, 200]);
@@ -346,10 +312,7 @@ mod tests {
 
     #[test]
     fn finds_seq() {
-        assert_eq!(
-            find_seq(br#"{"type":"task_updated","payload":{"seq":12345,"zpad":"xx"}}"#),
-            Some(12345)
-        );
+        assert_eq!(find_seq(br#"{"type":"task_updated","payload":{"seq":12345,"zpad":"xx"}}"#), Some(12345));
         assert_eq!(find_seq(br#"{"payload":{"zpad":"x","seq": 7}}"#), Some(7));
         assert_eq!(find_seq(br#"{"seq":"7"}"#), None);
         assert_eq!(find_seq(br#"{"sequence":1}"#), None);
@@ -374,28 +337,13 @@ mod tests {
         .into_bytes();
         resp.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
         let b = &resp[..];
-        assert_eq!(
-            parse_upgrade_response(&b[..20], accept.as_bytes()),
-            Upgrade::Incomplete
-        );
-        assert_eq!(
-            parse_upgrade_response(b, accept.as_bytes()),
-            Upgrade::Upgraded {
-                consumed: b.len() - 4
-            }
-        );
-        assert!(matches!(
-            parse_upgrade_response(b, b"wrong"),
-            Upgrade::Invalid(_)
-        ));
-        let r =
-            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 25\r\n\r\n{\"error\":\"invalid token\"}";
+        assert_eq!(parse_upgrade_response(&b[..20], accept.as_bytes()), Upgrade::Incomplete);
+        assert_eq!(parse_upgrade_response(b, accept.as_bytes()), Upgrade::Upgraded { consumed: b.len() - 4 });
+        assert!(matches!(parse_upgrade_response(b, b"wrong"), Upgrade::Invalid(_)));
+        let r = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 25\r\n\r\n{\"error\":\"invalid token\"}";
         assert_eq!(
             parse_upgrade_response(r, b""),
-            Upgrade::Rejected {
-                status: 401,
-                body: "{\"error\":\"invalid token\"}".into()
-            }
+            Upgrade::Rejected { status: 401, body: "{\"error\":\"invalid token\"}".into() }
         );
     }
 }
