@@ -38,8 +38,12 @@
 //! anything was missing, failed or timed out, 2 on bad arguments.
 //!
 //! The soft `RLIMIT_NOFILE` is raised to the hard limit at start; each
-//! client needs one file descriptor (and one local port: Linux offers about
-//! 28,000 by default for one destination).
+//! client needs one file descriptor and one local port. Toward a loopback
+//! server, clients are spread over source addresses 127.0.0.1..127.0.0.N
+//! (`--source-ips N`, default one address per 1,000 clients): the server
+//! admits 1,000 clients per address by default (MAX_CONNECTIONS_PER_IP), and
+//! Linux's port search gets slow once ~14,000 ports toward one destination
+//! are in use.
 
 mod taskcast_load;
 
@@ -339,11 +343,16 @@ fn run(cfg: &Config) -> Result<i32, String> {
         eprintln!("taskcast-load: {msg}");
         rep.problem(msg);
     }
-    if failed.contains_key("http_503") {
-        rep.problem(format!("server refused {} connections with 503 (connection limit)", failed["http_503"]));
-    }
     if failed.contains_key("http_429") {
-        rep.problem(format!("server rate-limited {} connections with 429", failed["http_429"]));
+        let example = engine.stats.failure_examples.get("http_429").cloned().unwrap_or_default();
+        rep.problem(format!(
+            "server refused {} connections with 429 ({example}); per-address limit? see --source-ips",
+            failed["http_429"]
+        ));
+    }
+    if failed.contains_key("http_503") {
+        let example = engine.stats.failure_examples.get("http_503").cloned().unwrap_or_default();
+        rep.problem(format!("server refused {} connections with 503 ({example})", failed["http_503"]));
     }
     if opened < n {
         rep.problem(format!("{} of {n} connections did not open", n - opened));

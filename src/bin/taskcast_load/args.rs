@@ -74,7 +74,8 @@ common flags:
   --connect-timeout SECS bound for one WebSocket handshake, default 10
   --concurrency N        handshakes in flight at once, default 500
   --source-ips N         spread clients over 127.0.0.1..127.0.0.N (loopback only;
-                         default: one address per 8000 clients)
+                         default: one address per 1000 clients, the server's
+                         default MAX_CONNECTIONS_PER_IP; 1 = no binding)
   --pipeline N           requests in flight per sender connection
                          (default 16 for latency, 8 for throughput)
   --server-pid PID       read server RSS / CPU time from /proc/PID

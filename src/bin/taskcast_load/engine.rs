@@ -275,12 +275,16 @@ fn connect_from(src: Option<std::net::Ipv4Addr>, addr: SocketAddr) -> io::Result
     }
 }
 
-/// How many loopback source addresses to spread `conns` connections over:
-/// Linux slows down sharply (about 1 ms per connect) once half of the
-/// ephemeral ports toward one destination are taken.
+/// Clients per loopback source address by default: the server's default
+/// MAX_CONNECTIONS_PER_IP (beyond it: 429), and well below the point where
+/// Linux's ephemeral port search slows down (about 1 ms per connect once
+/// half of the ports toward one destination are taken, ~14k).
+pub const CLIENTS_PER_SOURCE_IP: usize = 1000;
+
+/// How many loopback source addresses to spread `conns` connections over.
 pub fn auto_source_ips(addr: SocketAddr, conns: usize) -> usize {
     match addr {
-        SocketAddr::V4(a) if a.ip().is_loopback() => conns.div_ceil(8000).max(1),
+        SocketAddr::V4(a) if a.ip().is_loopback() => conns.div_ceil(CLIENTS_PER_SOURCE_IP).clamp(1, 250),
         _ => 1,
     }
 }
