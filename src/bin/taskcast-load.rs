@@ -611,7 +611,12 @@ fn send_phase(
         eprintln!("taskcast-load: {e}");
     }
     if rejected > 0 {
-        rep.problem(format!("{rejected} broadcasts were rejected by the server"));
+        let why: Vec<String> = statuses
+            .iter()
+            .filter(|(s, _)| **s != 200)
+            .map(|(s, c)| format!("{c}× {s} {}", bodies.get(s).map(String::as_str).unwrap_or("")))
+            .collect();
+        rep.problem(format!("{rejected} broadcasts were rejected by the server: {}", why.join("; ")));
     }
     if unknown > 0 {
         rep.problem(format!("{unknown} broadcasts got no answer"));
