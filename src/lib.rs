@@ -12,6 +12,7 @@
 //!   and every close code we send.
 //! - [`broadcast`]: validating a broadcast and framing it once.
 //! - [`outqueue`]: a connection's pending output, written with one writev.
+//! - [`timers`]: connection deadlines in a min-heap (pings, timeouts).
 //! - [`auth`]: JWT verification and minting.
 //! - [`config`]: environment variables, validated at start-up.
 //! - [`sys`]: the open-file limit and randomness.
@@ -24,6 +25,7 @@ pub mod http;
 pub mod outqueue;
 pub mod server;
 pub mod sys;
+pub mod timers;
 pub mod ws;
 
 pub use config::Config;

@@ -13,8 +13,7 @@
 //! revisited next turn), and output that would block waits in the
 //! connection's [`OutQueue`] for the next writable event.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
@@ -32,6 +31,7 @@ use crate::auth::{self, Verifier};
 use crate::config::Config;
 use crate::http::{self, Head, Response};
 use crate::outqueue::{Flush, OutQueue};
+use crate::timers::{Due, Timers};
 use crate::ws::{self, Inbound, Reason, TokenBucket, Wire, WsConn};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -113,9 +113,8 @@ pub struct Server {
     listener: Option<TcpListener>,
     local_addr: SocketAddr,
     conns: Slab<Conn>,
-    /// Min-heap of (deadline, slab key, conn id). Entries are not removed
-    /// when a deadline moves; a stale one is recognised and skipped.
-    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Every connection's next deadline (pings, silence, timeouts, expiry).
+    timers: Timers,
     /// Connections with output queued this turn, flushed before sleeping.
     dirty: Vec<usize>,
     /// Connections with input left over (budget spent, or bytes that arrived
@@ -151,7 +150,7 @@ impl Server {
             local_addr: listener.local_addr()?,
             listener: Some(listener),
             conns: Slab::with_capacity(1024),
-            timers: BinaryHeap::new(),
+            timers: Timers::new(),
             dirty: Vec::new(),
             again: Vec::new(),
             scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
@@ -263,10 +262,8 @@ impl Server {
 
     /// Time until the nearest timer (or the accept back-off / shutdown end).
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        let next = [self.timers.peek().map(|Reverse((t, _, _))| *t), self.accept_paused_until, self.shutdown_deadline]
-            .into_iter()
-            .flatten()
-            .min()?;
+        let next =
+            [self.timers.next(), self.accept_paused_until, self.shutdown_deadline].into_iter().flatten().min()?;
         // Round up to whole milliseconds: epoll's resolution; rounding down
         // would wake early and spin until the deadline.
         Some(next.saturating_duration_since(now) + Duration::from_micros(999))
@@ -306,7 +303,7 @@ impl Server {
                         deadline,
                         dirty: false,
                     });
-                    self.timers.push(Reverse((deadline, key, self.next_id)));
+                    self.timers.schedule(deadline, key, self.next_id);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -798,7 +795,7 @@ impl Server {
         let conn = &mut self.conns[key];
         if conn.deadline != at {
             conn.deadline = at;
-            self.timers.push(Reverse((at, key, conn.id)));
+            self.timers.schedule(at, key, conn.id);
         }
     }
 
@@ -820,11 +817,7 @@ impl Server {
             self.accept_paused_until = None;
             self.accept();
         }
-        while let Some(&Reverse((at, key, id))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
+        while let Some(Due { key, id }) = self.timers.pop_due(now) {
             match self.conns.get(key) {
                 Some(c) if c.id == id && c.deadline <= now => self.on_timer(key, now),
                 _ => {} // stale: removed, reused, or moved later
