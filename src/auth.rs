@@ -84,8 +84,9 @@ pub struct Verifier {
     secret: Option<DecodingKey>,
     /// The JWKS keys and their fetch thread, when JWKS_URL or JWKS_FILE is set.
     jwks: Option<jwks::Keys>,
-    /// The claim checks every token gets (exp, nbf, iss, aud); `algorithms`
-    /// is filled in per key.
+    /// The claim checks every token gets (exp, nbf, iss, aud). Its
+    /// `algorithms` is `[HS256]`, for the secret; a JWKS key gets a copy
+    /// holding that key's algorithms.
     validation: Validation,
 }
 
@@ -94,6 +95,7 @@ impl Verifier {
     /// (blocking: start-up only) and starts their fetch thread. Fails,
     /// naming JWKS_URL or JWKS_FILE, when no key can be loaded.
     pub fn new(config: &Config) -> Result<Verifier, ConfigError> {
+        // [HS256]: all the shared secret ever verifies (JWKS keys get copies).
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
@@ -135,23 +137,23 @@ impl Verifier {
                 jwks.request_refetch();
                 return Err(AuthError::UnknownKey);
             };
-            return self.decode(token, &key.key, &key.algorithms);
+            let mut validation = self.validation.clone();
+            validation.algorithms.clone_from(&key.algorithms);
+            return decode(token, &key.key, &validation);
         }
         // Everything else is the shared secret's, and only as HS256.
         match &self.secret {
-            Some(secret) if hmac => self.decode(token, secret, &[Algorithm::HS256]),
+            Some(secret) if hmac => decode(token, secret, &self.validation),
             None if hmac => Err(AuthError::SecretNotSet),
             _ if self.jwks.is_some() && header.kid.is_none() => Err(AuthError::MissingKeyId),
             _ => Err(AuthError::WrongAlgorithm),
         }
     }
+}
 
-    /// Checks signature and claims with `key`, accepting only `algorithms`.
-    fn decode(&self, token: &str, key: &DecodingKey, algorithms: &[Algorithm]) -> Result<Claims, AuthError> {
-        let mut validation = self.validation.clone();
-        validation.algorithms = algorithms.to_vec();
-        jsonwebtoken::decode::<Claims>(token, key, &validation).map(|d| d.claims).map_err(refusal)
-    }
+/// Checks signature and claims with `key`, accepting only `validation.algorithms`.
+fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Claims, AuthError> {
+    jsonwebtoken::decode::<Claims>(token, key, validation).map(|d| d.claims).map_err(refusal)
 }
 
 /// What a jsonwebtoken error means for the client.

@@ -97,6 +97,15 @@ pub struct Config {
     pub client_msg_rate: u32,
     /// ...and in a burst; past that the client is closed with 1008.
     pub client_msg_burst: u32,
+    /// When set, `/api/broadcast` takes only this key (a publisher
+    /// credential), and user JWTs get 403.
+    pub broadcast_api_key: Option<String>,
+    /// Open WebSocket clients per client IP (0 = no limit); then 429.
+    pub max_connections_per_ip: usize,
+    /// Broadcasts accepted per second, sustained (0 = no limit)...
+    pub broadcast_rate: u32,
+    /// ...and in a burst; past that `/api/broadcast` answers 429.
+    pub broadcast_burst: u32,
     /// JWKS_URL: where the front end publishes its public keys (BetterAuth:
     /// `<app>/api/auth/jwks`). Plain http only: the JWKS comes from the
     /// co-located app, not across the internet.
@@ -222,6 +231,13 @@ impl Config {
         let shutdown_grace = secs(&get, "SHUTDOWN_GRACE_SECS", 5)?;
         let client_msg_rate = positive(&get, "CLIENT_MESSAGES_PER_SEC", 50)? as u32;
         let client_msg_burst = positive(&get, "CLIENT_MESSAGE_BURST", 100)? as u32;
+        let max_connections_per_ip = parse_or(&get, "MAX_CONNECTIONS_PER_IP", 1000, "a whole number (0 = no limit)")?;
+        let broadcast_rate = parse_or(&get, "BROADCAST_RATE_PER_SEC", 1000, "a whole number (0 = no limit)")?;
+        let broadcast_burst = positive(&get, "BROADCAST_BURST", 10_000)? as u32;
+        let broadcast_api_key = optional(&get, "BROADCAST_API_KEY");
+        if broadcast_api_key.as_ref().is_some_and(|k| k.len() < 16) {
+            return Err(err("BROADCAST_API_KEY", "must be at least 16 characters (use a long random string)"));
+        }
 
         Ok(Config {
             addr,
@@ -241,6 +257,10 @@ impl Config {
             shutdown_grace,
             client_msg_rate,
             client_msg_burst,
+            broadcast_api_key,
+            max_connections_per_ip,
+            broadcast_rate,
+            broadcast_burst,
             jwks_url,
             jwks_file,
             jwks_refresh,
@@ -341,6 +361,10 @@ mod tests {
             (&[("ALLOWED_ORIGINS", "https://a.com/path")], "ALLOWED_ORIGINS"),
             (&[("ALLOWED_ORIGINS", " , ")], "ALLOWED_ORIGINS"),
             (&[("MAX_AUTH_MESSAGE_BYTES", "100")], "MAX_AUTH_MESSAGE_BYTES"),
+            (&[("BROADCAST_API_KEY", "short")], "BROADCAST_API_KEY"),
+            (&[("MAX_CONNECTIONS_PER_IP", "-1")], "MAX_CONNECTIONS_PER_IP"),
+            (&[("BROADCAST_RATE_PER_SEC", "fast")], "BROADCAST_RATE_PER_SEC"),
+            (&[("BROADCAST_BURST", "0")], "BROADCAST_BURST"),
             (&[("JWKS_URL", "https://app.example.com/api/auth/jwks")], "JWKS_URL"),
             (&[("JWKS_URL", "localhost:3000/api/auth/jwks")], "JWKS_URL"),
             (&[("JWKS_URL", "http://:3000/jwks")], "JWKS_URL"),

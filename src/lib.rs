@@ -12,6 +12,7 @@
 //!   and every close code we send.
 //! - [`broadcast`]: validating a broadcast and framing it once.
 //! - [`outqueue`]: a connection's pending output, written with one writev.
+//! - [`timers`]: connection deadlines in a min-heap (pings, timeouts).
 //! - [`auth`]: JWT verification (which key checks which token) and minting.
 //! - [`jwks`]: the front end's public keys (JWKS_URL / JWKS_FILE), parsed,
 //!   and refreshed by one helper thread so the loop never waits on a fetch.
@@ -27,6 +28,7 @@ pub mod jwks;
 pub mod outqueue;
 pub mod server;
 pub mod sys;
+pub mod timers;
 pub mod ws;
 
 pub use config::Config;

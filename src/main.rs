@@ -19,7 +19,11 @@ fn main() -> ExitCode {
         eprintln!("taskcast: cannot read .env: {e}");
         return ExitCode::from(2);
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        // tungstenite logs whole messages at trace level, and an in-band
+        // auth message carries a token: never let those through.
+        .filter_module("tungstenite", log::LevelFilter::Debug)
+        .init();
 
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {

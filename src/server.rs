@@ -13,10 +13,9 @@
 //! revisited next turn), and output that would block waits in the
 //! connection's [`OutQueue`] for the next writable event.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::HashMap;
 use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -32,6 +31,7 @@ use crate::auth::{self, Verifier};
 use crate::config::Config;
 use crate::http::{self, Head, Response};
 use crate::outqueue::{Flush, OutQueue};
+use crate::timers::{Due, Timers};
 use crate::ws::{self, Inbound, Reason, TokenBucket, Wire, WsConn};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -98,8 +98,12 @@ enum Phase {
 
 #[derive(Default)]
 struct HttpConn {
-    /// Bytes received and not yet consumed by a request.
+    /// Bytes received; `buf[consumed..]` is not yet handled.
     buf: Vec<u8>,
+    /// Requests handled from the front of `buf`. Compacted once per read,
+    /// not per request: pipelined requests would otherwise cost a memmove
+    /// of the whole buffer each.
+    consumed: usize,
     /// A parsed head whose body is still arriving (boxed: keeps every
     /// slab entry small).
     head: Option<Box<Head>>,
@@ -113,9 +117,8 @@ pub struct Server {
     listener: Option<TcpListener>,
     local_addr: SocketAddr,
     conns: Slab<Conn>,
-    /// Min-heap of (deadline, slab key, conn id). Entries are not removed
-    /// when a deadline moves; a stale one is recognised and skipped.
-    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Every connection's next deadline (pings, silence, timeouts, expiry).
+    timers: Timers,
     /// Connections with output queued this turn, flushed before sleeping.
     dirty: Vec<usize>,
     /// Connections with input left over (budget spent, or bytes that arrived
@@ -127,6 +130,10 @@ pub struct Server {
     ws_config: WebSocketConfig,
     /// Open, authenticated WebSocket clients (what /health reports).
     clients: usize,
+    /// Open WebSocket clients per client IP (MAX_CONNECTIONS_PER_IP).
+    clients_per_ip: HashMap<IpAddr, usize>,
+    /// Accepted broadcasts (BROADCAST_RATE_PER_SEC), shared by all publishers.
+    broadcast_bucket: TokenBucket,
     next_id: u64,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
@@ -150,14 +157,16 @@ impl Server {
             local_addr: listener.local_addr()?,
             listener: Some(listener),
             conns: Slab::with_capacity(1024),
-            timers: BinaryHeap::new(),
+            timers: Timers::new(),
             dirty: Vec::new(),
             again: Vec::new(),
             scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
             verifier,
             ws_config: ws::config(&config),
+            broadcast_bucket: TokenBucket::new(config.broadcast_burst, Instant::now()),
             config,
             clients: 0,
+            clients_per_ip: HashMap::new(),
             next_id: 0,
             stop: Arc::new(AtomicBool::new(false)),
             waker,
@@ -260,10 +269,8 @@ impl Server {
 
     /// Time until the nearest timer (or the accept back-off / shutdown end).
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        let next = [self.timers.peek().map(|Reverse((t, _, _))| *t), self.accept_paused_until, self.shutdown_deadline]
-            .into_iter()
-            .flatten()
-            .min()?;
+        let next =
+            [self.timers.next(), self.accept_paused_until, self.shutdown_deadline].into_iter().flatten().min()?;
         // Round up to whole milliseconds: epoll's resolution; rounding down
         // would wake early and spin until the deadline.
         Some(next.saturating_duration_since(now) + Duration::from_micros(999))
@@ -303,7 +310,7 @@ impl Server {
                         deadline,
                         dirty: false,
                     });
-                    self.timers.push(Reverse((deadline, key, self.next_id)));
+                    self.timers.schedule(deadline, key, self.next_id);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -377,6 +384,10 @@ impl Server {
             if h.paused {
                 return;
             }
+            if h.consumed > 0 {
+                h.buf.drain(..h.consumed);
+                h.consumed = 0;
+            }
             loop {
                 // Never hold more than one head + one body: parse_head
                 // rejects what would not fit, so stop reading past that.
@@ -424,7 +435,7 @@ impl Server {
             }
             let head = match h.head.take() {
                 Some(head) => head,
-                None => match http::parse_head(&h.buf, self.config.max_broadcast_bytes) {
+                None => match http::parse_head(&h.buf[h.consumed..], self.config.max_broadcast_bytes) {
                     Ok(Some(head)) => Box::new(head),
                     Ok(None) => return,
                     Err(reject) => {
@@ -438,27 +449,40 @@ impl Server {
                     }
                 },
             };
-            let end = head.head_len + head.content_length;
+            let (start, end) = (h.consumed + head.head_len, h.consumed + head.head_len + head.content_length);
             if h.buf.len() < end {
                 h.head = Some(head);
                 return;
             }
-            let action = api::route(
-                &head,
-                &h.buf[head.head_len..end],
-                &Ctx { config: &self.config, verifier: &self.verifier, clients: self.clients },
-            );
+            let ip = http::client_ip(conn.peer.ip(), &head);
+            let ctx = Ctx {
+                config: &self.config,
+                verifier: &self.verifier,
+                clients: self.clients,
+                clients_from_ip: self.clients_per_ip.get(&ip).copied().unwrap_or(0),
+            };
+            let action = api::route(&head, &h.buf[start..end], &ctx);
             if let Action::Upgrade { key: ws_key, claims } = action {
                 let leftover = h.buf.split_off(end);
-                return self.upgrade(key, &head, &ws_key, claims, leftover);
+                return self.upgrade(key, &head, ip, &ws_key, claims, leftover);
             }
-            h.buf.drain(..end);
+            h.consumed = end;
+            if h.consumed == h.buf.len() {
+                h.buf.clear();
+                h.consumed = 0;
+            }
             let resp = match action {
                 Action::Respond(resp) => resp,
                 Action::Broadcast { kind, frame } => {
-                    let n = self.fan_out(frame);
-                    debug!("broadcast {kind} to {n} clients");
-                    api::broadcast_ok(n)
+                    let (rate, burst) = (self.config.broadcast_rate, self.config.broadcast_burst);
+                    if rate > 0 && !self.broadcast_bucket.take(burst, rate, Instant::now()) {
+                        debug!("broadcast {kind} refused: over BROADCAST_RATE_PER_SEC");
+                        Response::error(429, "too many broadcasts").header("Retry-After", "1")
+                    } else {
+                        let n = self.fan_out(frame);
+                        debug!("broadcast {kind} to {n} clients");
+                        api::broadcast_ok(n)
+                    }
                 }
                 Action::Upgrade { .. } => unreachable!(),
             };
@@ -477,7 +501,7 @@ impl Server {
         }
     }
 
-    fn upgrade(&mut self, key: usize, head: &Head, ws_key: &str, claims: auth::Claims, leftover: Vec<u8>) {
+    fn upgrade(&mut self, key: usize, head: &Head, ip: IpAddr, ws_key: &str, claims: auth::Claims, leftover: Vec<u8>) {
         let now = Instant::now();
         let expires_at = now + auth::time_left(claims.exp);
         let sub = claims.sub.unwrap_or_default();
@@ -487,6 +511,7 @@ impl Server {
         conn.phase = Phase::Ws(Box::new(WsConn {
             ctx: WebSocketContext::from_partially_read(leftover, Role::Server, Some(self.ws_config)),
             sub,
+            ip,
             expires_at,
             last_seen: now,
             next_ping: now + self.config.ping_interval,
@@ -494,6 +519,7 @@ impl Server {
             bucket: TokenBucket::new(self.config.client_msg_burst, now),
         }));
         self.clients += 1;
+        *self.clients_per_ip.entry(ip).or_default() += 1;
         let peer = conn.peer;
         debug!(
             "{peer} connected as {:?} (origin {:?}); {} clients",
@@ -727,7 +753,7 @@ impl Server {
         let _ = ws.ctx.close(&mut Wire { sock: &mut conn.stream, out: &mut conn.out }, Some(reason.close_frame()));
         // From here on it no longer counts as a connected client.
         ws.close_deadline = Some(now + CLOSE_WAIT);
-        self.clients -= 1;
+        uncount(&mut self.clients, &mut self.clients_per_ip, ws.ip);
         debug!("{} ({:?}) closing: {} {}; {} clients", conn.peer, ws.sub, reason.code(), reason.text(), self.clients);
         self.mark_dirty(key);
         self.reschedule_ws(key);
@@ -753,7 +779,7 @@ impl Server {
         if let Phase::Ws(ws) = &conn.phase
             && ws.close_deadline.is_none()
         {
-            self.clients -= 1;
+            uncount(&mut self.clients, &mut self.clients_per_ip, ws.ip);
             debug!("{} ({:?}) disconnected; {} clients", conn.peer, ws.sub, self.clients);
         }
         if !matches!(conn.phase, Phase::Closing { .. }) {
@@ -773,7 +799,7 @@ impl Server {
         if let Phase::Ws(ws) = &conn.phase
             && ws.close_deadline.is_none()
         {
-            self.clients -= 1;
+            uncount(&mut self.clients, &mut self.clients_per_ip, ws.ip);
             debug!("{} ({:?}) dropped; {} clients", conn.peer, ws.sub, self.clients);
         }
     }
@@ -784,7 +810,7 @@ impl Server {
         let conn = &mut self.conns[key];
         if conn.deadline != at {
             conn.deadline = at;
-            self.timers.push(Reverse((at, key, conn.id)));
+            self.timers.schedule(at, key, conn.id);
         }
     }
 
@@ -806,11 +832,7 @@ impl Server {
             self.accept_paused_until = None;
             self.accept();
         }
-        while let Some(&Reverse((at, key, id))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
+        while let Some(Due { key, id }) = self.timers.pop_due(now) {
             match self.conns.get(key) {
                 Some(c) if c.id == id && c.deadline <= now => self.on_timer(key, now),
                 _ => {} // stale: removed, reused, or moved later
@@ -861,6 +883,17 @@ impl Server {
     }
 }
 
+/// A client stops counting as connected (once: on close or removal).
+fn uncount(clients: &mut usize, per_ip: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+    *clients -= 1;
+    if let Some(n) = per_ip.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            per_ip.remove(&ip);
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if !self.conns.is_empty() {
@@ -884,6 +917,9 @@ pub fn log_startup(server: &Server) {
         c.pong_wait.as_secs(),
         c.send_queue_limit
     );
+    if c.broadcast_api_key.is_none() {
+        warn!("BROADCAST_API_KEY is not set: any signed-in user's token can broadcast to everyone");
+    }
     if c.allowed_origins == crate::config::Origins::Any {
         warn!("ALLOWED_ORIGINS=* lets any web page connect with a user's token; list your front-end origins instead");
     }

@@ -124,7 +124,7 @@ fn max_connections_gives_503() {
     let s = start_with(c);
     let a = ws(s.addr, &token("a"));
     let _b = ws(s.addr, &token("b"));
-    let (status, _) = ws_try(s.addr, &format!("/ws?token={}", token("c")), &[]).err().expect("third refused");
+    let Err((status, _)) = ws_try(s.addr, &format!("/ws?token={}", token("c")), &[]) else { panic!("third accepted") };
     assert_eq!(status, 503);
     drop(a);
     wait_clients(s.addr, 1);
