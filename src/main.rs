@@ -20,9 +20,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        // tungstenite logs whole messages at trace level, and an in-band
-        // auth message carries a token: never let those through.
-        .filter_module("tungstenite", log::LevelFilter::Debug)
+        // tungstenite logs whole messages at trace level (an in-band auth
+        // message carries a token) and every close at debug: keep it to
+        // warnings whatever RUST_LOG says.
+        .filter_module("tungstenite", log::LevelFilter::Warn)
         .init();
 
     let args: Vec<String> = std::env::args().skip(1).collect();

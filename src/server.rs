@@ -51,6 +51,11 @@ const LINGER: Duration = Duration::from_secs(2);
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Back-off before accepting again after EMFILE/ENFILE.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Pending connections the kernel queues for us (capped by
+/// net.core.somaxconn). std/mio use 128, which overflows when a few hundred
+/// tabs reconnect at once (after a deploy): SYNs are dropped and retried
+/// a second later.
+const LISTEN_BACKLOG: i32 = 4096;
 /// One read buffer for every HTTP read (then copied into the connection's).
 const SCRATCH_BYTES: usize = 64 * 1024;
 
@@ -150,7 +155,7 @@ impl Server {
     pub fn bind(config: Config) -> io::Result<Server> {
         let verifier = Verifier::new(&config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.addr)?;
+        let mut listener = TcpListener::from_std(crate::sys::listen(config.addr, LISTEN_BACKLOG)?);
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         Ok(Server {
