@@ -117,6 +117,10 @@ pub struct Config {
     /// JWKS_REFRESH_SECS: how often the key set is fetched again (a token
     /// with an unknown `kid` also triggers a fetch, rate-limited).
     pub jwks_refresh: Duration,
+    /// TCP_NODELAY on client sockets: a broadcast leaves at once instead of
+    /// waiting for the previous segment's ACK (Nagle). Batching comes from
+    /// one writev per loop turn either way.
+    pub tcp_nodelay: bool,
 }
 
 /// A bad configuration value: names the variable and says what was expected.
@@ -264,6 +268,7 @@ impl Config {
             jwks_url,
             jwks_file,
             jwks_refresh,
+            tcp_nodelay: parse_or(&get, "TCP_NODELAY", true, "true or false")?,
         })
     }
 
@@ -365,6 +370,7 @@ mod tests {
             (&[("MAX_CONNECTIONS_PER_IP", "-1")], "MAX_CONNECTIONS_PER_IP"),
             (&[("BROADCAST_RATE_PER_SEC", "fast")], "BROADCAST_RATE_PER_SEC"),
             (&[("BROADCAST_BURST", "0")], "BROADCAST_BURST"),
+            (&[("TCP_NODELAY", "yes")], "TCP_NODELAY"),
             (&[("JWKS_URL", "https://app.example.com/api/auth/jwks")], "JWKS_URL"),
             (&[("JWKS_URL", "localhost:3000/api/auth/jwks")], "JWKS_URL"),
             (&[("JWKS_URL", "http://:3000/jwks")], "JWKS_URL"),

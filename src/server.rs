@@ -293,9 +293,11 @@ impl Server {
         loop {
             match listener.accept() {
                 Ok((mut stream, peer)) => {
-                    // Nagle off: broadcasts are small and latency matters;
-                    // batching comes from the one-writev-per-turn flush.
-                    let _ = stream.set_nodelay(true);
+                    // Nagle off by default: broadcasts are small and latency
+                    // matters; batching comes from the one-writev-per-turn flush.
+                    if self.config.tcp_nodelay {
+                        let _ = stream.set_nodelay(true);
+                    }
                     let entry = self.conns.vacant_entry();
                     let key = entry.key();
                     if let Err(e) =
