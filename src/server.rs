@@ -420,9 +420,13 @@ impl Server {
         }
         self.process_http(key);
         if eof {
-            // Half-close: answer what arrived whole, then close.
-            if let Some(Phase::Http(_)) = self.conns.get(key).map(|c| &c.phase) {
-                self.begin_close(key);
+            match self.conns.get(key).map(|c| &c.phase) {
+                // Half-close: answer what arrived whole, then close.
+                Some(Phase::Http(_)) => self.begin_close(key),
+                // The EOF came in the same read as an upgrade request: let
+                // the WebSocket read see it (edge-triggered: no new event).
+                Some(Phase::Ws(_)) => self.again.push(key),
+                _ => {}
             }
         }
     }
@@ -449,7 +453,8 @@ impl Server {
                         debug!("{} bad request: {} {}", conn.peer, reject.status, reject.message);
                         // The framing is lost (or the body unwanted): answer and close.
                         let resp = Response::error(reject.status, reject.message);
-                        conn.out.push_owned(resp.encode(false, false));
+                        let head_request = h.buf[h.consumed..].starts_with(b"HEAD ");
+                        conn.out.push_owned(resp.encode(false, head_request));
                         h.buf = Vec::new();
                         self.begin_close(key);
                         return;
@@ -588,8 +593,10 @@ impl Server {
                 Err(E::Capacity(_)) => return self.fail_ws(key, Reason::TooBig),
                 Err(E::Utf8(_)) => return self.fail_ws(key, Reason::BadUtf8),
                 Err(E::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)) => {
-                    debug!("{} vanished without a close frame", self.conns[key].peer);
-                    return self.remove(key);
+                    // FIN without a close frame. It may still read (a
+                    // half-close): send what is queued, then close.
+                    debug!("{} closed without a close frame", self.conns[key].peer);
+                    return self.begin_close(key);
                 }
                 Err(E::Protocol(e)) => {
                     debug!("{} protocol error: {e}", self.conns[key].peer);
@@ -855,10 +862,9 @@ impl Server {
                     return self.remove(key); // idle keep-alive
                 }
                 debug!("{} request not completed in time: 408", conn.peer);
-                h.buf = Vec::new();
-                h.head = None;
+                let head_request = h.buf[h.consumed..].starts_with(b"HEAD ");
                 let resp = Response::error(408, "request not completed in time");
-                conn.out.push_owned(resp.encode(false, false));
+                conn.out.push_owned(resp.encode(false, head_request));
                 self.begin_close(key);
             }
             Phase::Closing { .. } => self.remove(key),
