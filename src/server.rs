@@ -758,17 +758,15 @@ impl Server {
     /// CLOSE_WAIT to answer; messages already queued go first.
     fn close_ws(&mut self, key: usize, reason: Reason, now: Instant) {
         let conn = &mut self.conns[key];
-        let Phase::Ws(ws) = &mut conn.phase else {
-            return;
-        };
-        if ws.close_deadline.is_some() {
-            return;
+        if !matches!(&conn.phase, Phase::Ws(ws) if ws.close_deadline.is_none()) {
+            return; // not a WebSocket, or closing already
         }
-        let _ = ws.ctx.close(&mut Wire { sock: &mut conn.stream, out: &mut conn.out }, Some(reason.close_frame()));
         // From here on it no longer counts as a connected client.
-        ws.close_deadline = Some(now + CLOSE_WAIT);
-        uncount(&mut self.clients, &mut self.clients_per_ip, ws.ip);
-        debug!("{} ({:?}) closing: {} {}; {} clients", conn.peer, ws.sub, reason.code(), reason.text(), self.clients);
+        uncount(&mut self.clients, &mut self.clients_per_ip, conn, reason.text());
+        send_close(conn, reason);
+        if let Phase::Ws(ws) = &mut conn.phase {
+            ws.close_deadline = Some(now + CLOSE_WAIT);
+        }
         self.mark_dirty(key);
         self.reschedule_ws(key);
     }
@@ -776,11 +774,7 @@ impl Server {
     /// Fails the connection (RFC 6455 §7.1.7): a close frame with `reason`,
     /// then no more reading of what is presumably garbage.
     fn fail_ws(&mut self, key: usize, reason: Reason) {
-        let conn = &mut self.conns[key];
-        if let Phase::Ws(ws) = &mut conn.phase {
-            debug!("{} ({:?}) failed: {} {}", conn.peer, ws.sub, reason.code(), reason.text());
-            let _ = ws.ctx.close(&mut Wire { sock: &mut conn.stream, out: &mut conn.out }, Some(reason.close_frame()));
-        }
+        send_close(&mut self.conns[key], reason);
         self.begin_close(key);
     }
 
@@ -789,13 +783,7 @@ impl Server {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        // A client already sent our close frame was uncounted then.
-        if let Phase::Ws(ws) = &conn.phase
-            && ws.close_deadline.is_none()
-        {
-            uncount(&mut self.clients, &mut self.clients_per_ip, ws.ip);
-            debug!("{} ({:?}) disconnected; {} clients", conn.peer, ws.sub, self.clients);
-        }
+        uncount(&mut self.clients, &mut self.clients_per_ip, conn, "disconnected");
         if !matches!(conn.phase, Phase::Closing { .. }) {
             conn.phase = Phase::Closing { fin_sent: false };
         }
@@ -809,13 +797,7 @@ impl Server {
         let Some(conn) = self.conns.try_remove(key) else {
             return;
         };
-        // A client already sent our close frame was uncounted then.
-        if let Phase::Ws(ws) = &conn.phase
-            && ws.close_deadline.is_none()
-        {
-            uncount(&mut self.clients, &mut self.clients_per_ip, ws.ip);
-            debug!("{} ({:?}) dropped; {} clients", conn.peer, ws.sub, self.clients);
-        }
+        uncount(&mut self.clients, &mut self.clients_per_ip, &conn, "dropped");
     }
 
     // ---- timers ------------------------------------------------------------
@@ -896,15 +878,29 @@ impl Server {
     }
 }
 
-/// A client stops counting as connected (once: on close or removal).
-fn uncount(clients: &mut usize, per_ip: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+/// Queues a close frame with `reason` (tungstenite tracks the close state).
+fn send_close(conn: &mut Conn, reason: Reason) {
+    if let Phase::Ws(ws) = &mut conn.phase {
+        debug!("{} ({:?}) closing: {} {}", conn.peer, ws.sub, reason.code(), reason.text());
+        let _ = ws.ctx.close(&mut Wire { sock: &mut conn.stream, out: &mut conn.out }, Some(reason.close_frame()));
+    }
+}
+
+/// Stops counting `conn` as a connected client — once: a client we sent a
+/// close frame was uncounted then (`close_deadline` is set).
+fn uncount(clients: &mut usize, per_ip: &mut HashMap<IpAddr, usize>, conn: &Conn, what: &str) {
+    let Phase::Ws(ws) = &conn.phase else { return };
+    if ws.close_deadline.is_some() {
+        return;
+    }
     *clients -= 1;
-    if let Some(n) = per_ip.get_mut(&ip) {
+    if let Some(n) = per_ip.get_mut(&ws.ip) {
         *n -= 1;
         if *n == 0 {
-            per_ip.remove(&ip);
+            per_ip.remove(&ws.ip);
         }
     }
+    debug!("{} ({:?}) {what}; {} clients", conn.peer, ws.sub, clients);
 }
 
 impl Drop for Server {
