@@ -11,6 +11,7 @@
 use std::rc::Rc;
 
 use serde_json::json;
+use subtle::ConstantTimeEq;
 
 use crate::auth::{AuthError, Claims, Verifier};
 use crate::broadcast;
@@ -23,6 +24,8 @@ pub struct Ctx<'a> {
     pub verifier: &'a Verifier,
     /// Open WebSocket clients now.
     pub clients: usize,
+    /// Open WebSocket clients from this request's client IP.
+    pub clients_from_ip: usize,
 }
 
 /// The decision for one request.
@@ -119,6 +122,12 @@ fn upgrade(head: &Head, origin_ok: bool, ctx: &Ctx) -> Action {
     if ctx.clients >= ctx.config.max_connections {
         return Action::Respond(Response::error(503, "too many connections").header("Retry-After", "5"));
     }
+    let per_ip = ctx.config.max_connections_per_ip;
+    if per_ip > 0 && ctx.clients_from_ip >= per_ip {
+        return Action::Respond(
+            Response::error(429, "too many connections from this address").header("Retry-After", "5"),
+        );
+    }
     Action::Upgrade { key: key.to_string(), claims }
 }
 
@@ -126,9 +135,8 @@ fn broadcast(head: &Head, body: &[u8], origin_ok: bool, ctx: &Ctx) -> Action {
     if !origin_ok {
         return Action::Respond(Response::error(403, "origin not allowed"));
     }
-    // Only the header: a token in a broadcaster's URL would end up in logs.
-    if let Err(e) = ctx.verifier.verify(head.authorization_bearer().unwrap_or("")) {
-        return Action::Respond(unauthorized(e));
+    if let Err(resp) = publisher(head, ctx) {
+        return Action::Respond(resp);
     }
     if let Some(ct) = &head.content_type {
         let mime = ct.split(';').next().unwrap_or("").trim();
@@ -140,6 +148,27 @@ fn broadcast(head: &Head, body: &[u8], origin_ok: bool, ctx: &Ctx) -> Action {
         Ok((kind, frame)) => Action::Broadcast { kind, frame },
         Err(msg) => Action::Respond(Response::error(400, &msg)),
     }
+}
+
+/// Checks the publisher's credential. With BROADCAST_API_KEY set, only that
+/// key (Bearer or X-API-Key, compared in constant time) may broadcast; a
+/// user's JWT is recognised and refused with 403. Without it, any valid JWT
+/// may (the original design). Only headers count: a credential in a URL
+/// would end up in logs.
+fn publisher(head: &Head, ctx: &Ctx) -> Result<(), Response> {
+    let bearer = head.authorization_bearer();
+    let Some(key) = &ctx.config.broadcast_api_key else {
+        return ctx.verifier.verify(bearer.unwrap_or("")).map(|_| ()).map_err(unauthorized);
+    };
+    let presented = head.api_key.as_deref().or(bearer).unwrap_or("");
+    if bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
+        return Ok(());
+    }
+    if ctx.verifier.verify(presented).is_ok() {
+        return Err(Response::error(403, "user tokens cannot broadcast: use the publisher API key"));
+    }
+    let msg = if presented.is_empty() { "missing API key" } else { "invalid API key" };
+    Err(Response::error(401, msg).header("WWW-Authenticate", "Bearer"))
 }
 
 /// The answer to an accepted broadcast.

@@ -49,6 +49,8 @@ pub struct Head {
     pub ws_version: Option<String>,
     /// `Access-Control-Request-Method`: marks a CORS preflight.
     pub cors_request_method: Option<String>,
+    /// `X-Forwarded-For`, trusted only from a loopback peer (a local proxy).
+    pub forwarded_for: Option<String>,
 }
 
 impl Head {
@@ -73,6 +75,20 @@ impl Head {
         let (scheme, rest) = v.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
     }
+}
+
+/// The client's address: the TCP peer, or — when the peer is a reverse proxy
+/// on this machine (loopback) — the last address it added to
+/// `X-Forwarded-For`. A remote peer cannot choose its own address this way.
+pub fn client_ip(peer: std::net::IpAddr, head: &Head) -> std::net::IpAddr {
+    if !peer.is_loopback() {
+        return peer;
+    }
+    head.forwarded_for
+        .as_deref()
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|ip| ip.trim().parse().ok())
+        .unwrap_or(peer)
 }
 
 /// A request the server refuses before routing it.
@@ -163,6 +179,8 @@ pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, Reject> {
             head.ws_key = Some(text()?.to_string());
         } else if is("sec-websocket-version") {
             head.ws_version = Some(text()?.to_string());
+        } else if is("x-forwarded-for") {
+            head.forwarded_for = Some(text()?.to_string());
         } else if is("access-control-request-method") {
             head.cors_request_method = Some(text()?.to_string());
         }
@@ -344,6 +362,15 @@ mod tests {
             parse_head(b"GET / HTTP/1.1\r\nConnection: close\r\nAuthorization: Basic x\r\n\r\n", 0).unwrap().unwrap();
         assert!(!h.keep_alive);
         assert_eq!(h.bearer_token(), None);
+    }
+
+    #[test]
+    fn client_ip_trusts_forwarded_for_only_from_loopback() {
+        let h = parse_head(b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.2.3.4, 5.6.7.8\r\n\r\n", 0).unwrap().unwrap();
+        assert_eq!(client_ip("127.0.0.1".parse().unwrap(), &h), "5.6.7.8".parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(client_ip("9.9.9.9".parse().unwrap(), &h), "9.9.9.9".parse::<std::net::IpAddr>().unwrap());
+        let h = parse_head(b"GET / HTTP/1.1\r\nX-Forwarded-For: junk\r\n\r\n", 0).unwrap().unwrap();
+        assert_eq!(client_ip("127.0.0.1".parse().unwrap(), &h), "127.0.0.1".parse::<std::net::IpAddr>().unwrap());
     }
 
     #[test]

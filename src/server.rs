@@ -13,10 +13,9 @@
 //! revisited next turn), and output that would block waits in the
 //! connection's [`OutQueue`] for the next writable event.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::HashMap;
 use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -32,6 +31,7 @@ use crate::auth::{self, Verifier};
 use crate::config::Config;
 use crate::http::{self, Head, Response};
 use crate::outqueue::{Flush, OutQueue};
+use crate::timers::{Due, Timers};
 use crate::ws::{self, Inbound, Reason, TokenBucket, Wire, WsConn};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -51,6 +51,11 @@ const LINGER: Duration = Duration::from_secs(2);
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Back-off before accepting again after EMFILE/ENFILE.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Pending connections the kernel queues for us (capped by
+/// net.core.somaxconn). std/mio use 128, which overflows when a few hundred
+/// tabs reconnect at once (after a deploy): SYNs are dropped and retried
+/// a second later.
+const LISTEN_BACKLOG: i32 = 4096;
 /// One read buffer for every HTTP read (then copied into the connection's).
 const SCRATCH_BYTES: usize = 64 * 1024;
 
@@ -98,8 +103,12 @@ enum Phase {
 
 #[derive(Default)]
 struct HttpConn {
-    /// Bytes received and not yet consumed by a request.
+    /// Bytes received; `buf[consumed..]` is not yet handled.
     buf: Vec<u8>,
+    /// Requests handled from the front of `buf`. Compacted once per read,
+    /// not per request: pipelined requests would otherwise cost a memmove
+    /// of the whole buffer each.
+    consumed: usize,
     /// A parsed head whose body is still arriving (boxed: keeps every
     /// slab entry small).
     head: Option<Box<Head>>,
@@ -113,9 +122,8 @@ pub struct Server {
     listener: Option<TcpListener>,
     local_addr: SocketAddr,
     conns: Slab<Conn>,
-    /// Min-heap of (deadline, slab key, conn id). Entries are not removed
-    /// when a deadline moves; a stale one is recognised and skipped.
-    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Every connection's next deadline (pings, silence, timeouts, expiry).
+    timers: Timers,
     /// Connections with output queued this turn, flushed before sleeping.
     dirty: Vec<usize>,
     /// Connections with input left over (budget spent, or bytes that arrived
@@ -127,6 +135,10 @@ pub struct Server {
     ws_config: WebSocketConfig,
     /// Open, authenticated WebSocket clients (what /health reports).
     clients: usize,
+    /// Open WebSocket clients per client IP (MAX_CONNECTIONS_PER_IP).
+    clients_per_ip: HashMap<IpAddr, usize>,
+    /// Accepted broadcasts (BROADCAST_RATE_PER_SEC), shared by all publishers.
+    broadcast_bucket: TokenBucket,
     next_id: u64,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
@@ -138,23 +150,28 @@ pub struct Server {
 
 impl Server {
     /// Binds the listener; nothing is accepted until [`Server::run`].
+    /// With JWKS configured, the keys are loaded first: failing that is an
+    /// `InvalidInput` error wrapping the [`crate::config::ConfigError`].
     pub fn bind(config: Config) -> io::Result<Server> {
+        let verifier = Verifier::new(&config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.addr)?;
+        let mut listener = TcpListener::from_std(crate::sys::listen(config.addr, LISTEN_BACKLOG)?);
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         Ok(Server {
             local_addr: listener.local_addr()?,
             listener: Some(listener),
             conns: Slab::with_capacity(1024),
-            timers: BinaryHeap::new(),
+            timers: Timers::new(),
             dirty: Vec::new(),
             again: Vec::new(),
             scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
-            verifier: Verifier::new(&config),
+            verifier,
             ws_config: ws::config(&config),
+            broadcast_bucket: TokenBucket::new(config.broadcast_burst, Instant::now()),
             config,
             clients: 0,
+            clients_per_ip: HashMap::new(),
             next_id: 0,
             stop: Arc::new(AtomicBool::new(false)),
             waker,
@@ -257,10 +274,8 @@ impl Server {
 
     /// Time until the nearest timer (or the accept back-off / shutdown end).
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        let next = [self.timers.peek().map(|Reverse((t, _, _))| *t), self.accept_paused_until, self.shutdown_deadline]
-            .into_iter()
-            .flatten()
-            .min()?;
+        let next =
+            [self.timers.next(), self.accept_paused_until, self.shutdown_deadline].into_iter().flatten().min()?;
         // Round up to whole milliseconds: epoll's resolution; rounding down
         // would wake early and spin until the deadline.
         Some(next.saturating_duration_since(now) + Duration::from_micros(999))
@@ -278,9 +293,11 @@ impl Server {
         loop {
             match listener.accept() {
                 Ok((mut stream, peer)) => {
-                    // Nagle off: broadcasts are small and latency matters;
-                    // batching comes from the one-writev-per-turn flush.
-                    let _ = stream.set_nodelay(true);
+                    // Nagle off by default: broadcasts are small and latency
+                    // matters; batching comes from the one-writev-per-turn flush.
+                    if self.config.tcp_nodelay {
+                        let _ = stream.set_nodelay(true);
+                    }
                     let entry = self.conns.vacant_entry();
                     let key = entry.key();
                     if let Err(e) =
@@ -300,7 +317,7 @@ impl Server {
                         deadline,
                         dirty: false,
                     });
-                    self.timers.push(Reverse((deadline, key, self.next_id)));
+                    self.timers.schedule(deadline, key, self.next_id);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -374,6 +391,10 @@ impl Server {
             if h.paused {
                 return;
             }
+            if h.consumed > 0 {
+                h.buf.drain(..h.consumed);
+                h.consumed = 0;
+            }
             loop {
                 // Never hold more than one head + one body: parse_head
                 // rejects what would not fit, so stop reading past that.
@@ -399,9 +420,13 @@ impl Server {
         }
         self.process_http(key);
         if eof {
-            // Half-close: answer what arrived whole, then close.
-            if let Some(Phase::Http(_)) = self.conns.get(key).map(|c| &c.phase) {
-                self.begin_close(key);
+            match self.conns.get(key).map(|c| &c.phase) {
+                // Half-close: answer what arrived whole, then close.
+                Some(Phase::Http(_)) => self.begin_close(key),
+                // The EOF came in the same read as an upgrade request: let
+                // the WebSocket read see it (edge-triggered: no new event).
+                Some(Phase::Ws(_)) => self.again.push(key),
+                _ => {}
             }
         }
     }
@@ -421,41 +446,55 @@ impl Server {
             }
             let head = match h.head.take() {
                 Some(head) => head,
-                None => match http::parse_head(&h.buf, self.config.max_broadcast_bytes) {
+                None => match http::parse_head(&h.buf[h.consumed..], self.config.max_broadcast_bytes) {
                     Ok(Some(head)) => Box::new(head),
                     Ok(None) => return,
                     Err(reject) => {
                         debug!("{} bad request: {} {}", conn.peer, reject.status, reject.message);
                         // The framing is lost (or the body unwanted): answer and close.
                         let resp = Response::error(reject.status, reject.message);
-                        conn.out.push_owned(resp.encode(false, false));
+                        let head_request = h.buf[h.consumed..].starts_with(b"HEAD ");
+                        conn.out.push_owned(resp.encode(false, head_request));
                         h.buf = Vec::new();
                         self.begin_close(key);
                         return;
                     }
                 },
             };
-            let end = head.head_len + head.content_length;
+            let (start, end) = (h.consumed + head.head_len, h.consumed + head.head_len + head.content_length);
             if h.buf.len() < end {
                 h.head = Some(head);
                 return;
             }
-            let action = api::route(
-                &head,
-                &h.buf[head.head_len..end],
-                &Ctx { config: &self.config, verifier: &self.verifier, clients: self.clients },
-            );
+            let ip = http::client_ip(conn.peer.ip(), &head);
+            let ctx = Ctx {
+                config: &self.config,
+                verifier: &self.verifier,
+                clients: self.clients,
+                clients_from_ip: self.clients_per_ip.get(&ip).copied().unwrap_or(0),
+            };
+            let action = api::route(&head, &h.buf[start..end], &ctx);
             if let Action::Upgrade { key: ws_key, claims } = action {
                 let leftover = h.buf.split_off(end);
-                return self.upgrade(key, &head, &ws_key, claims, leftover);
+                return self.upgrade(key, &head, ip, &ws_key, claims, leftover);
             }
-            h.buf.drain(..end);
+            h.consumed = end;
+            if h.consumed == h.buf.len() {
+                h.buf.clear();
+                h.consumed = 0;
+            }
             let resp = match action {
                 Action::Respond(resp) => resp,
                 Action::Broadcast { kind, frame } => {
-                    let n = self.fan_out(frame);
-                    debug!("broadcast {kind} to {n} clients");
-                    api::broadcast_ok(n)
+                    let (rate, burst) = (self.config.broadcast_rate, self.config.broadcast_burst);
+                    if rate > 0 && !self.broadcast_bucket.take(burst, rate, Instant::now()) {
+                        debug!("broadcast {kind} refused: over BROADCAST_RATE_PER_SEC");
+                        Response::error(429, "too many broadcasts").header("Retry-After", "1")
+                    } else {
+                        let n = self.fan_out(frame);
+                        debug!("broadcast {kind} to {n} clients");
+                        api::broadcast_ok(n)
+                    }
                 }
                 Action::Upgrade { .. } => unreachable!(),
             };
@@ -474,7 +513,7 @@ impl Server {
         }
     }
 
-    fn upgrade(&mut self, key: usize, head: &Head, ws_key: &str, claims: auth::Claims, leftover: Vec<u8>) {
+    fn upgrade(&mut self, key: usize, head: &Head, ip: IpAddr, ws_key: &str, claims: auth::Claims, leftover: Vec<u8>) {
         let now = Instant::now();
         let expires_at = now + auth::time_left(claims.exp);
         let sub = claims.sub.unwrap_or_default();
@@ -484,6 +523,7 @@ impl Server {
         conn.phase = Phase::Ws(Box::new(WsConn {
             ctx: WebSocketContext::from_partially_read(leftover, Role::Server, Some(self.ws_config)),
             sub,
+            ip,
             expires_at,
             last_seen: now,
             next_ping: now + self.config.ping_interval,
@@ -491,6 +531,7 @@ impl Server {
             bucket: TokenBucket::new(self.config.client_msg_burst, now),
         }));
         self.clients += 1;
+        *self.clients_per_ip.entry(ip).or_default() += 1;
         let peer = conn.peer;
         debug!(
             "{peer} connected as {:?} (origin {:?}); {} clients",
@@ -552,8 +593,10 @@ impl Server {
                 Err(E::Capacity(_)) => return self.fail_ws(key, Reason::TooBig),
                 Err(E::Utf8(_)) => return self.fail_ws(key, Reason::BadUtf8),
                 Err(E::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)) => {
-                    debug!("{} vanished without a close frame", self.conns[key].peer);
-                    return self.remove(key);
+                    // FIN without a close frame. It may still read (a
+                    // half-close): send what is queued, then close.
+                    debug!("{} closed without a close frame", self.conns[key].peer);
+                    return self.begin_close(key);
                 }
                 Err(E::Protocol(e)) => {
                     debug!("{} protocol error: {e}", self.conns[key].peer);
@@ -715,17 +758,15 @@ impl Server {
     /// CLOSE_WAIT to answer; messages already queued go first.
     fn close_ws(&mut self, key: usize, reason: Reason, now: Instant) {
         let conn = &mut self.conns[key];
-        let Phase::Ws(ws) = &mut conn.phase else {
-            return;
-        };
-        if ws.close_deadline.is_some() {
-            return;
+        if !matches!(&conn.phase, Phase::Ws(ws) if ws.close_deadline.is_none()) {
+            return; // not a WebSocket, or closing already
         }
-        let _ = ws.ctx.close(&mut Wire { sock: &mut conn.stream, out: &mut conn.out }, Some(reason.close_frame()));
         // From here on it no longer counts as a connected client.
-        ws.close_deadline = Some(now + CLOSE_WAIT);
-        self.clients -= 1;
-        debug!("{} ({:?}) closing: {} {}; {} clients", conn.peer, ws.sub, reason.code(), reason.text(), self.clients);
+        uncount(&mut self.clients, &mut self.clients_per_ip, conn, reason.text());
+        send_close(conn, reason);
+        if let Phase::Ws(ws) = &mut conn.phase {
+            ws.close_deadline = Some(now + CLOSE_WAIT);
+        }
         self.mark_dirty(key);
         self.reschedule_ws(key);
     }
@@ -733,11 +774,7 @@ impl Server {
     /// Fails the connection (RFC 6455 §7.1.7): a close frame with `reason`,
     /// then no more reading of what is presumably garbage.
     fn fail_ws(&mut self, key: usize, reason: Reason) {
-        let conn = &mut self.conns[key];
-        if let Phase::Ws(ws) = &mut conn.phase {
-            debug!("{} ({:?}) failed: {} {}", conn.peer, ws.sub, reason.code(), reason.text());
-            let _ = ws.ctx.close(&mut Wire { sock: &mut conn.stream, out: &mut conn.out }, Some(reason.close_frame()));
-        }
+        send_close(&mut self.conns[key], reason);
         self.begin_close(key);
     }
 
@@ -746,13 +783,7 @@ impl Server {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        // A client already sent our close frame was uncounted then.
-        if let Phase::Ws(ws) = &conn.phase
-            && ws.close_deadline.is_none()
-        {
-            self.clients -= 1;
-            debug!("{} ({:?}) disconnected; {} clients", conn.peer, ws.sub, self.clients);
-        }
+        uncount(&mut self.clients, &mut self.clients_per_ip, conn, "disconnected");
         if !matches!(conn.phase, Phase::Closing { .. }) {
             conn.phase = Phase::Closing { fin_sent: false };
         }
@@ -766,13 +797,7 @@ impl Server {
         let Some(conn) = self.conns.try_remove(key) else {
             return;
         };
-        // A client already sent our close frame was uncounted then.
-        if let Phase::Ws(ws) = &conn.phase
-            && ws.close_deadline.is_none()
-        {
-            self.clients -= 1;
-            debug!("{} ({:?}) dropped; {} clients", conn.peer, ws.sub, self.clients);
-        }
+        uncount(&mut self.clients, &mut self.clients_per_ip, &conn, "dropped");
     }
 
     // ---- timers ------------------------------------------------------------
@@ -781,7 +806,7 @@ impl Server {
         let conn = &mut self.conns[key];
         if conn.deadline != at {
             conn.deadline = at;
-            self.timers.push(Reverse((at, key, conn.id)));
+            self.timers.schedule(at, key, conn.id);
         }
     }
 
@@ -803,11 +828,7 @@ impl Server {
             self.accept_paused_until = None;
             self.accept();
         }
-        while let Some(&Reverse((at, key, id))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
+        while let Some(Due { key, id }) = self.timers.pop_due(now) {
             match self.conns.get(key) {
                 Some(c) if c.id == id && c.deadline <= now => self.on_timer(key, now),
                 _ => {} // stale: removed, reused, or moved later
@@ -823,10 +844,9 @@ impl Server {
                     return self.remove(key); // idle keep-alive
                 }
                 debug!("{} request not completed in time: 408", conn.peer);
-                h.buf = Vec::new();
-                h.head = None;
+                let head_request = h.buf[h.consumed..].starts_with(b"HEAD ");
                 let resp = Response::error(408, "request not completed in time");
-                conn.out.push_owned(resp.encode(false, false));
+                conn.out.push_owned(resp.encode(false, head_request));
                 self.begin_close(key);
             }
             Phase::Closing { .. } => self.remove(key),
@@ -858,6 +878,31 @@ impl Server {
     }
 }
 
+/// Queues a close frame with `reason` (tungstenite tracks the close state).
+fn send_close(conn: &mut Conn, reason: Reason) {
+    if let Phase::Ws(ws) = &mut conn.phase {
+        debug!("{} ({:?}) closing: {} {}", conn.peer, ws.sub, reason.code(), reason.text());
+        let _ = ws.ctx.close(&mut Wire { sock: &mut conn.stream, out: &mut conn.out }, Some(reason.close_frame()));
+    }
+}
+
+/// Stops counting `conn` as a connected client — once: a client we sent a
+/// close frame was uncounted then (`close_deadline` is set).
+fn uncount(clients: &mut usize, per_ip: &mut HashMap<IpAddr, usize>, conn: &Conn, what: &str) {
+    let Phase::Ws(ws) = &conn.phase else { return };
+    if ws.close_deadline.is_some() {
+        return;
+    }
+    *clients -= 1;
+    if let Some(n) = per_ip.get_mut(&ws.ip) {
+        *n -= 1;
+        if *n == 0 {
+            per_ip.remove(&ws.ip);
+        }
+    }
+    debug!("{} ({:?}) {what}; {} clients", conn.peer, ws.sub, clients);
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if !self.conns.is_empty() {
@@ -881,6 +926,9 @@ pub fn log_startup(server: &Server) {
         c.pong_wait.as_secs(),
         c.send_queue_limit
     );
+    if c.broadcast_api_key.is_none() {
+        warn!("BROADCAST_API_KEY is not set: any signed-in user's token can broadcast to everyone");
+    }
     if c.allowed_origins == crate::config::Origins::Any {
         warn!("ALLOWED_ORIGINS=* lets any web page connect with a user's token; list your front-end origins instead");
     }

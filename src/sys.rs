@@ -1,6 +1,8 @@
 //! The few OS calls std does not wrap: the open-file limit and randomness.
 
 use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
 
 /// The soft RLIMIT_NOFILE, after raising it to the hard limit (as Go's
 /// runtime does at start): every WebSocket client costs one fd.
@@ -24,4 +26,17 @@ pub fn open_file_limit() -> usize {
 /// Fills `buf` from the kernel's CSPRNG.
 pub fn fill_random(buf: &mut [u8]) {
     std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).expect("/dev/urandom is readable");
+}
+
+/// A non-blocking listener on `addr` with the given accept backlog.
+pub fn listen(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr)?;
+    // Linux lets listen() be called again on a listening socket to change
+    // its backlog; std has no way to pass one.
+    // SAFETY: a valid listening socket fd.
+    if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }

@@ -21,8 +21,8 @@ use crate::outqueue::OutQueue;
 
 /// tungstenite's read buffer per connection. Its default (128 KiB) would
 /// cost 1.3 GB at 10k clients; client messages here are ≤ 512 B (tokens up
-/// to MAX_AUTH_MESSAGE_BYTES grow it on demand), so 1 KiB covers a read.
-pub const READ_BUFFER_BYTES: usize = 1024;
+/// to MAX_AUTH_MESSAGE_BYTES grow it on demand), so 512 B covers a read.
+pub const READ_BUFFER_BYTES: usize = 512;
 
 /// Why we close a WebSocket: the one place that maps reasons to close codes
 /// (RFC 6455 §7.4.1 for 1xxx; 4xxx are taskcast's own).
@@ -133,6 +133,8 @@ pub struct WsConn {
     pub ctx: WebSocketContext,
     /// The token's subject, for logs and for checking in-band refreshes.
     pub sub: String,
+    /// The client's address (for MAX_CONNECTIONS_PER_IP).
+    pub ip: std::net::IpAddr,
     /// When the token stops being valid (exp + leeway); the client is closed
     /// with 4001 unless it sends a fresh token first.
     pub expires_at: Instant,

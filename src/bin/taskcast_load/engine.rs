@@ -1,0 +1,857 @@
+//! The client side: one mio poll loop driving every WebSocket connection.
+//!
+//! Per connection the loop keeps a socket, a state byte, the expected
+//! accept key, a counter and two usually-empty vectors (leftover partial
+//! frame, unsent output). Reads go into one shared 64 KiB scratch buffer and
+//! are drained until WouldBlock (mio is edge-triggered); frames are parsed in
+//! place and only a trailing partial frame is copied into the connection.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::taskcast_load::http::{ST_ACCEPTED, SendShared};
+use crate::taskcast_load::ws::{
+    self, FrameParse, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, Upgrade, XorShift,
+};
+
+/// Largest message the client accepts (server frames are small JSON).
+const MAX_MESSAGE: u64 = 16 * 1024 * 1024;
+/// A leftover buffer larger than this is freed once it has been consumed.
+const KEEP_PENDING_CAPACITY: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum St {
+    NotStarted,
+    Connecting,
+    Handshaking,
+    Open,
+    Closed,
+}
+
+struct Client {
+    stream: Option<TcpStream>,
+    st: St,
+    /// Unparsed input (a partial frame or partial HTTP head).
+    pending: Vec<u8>,
+    /// Output not yet accepted by the socket.
+    out: Vec<u8>,
+    /// Fragmented message being reassembled (rare).
+    frag: Option<Vec<u8>>,
+    /// Expected Sec-WebSocket-Accept (base64 of a SHA-1: 28 bytes).
+    accept: [u8; 28],
+    started: Instant,
+    /// Distinct tracked messages received.
+    uniq: u32,
+}
+
+/// How WebSocket clients authenticate.
+pub enum ClientAuth {
+    Secret(String),
+    Token(String),
+}
+
+/// Counters of the connection side.
+#[derive(Default)]
+pub struct Stats {
+    pub started: usize,
+    pub in_flight: usize,
+    /// Currently open.
+    pub open: usize,
+    /// Ever completed the handshake.
+    pub opened_total: usize,
+    pub failed: BTreeMap<String, u64>,
+    /// First error text seen per failure cause.
+    pub failure_examples: BTreeMap<String, String>,
+    /// Open connections that were later closed, by reason.
+    pub closed: BTreeMap<String, u64>,
+    pub closed_examples: BTreeMap<String, String>,
+    pub handshake_us: Vec<u32>,
+    pub pings: u64,
+    pub pongs: u64,
+    pub fd_exhausted: bool,
+    pub ports_exhausted: bool,
+    pub first_open: Option<Instant>,
+    pub last_open: Option<Instant>,
+}
+
+impl Stats {
+    pub fn failed_total(&self) -> u64 {
+        self.failed.values().sum()
+    }
+    pub fn closed_total(&self) -> u64 {
+        self.closed.values().sum()
+    }
+    fn fail(&mut self, cause: &str, detail: String) {
+        *self.failed.entry(cause.to_string()).or_default() += 1;
+        self.failure_examples.entry(cause.to_string()).or_insert(detail);
+    }
+}
+
+/// Per-message bookkeeping during a send phase.
+pub struct Tracker {
+    pub msgs: usize,
+    pub senders: usize,
+    words: usize,
+    /// One bit per (client, seq).
+    seen: Vec<u64>,
+    /// Per (client, sender): index of the last message seen from that sender.
+    last_idx: Vec<u32>,
+    pub lat_us: Vec<u32>,
+    pub raw: u64,
+    pub uniq_total: u64,
+    pub dup: u64,
+    pub ooo: u64,
+    pub unexpected: u64,
+    pub last_delivery: Option<Instant>,
+    /// Unique deliveries of clients that closed during the phase.
+    pub dead_uniq: u64,
+    /// Clients open when tracking started.
+    pub tracked: Vec<bool>,
+    pub shared: Arc<SendShared>,
+}
+
+impl Tracker {
+    fn on_message(&mut self, id: usize, c_uniq: &mut u32, msg: &[u8], now: Instant, now_ns: u64) {
+        self.raw += 1;
+        let Some(seq) = ws::find_seq(msg) else {
+            self.unexpected += 1;
+            return;
+        };
+        if seq >= self.msgs as u64 || !self.tracked[id] {
+            self.unexpected += 1;
+            return;
+        }
+        let s = seq as usize;
+        let w = id * self.words + s / 64;
+        let bit = 1u64 << (s % 64);
+        if self.seen[w] & bit != 0 {
+            self.dup += 1;
+            return;
+        }
+        self.seen[w] |= bit;
+        *c_uniq += 1;
+        self.uniq_total += 1;
+        self.last_delivery = Some(now);
+        let sent = self.shared.send_ns[s].load(Ordering::Acquire);
+        if sent != 0 {
+            let us = (now_ns + 1).saturating_sub(sent) / 1000;
+            self.lat_us.push(us.min(u32::MAX as u64) as u32);
+        }
+        let k = s % self.senders;
+        let idx = (s / self.senders) as u32;
+        let last = &mut self.last_idx[id * self.senders + k];
+        if *last != u32::MAX && idx < *last {
+            self.ooo += 1;
+        } else {
+            *last = idx;
+        }
+    }
+
+    /// Bitmap of the seqs whose POST was accepted (HTTP 200).
+    pub fn accepted_mask(&self) -> Vec<u64> {
+        let mut m = vec![0u64; self.words];
+        for (s, st) in self.shared.status.iter().enumerate() {
+            if st.load(Ordering::Relaxed) == ST_ACCEPTED {
+                m[s / 64] |= 1 << (s % 64);
+            }
+        }
+        m
+    }
+
+    /// Bitmap of every seq of the run.
+    pub fn all_mask(&self) -> Vec<u64> {
+        let mut m = vec![u64::MAX; self.words];
+        if let (false, Some(last)) = (self.msgs.is_multiple_of(64), m.last_mut()) {
+            *last = (1u64 << (self.msgs % 64)) - 1;
+        }
+        m
+    }
+
+    /// Seqs in `mask` that client `id` did not receive: count and the first
+    /// few.
+    pub fn missing_for(&self, id: usize, mask: &[u64]) -> (u64, Vec<usize>) {
+        let row = &self.seen[id * self.words..(id + 1) * self.words];
+        let mut n = 0u64;
+        let mut first = Vec::new();
+        for (wi, (&a, &s)) in mask.iter().zip(row).enumerate() {
+            let miss = a & !s;
+            n += miss.count_ones() as u64;
+            if miss != 0 && first.len() < 10 {
+                for b in 0..64 {
+                    if miss & (1 << b) != 0 && first.len() < 10 {
+                        first.push(wi * 64 + b);
+                    }
+                }
+            }
+        }
+        (n, first)
+    }
+}
+
+/// What the connection side needs to know.
+pub struct EngineOptions {
+    pub conns: usize,
+    pub addr: SocketAddr,
+    pub host_header: String,
+    pub auth: ClientAuth,
+    /// Send the token as `?token=` instead of an Authorization header.
+    pub query_token: bool,
+    /// Handshakes in flight at once.
+    pub concurrency: usize,
+    pub connect_timeout: Duration,
+    /// Loopback source addresses to spread connections over (1: no binding).
+    pub source_ips: usize,
+}
+
+pub struct Engine {
+    poll: Poll,
+    events: Events,
+    clients: Vec<Client>,
+    scratch: Vec<u8>,
+    addr: SocketAddr,
+    host_header: String,
+    auth: ClientAuth,
+    query_token: bool,
+    concurrency: usize,
+    connect_timeout: Duration,
+    rng: XorShift,
+    /// Loopback source addresses to bind to (empty: let the kernel choose).
+    sources: Vec<std::net::Ipv4Addr>,
+    next_to_start: usize,
+    deadlines: VecDeque<(Instant, usize)>,
+    pub stats: Stats,
+    pub tracker: Option<Tracker>,
+}
+
+/// Non-blocking connect from `src` (port chosen at connect time thanks to
+/// IP_BIND_ADDRESS_NO_PORT, so each source address has its own port space).
+fn connect_from(src: Option<std::net::Ipv4Addr>, addr: SocketAddr) -> io::Result<TcpStream> {
+    let (Some(src), SocketAddr::V4(dst)) = (src, addr) else {
+        return TcpStream::connect(addr);
+    };
+    use std::os::fd::FromRawFd;
+    let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(ip.octets()) },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket syscalls on an fd we own (wrapped right away so
+    // that it is closed on every error path) and on local structs.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let std_stream = std::net::TcpStream::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let local = sin(src, 0);
+        if libc::bind(fd, &local as *const libc::sockaddr_in as *const libc::sockaddr, len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let remote = sin(*dst.ip(), dst.port());
+        if libc::connect(fd, &remote as *const libc::sockaddr_in as *const libc::sockaddr, len) != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINPROGRESS) {
+                return Err(e);
+            }
+        }
+        Ok(TcpStream::from_std(std_stream))
+    }
+}
+
+/// Clients per loopback source address by default: the server's default
+/// MAX_CONNECTIONS_PER_IP (beyond it: 429), and well below the point where
+/// Linux's ephemeral port search slows down (about 1 ms per connect once
+/// half of the ports toward one destination are taken, ~14k).
+pub const CLIENTS_PER_SOURCE_IP: usize = 1000;
+
+/// How many loopback source addresses to spread `conns` connections over.
+pub fn auto_source_ips(addr: SocketAddr, conns: usize) -> usize {
+    match addr {
+        SocketAddr::V4(a) if a.ip().is_loopback() => conns.div_ceil(CLIENTS_PER_SOURCE_IP).clamp(1, 250),
+        _ => 1,
+    }
+}
+
+fn classify(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EMFILE) | Some(libc::ENFILE) => return "fd_limit",
+        Some(libc::EADDRNOTAVAIL) => return "no_local_ports",
+        _ => {}
+    }
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "refused",
+        io::ErrorKind::ConnectionReset => "reset",
+        io::ErrorKind::ConnectionAborted => "aborted",
+        io::ErrorKind::TimedOut => "timeout",
+        io::ErrorKind::BrokenPipe => "broken_pipe",
+        _ => "io_error",
+    }
+}
+
+impl Engine {
+    pub fn new(o: EngineOptions) -> io::Result<Engine> {
+        let EngineOptions { conns, addr, host_header, auth, query_token, concurrency, connect_timeout, source_ips } = o;
+        let now = Instant::now();
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+                ^ ((std::process::id() as u64) << 32);
+        let mut clients = Vec::with_capacity(conns);
+        for _ in 0..conns {
+            clients.push(Client {
+                stream: None,
+                st: St::NotStarted,
+                pending: Vec::new(),
+                out: Vec::new(),
+                frag: None,
+                accept: [0; 28],
+                started: now,
+                uniq: 0,
+            });
+        }
+        Ok(Engine {
+            poll: Poll::new()?,
+            events: Events::with_capacity(4096),
+            clients,
+            scratch: vec![0u8; 64 * 1024],
+            addr,
+            host_header,
+            auth,
+            query_token,
+            concurrency,
+            connect_timeout,
+            rng: XorShift::new(seed ^ 0x9E37_79B9_7F4A_7C15),
+            sources: if source_ips > 1 && addr.is_ipv4() && addr.ip().is_loopback() {
+                (0..source_ips.min(250)).map(|i| std::net::Ipv4Addr::new(127, 0, 0, 1 + i as u8)).collect()
+            } else {
+                Vec::new()
+            },
+            next_to_start: 0,
+            deadlines: VecDeque::new(),
+            stats: Stats::default(),
+            tracker: None,
+        })
+    }
+
+    /// All connection attempts have finished (open or failed).
+    pub fn connect_done(&self) -> bool {
+        (self.next_to_start >= self.clients.len() || self.stats.fd_exhausted) && self.stats.in_flight == 0
+    }
+
+    /// Connections never attempted because the fd limit was hit.
+    pub fn not_attempted(&self) -> usize {
+        self.clients.len() - self.next_to_start
+    }
+
+    fn token_for(&self, id: usize) -> Result<String, String> {
+        match &self.auth {
+            ClientAuth::Token(t) => Ok(t.clone()),
+            ClientAuth::Secret(s) => crate::taskcast_load::http::mint_token(s, &format!("load-{id}")),
+        }
+    }
+
+    fn start_connects(&mut self) {
+        while self.stats.in_flight < self.concurrency
+            && self.next_to_start < self.clients.len()
+            && !self.stats.fd_exhausted
+        {
+            let id = self.next_to_start;
+            self.next_to_start += 1;
+            self.start(id);
+        }
+    }
+
+    fn start(&mut self, id: usize) {
+        self.stats.started += 1;
+        let now = Instant::now();
+        let src = if self.sources.is_empty() { None } else { Some(self.sources[id % self.sources.len()]) };
+        let mut stream = match connect_from(src, self.addr) {
+            Ok(s) => s,
+            Err(e) => {
+                let cause = classify(&e);
+                if cause == "fd_limit" {
+                    self.stats.fd_exhausted = true;
+                }
+                if cause == "no_local_ports" {
+                    self.stats.ports_exhausted = true;
+                }
+                self.stats.fail(cause, e.to_string());
+                self.clients[id].st = St::Closed;
+                return;
+            }
+        };
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(id), Interest::READABLE | Interest::WRITABLE) {
+            let cause = classify(&e);
+            if cause == "fd_limit" {
+                self.stats.fd_exhausted = true;
+            }
+            self.stats.fail(cause, format!("register: {e}"));
+            self.clients[id].st = St::Closed;
+            return;
+        }
+        let c = &mut self.clients[id];
+        c.stream = Some(stream);
+        c.st = St::Connecting;
+        c.started = now;
+        self.stats.in_flight += 1;
+        self.deadlines.push_back((now + self.connect_timeout, id));
+    }
+
+    /// Ends a connection that has not finished its handshake.
+    fn fail_handshake(&mut self, id: usize, cause: &str, detail: String) {
+        let c = &mut self.clients[id];
+        if !matches!(c.st, St::Connecting | St::Handshaking) {
+            return;
+        }
+        if let Some(mut s) = c.stream.take() {
+            let _ = self.poll.registry().deregister(&mut s);
+        }
+        c.st = St::Closed;
+        c.pending = Vec::new();
+        c.out = Vec::new();
+        self.stats.in_flight -= 1;
+        self.stats.fail(cause, detail);
+    }
+
+    /// Ends an open connection (server closed it, protocol error...).
+    fn close_open(&mut self, id: usize, reason: &str, detail: String) {
+        let c = &mut self.clients[id];
+        if c.st != St::Open {
+            return;
+        }
+        if let Some(mut s) = c.stream.take() {
+            let _ = self.poll.registry().deregister(&mut s);
+        }
+        c.st = St::Closed;
+        c.pending = Vec::new();
+        c.out = Vec::new();
+        c.frag = None;
+        self.stats.open -= 1;
+        *self.stats.closed.entry(reason.to_string()).or_default() += 1;
+        self.stats.closed_examples.entry(reason.to_string()).or_insert(detail);
+        if let Some(t) = self.tracker.as_mut().filter(|t| t.tracked[id]) {
+            t.dead_uniq += c.uniq as u64;
+        }
+    }
+
+    fn end_with_error(&mut self, id: usize, cause: &str, detail: String) {
+        match self.clients[id].st {
+            St::Connecting | St::Handshaking => self.fail_handshake(id, cause, detail),
+            St::Open => self.close_open(id, cause, detail),
+            _ => {}
+        }
+    }
+
+    fn check_timeouts(&mut self, now: Instant) {
+        while let Some(&(deadline, id)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            let st = self.clients[id].st;
+            if matches!(st, St::Connecting | St::Handshaking) {
+                let what = if st == St::Connecting { "TCP connect" } else { "WebSocket handshake" };
+                self.fail_handshake(id, "timeout", format!("{what} not finished within {:?}", self.connect_timeout));
+            }
+        }
+    }
+
+    fn on_connected(&mut self, id: usize) {
+        let token = match self.token_for(id) {
+            Ok(t) => t,
+            Err(e) => {
+                self.fail_handshake(id, "token", e);
+                return;
+            }
+        };
+        let key = tungstenite::handshake::client::generate_key();
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let path = if self.query_token { format!("/ws?token={token}") } else { "/ws".to_string() };
+        let bearer = if self.query_token { None } else { Some(token.as_str()) };
+        let req = ws::build_upgrade_request(&self.host_header, &path, &key, bearer);
+        let c = &mut self.clients[id];
+        if let Some(s) = c.stream.as_ref() {
+            let _ = s.set_nodelay(true);
+        }
+        c.accept.copy_from_slice(&accept.as_bytes()[..28]);
+        c.out = req;
+        c.st = St::Handshaking;
+        self.flush(id);
+    }
+
+    fn flush(&mut self, id: usize) {
+        let c = &mut self.clients[id];
+        let Some(s) = c.stream.as_mut() else { return };
+        let mut written = 0;
+        let mut err = None;
+        while written < c.out.len() {
+            match s.write(&c.out[written..]) {
+                Ok(0) => {
+                    err = Some(io::Error::new(io::ErrorKind::WriteZero, "write returned 0"));
+                    break;
+                }
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        if written == c.out.len() {
+            c.out = Vec::new();
+        } else {
+            c.out.drain(..written);
+        }
+        if let Some(e) = err {
+            self.end_with_error(id, classify(&e), format!("write: {e}"));
+        }
+    }
+
+    fn on_event(&mut self, id: usize, readable: bool, writable: bool, hup: bool) {
+        if id >= self.clients.len() {
+            return;
+        }
+        match self.clients[id].st {
+            St::NotStarted | St::Closed => return,
+            St::Connecting => {
+                let s = self.clients[id].stream.as_ref().expect("connecting stream");
+                match s.take_error() {
+                    Ok(Some(e)) | Err(e) => {
+                        self.fail_handshake(id, classify(&e), e.to_string());
+                        return;
+                    }
+                    Ok(None) => {}
+                }
+                match s.peer_addr() {
+                    Ok(_) => self.on_connected(id),
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected && !hup => return,
+                    Err(e) => {
+                        self.fail_handshake(id, classify(&e), e.to_string());
+                        return;
+                    }
+                }
+            }
+            St::Handshaking | St::Open => {
+                if writable && !self.clients[id].out.is_empty() {
+                    self.flush(id);
+                }
+            }
+        }
+        if readable || hup {
+            self.read_all(id);
+        }
+    }
+
+    fn read_all(&mut self, id: usize) {
+        loop {
+            let c = &mut self.clients[id];
+            if !matches!(c.st, St::Handshaking | St::Open) {
+                return;
+            }
+            let Some(s) = c.stream.as_mut() else { return };
+            match s.read(&mut self.scratch) {
+                Ok(0) => {
+                    let detail = "server closed the TCP connection".to_string();
+                    if c.st == St::Open {
+                        self.close_open(id, "eof", detail);
+                    } else {
+                        self.fail_handshake(id, "eof", detail);
+                    }
+                    return;
+                }
+                Ok(n) => {
+                    self.on_data(id, n);
+                    if !self.clients[id].out.is_empty() {
+                        self.flush(id);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.end_with_error(id, classify(&e), format!("read: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_data(&mut self, id: usize, n: usize) {
+        let now = Instant::now();
+        let c = &mut self.clients[id];
+        let result = if c.pending.is_empty() {
+            let buf = &self.scratch[..n];
+            let r = process(id, c, buf, now, &mut self.stats, self.tracker.as_mut(), &mut self.rng);
+            if let Ok(used) = r
+                && used < n
+            {
+                c.pending.extend_from_slice(&buf[used..]);
+            }
+            r
+        } else {
+            c.pending.extend_from_slice(&self.scratch[..n]);
+            let buf = std::mem::take(&mut c.pending);
+            let r = process(id, c, &buf, now, &mut self.stats, self.tracker.as_mut(), &mut self.rng);
+            if let Ok(used) = r {
+                let mut buf = buf;
+                buf.drain(..used);
+                if buf.is_empty() && buf.capacity() > KEEP_PENDING_CAPACITY {
+                    buf = Vec::new();
+                }
+                c.pending = buf;
+            }
+            r
+        };
+        if let Err((cause, detail)) = result {
+            // flush a close reply if one was queued, best effort
+            if !self.clients[id].out.is_empty() {
+                self.flush(id);
+            }
+            self.end_with_error(id, cause, detail);
+        }
+    }
+
+    /// Polls until `done` says so or `until` passes; calls `progress` about
+    /// once a second. Returns whether `done` was reached.
+    pub fn run(
+        &mut self,
+        until: Instant,
+        done: &mut dyn FnMut(&Engine) -> bool,
+        progress: &mut dyn FnMut(&Engine),
+    ) -> io::Result<bool> {
+        let mut next_progress = Instant::now() + Duration::from_secs(1);
+        loop {
+            self.start_connects();
+            if done(self) {
+                return Ok(true);
+            }
+            let now = Instant::now();
+            if now >= until {
+                return Ok(false);
+            }
+            let timeout =
+                (until - now).min(Duration::from_millis(50)).min(next_progress.saturating_duration_since(now));
+            match self.poll.poll(&mut self.events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            let evs: Vec<(usize, bool, bool, bool)> = self
+                .events
+                .iter()
+                .map(|e| (e.token().0, e.is_readable(), e.is_writable(), e.is_error() || e.is_read_closed()))
+                .collect();
+            for (id, r, w, h) in evs {
+                self.on_event(id, r, w, h);
+            }
+            let now = Instant::now();
+            self.check_timeouts(now);
+            if now >= next_progress {
+                progress(self);
+                next_progress = now + Duration::from_secs(1);
+            }
+        }
+    }
+
+    /// Starts per-message tracking for a send phase over the open clients.
+    pub fn start_tracking(&mut self, msgs: usize, senders: usize, shared: Arc<SendShared>) {
+        let words = msgs.div_ceil(64);
+        let n = self.clients.len();
+        let tracked: Vec<bool> = self.clients.iter().map(|c| c.st == St::Open).collect();
+        let expected: usize = tracked.iter().filter(|&&t| t).count() * msgs;
+        self.tracker = Some(Tracker {
+            msgs,
+            senders,
+            words,
+            seen: vec![0u64; n * words],
+            last_idx: vec![u32::MAX; n * senders],
+            lat_us: Vec::with_capacity(expected.min(64 << 20)),
+            raw: 0,
+            uniq_total: 0,
+            dup: 0,
+            ooo: 0,
+            unexpected: 0,
+            last_delivery: None,
+            dead_uniq: 0,
+            tracked,
+            shared,
+        });
+    }
+
+    /// Every tracked client still open has received every accepted message
+    /// (only meaningful once all senders are done).
+    pub fn deliveries_complete(&self) -> bool {
+        let Some(t) = self.tracker.as_ref() else {
+            return true;
+        };
+        let target = t.shared.accepted.load(Ordering::Relaxed);
+        let open_tracked = self.open_tracked();
+        if t.uniq_total < open_tracked as u64 * target + t.dead_uniq {
+            return false;
+        }
+        self.clients.iter().zip(&t.tracked).all(|(c, &tr)| !tr || c.st != St::Open || c.uniq as u64 >= target)
+    }
+
+    pub fn open_tracked(&self) -> usize {
+        match self.tracker.as_ref() {
+            None => 0,
+            Some(t) => self.clients.iter().zip(&t.tracked).filter(|(c, tr)| **tr && c.st == St::Open).count(),
+        }
+    }
+
+    pub fn tracked_count(&self) -> usize {
+        self.tracker.as_ref().map_or(0, |t| t.tracked.iter().filter(|&&b| b).count())
+    }
+
+    /// Per tracked client: (id, still open, unique received).
+    pub fn client_counts(&self) -> Vec<(usize, bool, u32)> {
+        let Some(t) = self.tracker.as_ref() else {
+            return Vec::new();
+        };
+        self.clients
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| t.tracked[*i])
+            .map(|(i, c)| (i, c.st == St::Open, c.uniq))
+            .collect()
+    }
+
+    /// Sends a Close frame on every open connection and drops all sockets.
+    pub fn close_all(&mut self) {
+        let mut frame = Vec::with_capacity(8);
+        for c in self.clients.iter_mut() {
+            if let Some(mut s) = c.stream.take() {
+                if c.st == St::Open {
+                    frame.clear();
+                    ws::encode_client_frame(&mut frame, OP_CLOSE, &1000u16.to_be_bytes(), self.rng.mask());
+                    let _ = s.write(&frame);
+                }
+                let _ = self.poll.registry().deregister(&mut s);
+            }
+            c.st = St::Closed;
+            c.pending = Vec::new();
+            c.out = Vec::new();
+        }
+        self.stats.open = 0;
+        self.stats.in_flight = 0;
+    }
+}
+
+type ProcResult = Result<usize, (&'static str, String)>;
+
+/// Handles bytes received on one connection; returns how many were used.
+fn process(
+    id: usize,
+    c: &mut Client,
+    buf: &[u8],
+    now: Instant,
+    stats: &mut Stats,
+    mut tracker: Option<&mut Tracker>,
+    rng: &mut XorShift,
+) -> ProcResult {
+    let mut off = 0;
+    if c.st == St::Handshaking {
+        match ws::parse_upgrade_response(buf, &c.accept) {
+            Upgrade::Incomplete => return Ok(0),
+            Upgrade::Upgraded { consumed } => {
+                c.st = St::Open;
+                stats.in_flight -= 1;
+                stats.open += 1;
+                stats.opened_total += 1;
+                stats.first_open.get_or_insert(now);
+                stats.last_open = Some(now);
+                stats.handshake_us.push(now.duration_since(c.started).as_micros().min(u32::MAX as u128) as u32);
+                off = consumed;
+            }
+            Upgrade::Rejected { status, body } => {
+                let cause = match status {
+                    401 => "http_401",
+                    403 => "http_403",
+                    429 => "http_429",
+                    503 => "http_503",
+                    _ => "http_other",
+                };
+                return Err((cause, format!("HTTP {status}: {body}")));
+            }
+            Upgrade::Invalid(msg) => return Err(("bad_handshake", msg)),
+        }
+    }
+    let now_ns = tracker.as_ref().map_or(0, |t| now.duration_since(t.shared.base).as_nanos() as u64);
+    loop {
+        let (frame, used) = match ws::parse_frame(&buf[off..], MAX_MESSAGE) {
+            FrameParse::Incomplete => return Ok(off),
+            FrameParse::Error(e) => return Err(("protocol_error", e.to_string())),
+            FrameParse::Frame(f, n) => (f, n),
+        };
+        off += used;
+        match frame.opcode {
+            OP_TEXT | OP_BINARY => {
+                if c.frag.is_some() {
+                    return Err(("protocol_error", "new message inside a fragmented one".into()));
+                }
+                if frame.fin {
+                    if let Some(t) = tracker.as_deref_mut() {
+                        t.on_message(id, &mut c.uniq, frame.payload, now, now_ns);
+                    }
+                } else {
+                    c.frag = Some(frame.payload.to_vec());
+                }
+            }
+            OP_CONT => {
+                let Some(f) = c.frag.as_mut() else {
+                    return Err(("protocol_error", "continuation without a start".into()));
+                };
+                if (f.len() + frame.payload.len()) as u64 > MAX_MESSAGE {
+                    return Err(("protocol_error", "fragmented message too large".into()));
+                }
+                f.extend_from_slice(frame.payload);
+                if frame.fin {
+                    let msg = c.frag.take().unwrap_or_default();
+                    if let Some(t) = tracker.as_deref_mut() {
+                        t.on_message(id, &mut c.uniq, &msg, now, now_ns);
+                    }
+                }
+            }
+            OP_PING => {
+                stats.pings += 1;
+                stats.pongs += 1;
+                ws::encode_client_frame(&mut c.out, OP_PONG, frame.payload, rng.mask());
+            }
+            OP_PONG => {}
+            OP_CLOSE => {
+                let code = if frame.payload.len() >= 2 {
+                    u16::from_be_bytes([frame.payload[0], frame.payload[1]])
+                } else {
+                    1005
+                };
+                let reason = String::from_utf8_lossy(frame.payload.get(2..).unwrap_or(&[])).into_owned();
+                let echo: &[u8] = if frame.payload.len() >= 2 { &frame.payload[..2] } else { &[] };
+                ws::encode_client_frame(&mut c.out, OP_CLOSE, echo, rng.mask());
+                return Err(("server_close", format!("close frame code {code} {reason}")));
+            }
+            _ => return Err(("protocol_error", "unexpected opcode".into())),
+        }
+    }
+}
+
+/// Whether an error (from connect or elsewhere) means the fd limit was hit.
+pub fn is_fd_limit(e: &io::Error) -> bool {
+    classify(e) == "fd_limit"
+}

@@ -1,0 +1,100 @@
+//! Percentiles over raw samples (microseconds).
+
+/// Nearest-rank percentile (`p` in 0..=100) of an ascending-sorted slice.
+pub fn percentile(sorted: &[u32], p: f64) -> Option<u32> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let p = p.clamp(0.0, 100.0);
+    // (the epsilon keeps 99.9% of 1000 at rank 999 despite float rounding)
+    let rank = (p * sorted.len() as f64 / 100.0 - 1e-9).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// Summary of a latency sample set, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    pub count: usize,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Summary {
+    /// Sorts `samples_us` in place and summarises them.
+    pub fn from_us(samples_us: &mut [u32]) -> Option<Summary> {
+        if samples_us.is_empty() {
+            return None;
+        }
+        samples_us.sort_unstable();
+        let ms = |v: Option<u32>| v.unwrap_or(0) as f64 / 1000.0;
+        let sum: u64 = samples_us.iter().map(|&v| v as u64).sum();
+        Some(Summary {
+            count: samples_us.len(),
+            p50: ms(percentile(samples_us, 50.0)),
+            p90: ms(percentile(samples_us, 90.0)),
+            p99: ms(percentile(samples_us, 99.0)),
+            p999: ms(percentile(samples_us, 99.9)),
+            max: ms(samples_us.last().copied()),
+            mean: sum as f64 / samples_us.len() as f64 / 1000.0,
+        })
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "count": self.count,
+            "p50_ms": round3(self.p50),
+            "p90_ms": round3(self.p90),
+            "p99_ms": round3(self.p99),
+            "p999_ms": round3(self.p999),
+            "max_ms": round3(self.max),
+            "mean_ms": round3(self.mean),
+        })
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (ms, n={})",
+            self.p50, self.p90, self.p99, self.p999, self.max, self.count
+        )
+    }
+}
+
+pub fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank() {
+        let v: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), Some(50));
+        assert_eq!(percentile(&v, 90.0), Some(90));
+        assert_eq!(percentile(&v, 99.0), Some(99));
+        assert_eq!(percentile(&v, 99.9), Some(100));
+        assert_eq!(percentile(&v, 100.0), Some(100));
+        assert_eq!(percentile(&v, 0.0), Some(1));
+        assert_eq!(percentile(&[], 50.0), None);
+        assert_eq!(percentile(&[7], 99.9), Some(7));
+        let v: Vec<u32> = (1..=1000).collect();
+        assert_eq!(percentile(&v, 99.9), Some(999));
+        assert_eq!(percentile(&v, 50.0), Some(500));
+    }
+
+    #[test]
+    fn summary_sorts_and_converts() {
+        let mut v = vec![3000, 1000, 2000, 4000];
+        let s = Summary::from_us(&mut v).unwrap();
+        assert_eq!(s.count, 4);
+        assert_eq!(s.p50, 2.0);
+        assert_eq!(s.max, 4.0);
+        assert_eq!(s.mean, 2.5);
+        assert!(Summary::from_us(&mut []).is_none());
+    }
+}
