@@ -108,8 +108,8 @@ impl Request {
             (_, Path::Query(p) | Path::Other(p), _) if !clean(p) => false,
             (_, _, Auth::Garbage(g)) if !clean(g) => false,
             _ => self.extra.iter().all(|(k, v)| {
-                let k = k.trim().to_ascii_lowercase();
-                clean(&k) && clean(v) && k != "content-length" && k != "transfer-encoding"
+                let name = k.trim().to_ascii_lowercase();
+                clean(k) && clean(v) && name != "content-length" && name != "transfer-encoding"
             }),
         };
         let length_honest = match self.length {
