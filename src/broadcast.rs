@@ -44,6 +44,13 @@ pub fn valid_type(t: &str) -> bool {
 /// Validates a broadcast body and returns `(type, framed envelope)`, or the
 /// message for a 400.
 pub fn parse(body: &[u8]) -> Result<(String, Rc<[u8]>), String> {
+    // serde's derived struct reader also accepts an array (`["t", data]`
+    // fills the fields in order); only an object is a broadcast.
+    if body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b != b'{')
+        && serde_json::from_slice::<&RawValue>(body).is_ok()
+    {
+        return Err("body must be a JSON object: {\"type\": string, \"data\": any JSON}".into());
+    }
     let parsed: Body = serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => {
             format!("body must be {{\"type\": string, \"data\": any JSON}}: {e}")
@@ -116,6 +123,8 @@ mod tests {
             (b"", "invalid JSON"),
             (b"{", "invalid JSON"),
             (b"[1,2]", "body must be"),
+            (br#"["task_created",{"id":1}]"#, "JSON object"),
+            (b" 7 ", "JSON object"),
             (br#"{"data":1}"#, "missing \"type\""),
             (br#"{"type":"","data":1}"#, "1-64"),
             (br#"{"type":"a b","data":1}"#, "1-64"),

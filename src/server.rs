@@ -882,7 +882,11 @@ impl Server {
 fn send_close(conn: &mut Conn, reason: Reason) {
     if let Phase::Ws(ws) = &mut conn.phase {
         debug!("{} ({:?}) closing: {} {}", conn.peer, ws.sub, reason.code(), reason.text());
-        let _ = ws.ctx.close(&mut Wire { sock: &mut conn.stream, out: &mut conn.out }, Some(reason.close_frame()));
+        let mut wire = Wire { sock: &mut conn.stream, out: &mut conn.out };
+        // A Pong tungstenite still owes goes first: nothing may follow our
+        // close frame (RFC 6455 §5.5.1).
+        let _ = ws.ctx.flush(&mut wire);
+        let _ = ws.ctx.close(&mut wire, Some(reason.close_frame()));
     }
 }
 

@@ -64,7 +64,7 @@ fn dev_mode_prints_a_working_token() {
     let token = token.expect("a TOKEN= line");
     let r = broadcast(srv.addr, &token, r#"{"type":"task_created","data":{"id":"1"}}"#);
     assert_eq!(r.status, 200);
-    assert!(srv.log().contains("JWT_SECRET is not set"), "{}", srv.log());
+    srv.wait_log("JWT_SECRET is not set");
     srv.signal(libc::SIGINT);
     assert_eq!(srv.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }

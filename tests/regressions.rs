@@ -128,7 +128,6 @@ fn pipelined_requests_then_fin_are_answered_and_closed() {
 /// says a body that is not an object gets 400. (`broadcast::parse`; check
 /// that the body is an object before or instead of the derive's seq form.)
 #[test]
-#[ignore = "server bug: a broadcast body that is a JSON array [type, data] is accepted as if it were an object"]
 fn broadcast_body_that_is_an_array_is_refused() {
     let server = start();
     let mut client = ws(server.addr, &token("reader"));
@@ -152,7 +151,6 @@ fn broadcast_body_that_is_an_array_is_refused() {
 /// the Pong). In `server.rs`, `fail_ws`/`close_ws` could `ctx.flush` the
 /// pending Pong before `ctx.close`, or not answer a Ping that trips the limit.
 #[test]
-#[ignore = "server bug: when a Ping trips the rate limit, its Pong is sent after the 1008 close frame"]
 fn close_frame_is_the_last_frame_after_a_ping_flood() {
     let server = start();
     let mut s = TcpStream::connect(server.addr).unwrap();

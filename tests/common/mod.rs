@@ -301,6 +301,15 @@ impl Binary {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits (bounded) until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.log().contains(needle) {
+            assert!(Instant::now() < deadline, "{needle:?} never logged: {}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(self.child.id() as i32, sig) };

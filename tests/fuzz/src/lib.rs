@@ -154,14 +154,6 @@ pub fn finish(mut s: TcpStream, data: &[u8], mut bytes: Vec<u8>) -> Exchange {
     Exchange { bytes, end }
 }
 
-/// `TASKCAST_FUZZ_ALLOW_KNOWN_BUGS=1` lets fuzzing go on past bugs that
-/// have an ignored regression test in tests/regressions.rs (by default they
-/// are crashes, so a fuzz run shows they are still there).
-pub fn allow_known_bugs() -> bool {
-    static ALLOW: OnceLock<bool> = OnceLock::new();
-    *ALLOW.get_or_init(|| std::env::var("TASKCAST_FUZZ_ALLOW_KNOWN_BUGS").is_ok_and(|v| v == "1"))
-}
-
 /// Closes with SO_LINGER 0 (RST, no TIME_WAIT): thousands of connections a
 /// second would otherwise exhaust the ephemeral ports.
 fn abort_close(s: TcpStream) {
@@ -427,15 +419,9 @@ pub fn check_ws(mut buf: &[u8], end: End, close: CloseRule) -> Result<(), String
             9 | 10 if f.payload.len() <= 125 => {}
             8 => {
                 check_close(&f.payload, close).map_err(|e| format!("frame {i}: {e}"))?;
-                // Known bug (tests/regressions.rs,
-                // close_frame_is_the_last_frame_after_a_ping_flood): a Ping
-                // that trips the rate limit gets its Pong after our Close.
-                let mut tail = &buf[n..];
-                while allow_known_bugs()
-                    && let Some((_, m)) = parse_frame(tail).filter(|(p, _)| p.opcode == 10)
-                {
-                    tail = &tail[m..];
-                }
+                // Nothing follows our close frame (tests/regressions.rs,
+                // close_frame_is_the_last_frame_after_a_ping_flood).
+                let tail = &buf[n..];
                 if !tail.is_empty() {
                     return Err(format!("frame {i} is a close frame, then {} more bytes followed", tail.len()));
                 }
