@@ -1,15 +1,28 @@
-//! JWT verification (and minting, for `taskcast token` and tests).
+//! JWT verification (and minting, for `taskcast token` and tests): the one
+//! place that decides whether a token is accepted.
 //!
-//! Only the configured algorithm (HS256 with JWT_SECRET) is accepted: the
-//! token's own `alg` header is never trusted to choose the check, so `none`
-//! and algorithm-confusion tokens fail. `exp` is required. Error messages
-//! describe what was wrong with a token, never its contents.
+//! Two kinds of keys, each with only its own algorithms:
+//! - the JWKS public keys (JWKS_URL / JWKS_FILE, see [`crate::jwks`]): a
+//!   token whose header names a `kid` in the set is checked with that key,
+//!   for the algorithms of that key's type (and only the JWK's own `alg`
+//!   when it states one) — EdDSA, ES256/384, RS256/384/512, PS256/384/512;
+//! - the shared secret (JWT_SECRET), HS256 only: tokens without a `kid`,
+//!   and HS256 tokens whatever their `kid`.
+//!
+//! The token's `alg` header is never trusted to choose the check: it can
+//! only pick which of our keys to try, and that key refuses any algorithm
+//! outside its family, so `none`, HS256-signed-with-the-public-key and other
+//! algorithm-confusion tokens fail. Keys a token carries or points to (`jwk`,
+//! `jku`, `x5u` headers) are ignored. `exp` is required; `nbf`, JWT_ISSUER
+//! and JWT_AUDIENCE are checked for every algorithm. Error messages describe
+//! what was wrong with a token, never its contents.
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+use crate::jwks;
 
 /// Seconds of clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 30;
@@ -37,6 +50,12 @@ pub enum AuthError {
     WrongIssuer,
     WrongAudience,
     Malformed,
+    /// The `kid` is not in the JWKS (yet): a refetch was requested.
+    UnknownKey,
+    /// A JWKS-style token without a `kid`: no way to pick its key.
+    MissingKeyId,
+    /// An HS256 token, but JWT_SECRET is not set (JWKS only).
+    SecretNotSet,
 }
 
 impl AuthError {
@@ -50,18 +69,33 @@ impl AuthError {
             AuthError::WrongIssuer => "token issuer is not accepted",
             AuthError::WrongAudience => "token audience is not accepted",
             AuthError::Malformed => "token is malformed",
+            AuthError::UnknownKey => {
+                "token signing key (kid) is unknown; a refresh of the key set was requested: retry in a few seconds"
+            }
+            AuthError::MissingKeyId => "token has no kid header, so no published key can verify it",
+            AuthError::SecretNotSet => "HS256 tokens are not accepted: no JWT_SECRET is configured",
         }
     }
 }
 
-/// Checks tokens against the configured secret and claims.
+/// Checks tokens against the configured keys and claims.
 pub struct Verifier {
-    key: DecodingKey,
+    /// JWT_SECRET, for HS256 tokens; `None` turns HS256 off.
+    secret: Option<DecodingKey>,
+    /// The JWKS keys and their fetch thread, when JWKS_URL or JWKS_FILE is set.
+    jwks: Option<jwks::Keys>,
+    /// The claim checks every token gets (exp, nbf, iss, aud). Its
+    /// `algorithms` is `[HS256]`, for the secret; a JWKS key gets a copy
+    /// holding that key's algorithms.
     validation: Validation,
 }
 
 impl Verifier {
-    pub fn new(config: &Config) -> Verifier {
+    /// Builds the verifier; with JWKS configured this loads the keys
+    /// (blocking: start-up only) and starts their fetch thread. Fails,
+    /// naming JWKS_URL or JWKS_FILE, when no key can be loaded.
+    pub fn new(config: &Config) -> Result<Verifier, ConfigError> {
+        // [HS256]: all the shared secret ever verifies (JWKS keys get copies).
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
@@ -80,27 +114,65 @@ impl Verifier {
             None => validation.validate_aud = false,
         }
         validation.set_required_spec_claims(&required);
-        Verifier { key: DecodingKey::from_secret(&config.jwt_secret), validation }
+        Ok(Verifier {
+            secret: config.jwt_secret.as_deref().map(DecodingKey::from_secret),
+            jwks: jwks::Keys::start(config)?,
+            validation,
+        })
     }
 
-    /// Verifies a compact JWT and returns its claims.
+    /// Verifies a compact JWT and returns its claims. Never blocks: an
+    /// unknown `kid` only asks the fetch thread for a refetch.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map(|d| d.claims).map_err(|e| {
-            match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                ErrorKind::InvalidSignature => AuthError::BadSignature,
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
-                    AuthError::WrongAlgorithm
-                }
-                ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
-                ErrorKind::InvalidAudience => AuthError::WrongAudience,
-                _ => AuthError::Malformed,
-            }
-        })
+        let header = jsonwebtoken::decode_header(token).map_err(refusal)?;
+        let hmac = header.alg.family() == AlgorithmFamily::Hmac;
+        // A public-key token names its key; the key, not the header, says
+        // which algorithms may verify it.
+        if let (false, Some(kid), Some(jwks)) = (hmac, &header.kid, &self.jwks) {
+            let keys = jwks.current();
+            let Some(key) = keys.get(kid) else {
+                jwks.request_refetch();
+                return Err(AuthError::UnknownKey);
+            };
+            let mut validation = self.validation.clone();
+            validation.algorithms.clone_from(&key.algorithms);
+            return decode(token, &key.key, &validation);
+        }
+        // Everything else is the shared secret's, and only as HS256.
+        match &self.secret {
+            Some(secret) if hmac => decode(token, secret, &self.validation),
+            None if hmac => Err(AuthError::SecretNotSet),
+            _ if self.jwks.is_some() && header.kid.is_none() => Err(AuthError::MissingKeyId),
+            _ => Err(AuthError::WrongAlgorithm),
+        }
+    }
+}
+
+/// Checks signature and claims with `key`, accepting only `validation.algorithms`.
+fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Claims, AuthError> {
+    jsonwebtoken::decode::<Claims>(token, key, validation).map(|d| d.claims).map_err(refusal)
+}
+
+/// What a jsonwebtoken error means for the client.
+fn refusal(e: jsonwebtoken::errors::Error) -> AuthError {
+    match e.kind() {
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        // A key that cannot check this signature is a bad signature to the client.
+        ErrorKind::InvalidSignature
+        | ErrorKind::InvalidKeyFormat
+        | ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidEddsaKey
+        | ErrorKind::InvalidRsaKey(_) => AuthError::BadSignature,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
+            AuthError::WrongAlgorithm
+        }
+        ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+        ErrorKind::InvalidAudience => AuthError::WrongAudience,
+        _ => AuthError::Malformed,
     }
 }
 
@@ -137,7 +209,7 @@ mod tests {
         let mut c = Config::for_tests(SECRET);
         c.jwt_issuer = iss.map(Into::into);
         c.jwt_audience = aud.map(Into::into);
-        Verifier::new(&c)
+        Verifier::new(&c).unwrap()
     }
 
     #[test]

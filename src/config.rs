@@ -6,12 +6,19 @@
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::jwks::HttpUrl;
 
 /// Fds kept back from the open-file limit when MAX_CONNECTIONS is derived:
 /// the listener, epoll, the waker, signal pipes, log files and HTTP callers
 /// (broadcasts, health checks) that arrive while the WebSocket count is full.
 pub const FD_RESERVE: usize = 256;
+
+/// JWKS_REFRESH_SECS at most: a removed (revoked) key stops being accepted
+/// within a day at the latest.
+pub const MAX_JWKS_REFRESH: Duration = Duration::from_secs(24 * 3600);
 
 /// Which `Origin` headers may talk to us (browsers always send one; servers
 /// and CLI tools usually do not, and are allowed).
@@ -53,14 +60,17 @@ pub struct Config {
     pub addr: SocketAddr,
     /// Front-end origins allowed by CORS and by the WebSocket Origin check.
     pub allowed_origins: Origins,
-    /// HS256 secret shared with the front end (BetterAuth / the app).
-    pub jwt_secret: Vec<u8>,
-    /// True when JWT_SECRET was unset and a per-run secret was generated:
-    /// `main` then prints a ready-made token so a newcomer can try it.
+    /// HS256 secret shared with the front end (the app mints its own
+    /// tokens). `None` when JWT_SECRET is unset and JWKS is configured:
+    /// HS256 tokens are then refused (an `Option`, not an empty key, so no
+    /// code path can end up checking HMACs against an empty secret).
+    pub jwt_secret: Option<Vec<u8>>,
+    /// True when neither JWT_SECRET nor JWKS is set and a per-run secret was
+    /// generated: `main` then prints a ready-made token so a newcomer can try it.
     pub jwt_secret_generated: bool,
-    /// Required `iss` claim, when set.
+    /// Required `iss` claim, when set (checked for every algorithm).
     pub jwt_issuer: Option<String>,
-    /// Required `aud` claim, when set.
+    /// Required `aud` claim, when set (checked for every algorithm).
     pub jwt_audience: Option<String>,
     /// Largest ordinary client -> server message.
     pub max_message_bytes: usize,
@@ -96,6 +106,21 @@ pub struct Config {
     pub broadcast_rate: u32,
     /// ...and in a burst; past that `/api/broadcast` answers 429.
     pub broadcast_burst: u32,
+    /// JWKS_URL: where the front end publishes its public keys (BetterAuth:
+    /// `<app>/api/auth/jwks`). Plain http only: the JWKS comes from the
+    /// co-located app, not across the internet.
+    pub jwks_url: Option<HttpUrl>,
+    /// JWKS_FILE: a JWKS on disk (written by the app, or pasted), re-read at
+    /// every refresh; works without any HTTP, and keeps start-up possible
+    /// while JWKS_URL is down.
+    pub jwks_file: Option<PathBuf>,
+    /// JWKS_REFRESH_SECS: how often the key set is fetched again (a token
+    /// with an unknown `kid` also triggers a fetch, rate-limited).
+    pub jwks_refresh: Duration,
+    /// TCP_NODELAY on client sockets: a broadcast leaves at once instead of
+    /// waiting for the previous segment's ACK (Nagle). Batching comes from
+    /// one writev per loop turn either way.
+    pub tcp_nodelay: bool,
 }
 
 /// A bad configuration value: names the variable and says what was expected.
@@ -167,9 +192,21 @@ impl Config {
         let origins = optional(&get, "ALLOWED_ORIGINS").unwrap_or_else(|| "http://localhost:3000".into());
         let allowed_origins = parse_origins(&origins)?;
 
+        let jwks_url = match optional(&get, "JWKS_URL") {
+            Some(u) => Some(HttpUrl::parse(&u).map_err(|m| err("JWKS_URL", m))?),
+            None => None,
+        };
+        let jwks_file = optional(&get, "JWKS_FILE").map(PathBuf::from);
+        let jwks_refresh = secs(&get, "JWKS_REFRESH_SECS", 600)?;
+        if jwks_refresh > MAX_JWKS_REFRESH {
+            return Err(err("JWKS_REFRESH_SECS", format!("must be at most {} (a day)", MAX_JWKS_REFRESH.as_secs())));
+        }
+        // A random development secret only when nothing else can verify a
+        // token: with JWKS configured, no JWT_SECRET simply means no HS256.
         let (jwt_secret, jwt_secret_generated) = match optional(&get, "JWT_SECRET") {
-            Some(s) => (s.into_bytes(), false),
-            None => (random_secret(), true),
+            Some(s) => (Some(s.into_bytes()), false),
+            None if jwks_url.is_some() || jwks_file.is_some() => (None, false),
+            None => (Some(random_secret()), true),
         };
 
         let max_message_bytes = positive(&get, "MAX_MESSAGE_BYTES", 512)?;
@@ -228,6 +265,10 @@ impl Config {
             max_connections_per_ip,
             broadcast_rate,
             broadcast_burst,
+            jwks_url,
+            jwks_file,
+            jwks_refresh,
+            tcp_nodelay: parse_or(&get, "TCP_NODELAY", true, "true or false")?,
         })
     }
 
@@ -296,7 +337,10 @@ mod tests {
         assert_eq!(c.addr, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(c.allowed_origins, Origins::List(vec!["http://localhost:3000".into()]));
         assert!(c.jwt_secret_generated);
-        assert_eq!(c.jwt_secret.len(), 64);
+        assert_eq!(c.jwt_secret.map(|s| s.len()), Some(64));
+        assert_eq!(c.jwks_url, None);
+        assert_eq!(c.jwks_file, None);
+        assert_eq!(c.jwks_refresh, Duration::from_secs(600));
         assert_eq!(c.max_message_bytes, 512);
         assert_eq!(c.max_broadcast_bytes, 65536);
         assert_eq!(c.ping_interval, Duration::from_secs(54));
@@ -326,6 +370,17 @@ mod tests {
             (&[("MAX_CONNECTIONS_PER_IP", "-1")], "MAX_CONNECTIONS_PER_IP"),
             (&[("BROADCAST_RATE_PER_SEC", "fast")], "BROADCAST_RATE_PER_SEC"),
             (&[("BROADCAST_BURST", "0")], "BROADCAST_BURST"),
+            (&[("TCP_NODELAY", "yes")], "TCP_NODELAY"),
+            (&[("JWKS_URL", "https://app.example.com/api/auth/jwks")], "JWKS_URL"),
+            (&[("JWKS_URL", "localhost:3000/api/auth/jwks")], "JWKS_URL"),
+            (&[("JWKS_URL", "http://:3000/jwks")], "JWKS_URL"),
+            (&[("JWKS_URL", "http://localhost:99999/jwks")], "JWKS_URL"),
+            (&[("JWKS_URL", "http://user:pw@localhost/jwks")], "JWKS_URL"),
+            (&[("JWKS_URL", "http://localhost/a b")], "JWKS_URL"),
+            (&[("JWKS_URL", "http://localhost/jwks"), ("JWKS_REFRESH_SECS", "0")], "JWKS_REFRESH_SECS"),
+            (&[("JWKS_REFRESH_SECS", "soon")], "JWKS_REFRESH_SECS"),
+            (&[("JWKS_REFRESH_SECS", "86401")], "JWKS_REFRESH_SECS"),
+            (&[("JWKS_REFRESH_SECS", "99999999999999999999")], "JWKS_REFRESH_SECS"),
         ];
         for (pairs, var) in table {
             let e = cfg(pairs).unwrap_err();
@@ -348,9 +403,32 @@ mod tests {
     #[test]
     fn secret_and_claims() {
         let c = cfg(&[("JWT_SECRET", "s3cret"), ("JWT_ISSUER", "http://a"), ("JWT_AUDIENCE", " ")]).unwrap();
-        assert_eq!(c.jwt_secret, b"s3cret");
+        assert_eq!(c.jwt_secret.as_deref(), Some(&b"s3cret"[..]));
         assert!(!c.jwt_secret_generated);
         assert_eq!(c.jwt_issuer.as_deref(), Some("http://a"));
         assert_eq!(c.jwt_audience, None);
+    }
+
+    #[test]
+    fn jwks() {
+        let c = cfg(&[("JWKS_URL", " http://localhost:3000/api/auth/jwks "), ("JWKS_REFRESH_SECS", "60")]).unwrap();
+        let url = c.jwks_url.as_ref().unwrap();
+        assert_eq!(url.to_string(), "http://localhost:3000/api/auth/jwks");
+        assert_eq!(c.jwks_refresh, Duration::from_secs(60));
+        // JWKS configured and no JWT_SECRET: HS256 is off, no dev secret.
+        assert_eq!(c.jwt_secret, None);
+        assert!(!c.jwt_secret_generated);
+
+        let c = cfg(&[("JWKS_FILE", "/etc/taskcast/jwks.json")]).unwrap();
+        assert_eq!(c.jwks_file.as_deref(), Some(std::path::Path::new("/etc/taskcast/jwks.json")));
+        assert_eq!((c.jwt_secret, c.jwt_secret_generated), (None, false));
+
+        // Both: HS256 tokens keep working next to the JWKS keys.
+        let c = cfg(&[("JWKS_URL", "http://127.0.0.1/jwks"), ("JWT_SECRET", "s3cret")]).unwrap();
+        assert_eq!(c.jwt_secret.as_deref(), Some(&b"s3cret"[..]));
+        assert!(!c.jwt_secret_generated);
+
+        let e = cfg(&[("JWKS_URL", "https://app.example.com/api/auth/jwks")]).unwrap_err();
+        assert!(e.message.contains("JWKS_FILE"), "the https refusal says what to do instead: {e}");
     }
 }

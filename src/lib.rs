@@ -13,7 +13,9 @@
 //! - [`broadcast`]: validating a broadcast and framing it once.
 //! - [`outqueue`]: a connection's pending output, written with one writev.
 //! - [`timers`]: connection deadlines in a min-heap (pings, timeouts).
-//! - [`auth`]: JWT verification and minting.
+//! - [`auth`]: JWT verification (which key checks which token) and minting.
+//! - [`jwks`]: the front end's public keys (JWKS_URL / JWKS_FILE), parsed,
+//!   and refreshed by one helper thread so the loop never waits on a fetch.
 //! - [`config`]: environment variables, validated at start-up.
 //! - [`sys`]: the open-file limit and randomness.
 
@@ -22,6 +24,7 @@ pub mod auth;
 pub mod broadcast;
 pub mod config;
 pub mod http;
+pub mod jwks;
 pub mod outqueue;
 pub mod server;
 pub mod sys;

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use taskcast::config::ConfigError;
 use taskcast::{Config, Server, auth};
 
 const USAGE: &str = "\
@@ -52,14 +53,19 @@ fn serve() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if config.jwt_secret.len() < 32 && !config.jwt_secret_generated {
+    if config.jwt_secret.as_ref().is_some_and(|s| s.len() < 32) && !config.jwt_secret_generated {
         log::warn!("JWT_SECRET is shorter than 32 bytes: use a long random secret in production");
     }
-    let dev_secret = config.jwt_secret_generated.then(|| config.jwt_secret.clone());
+    let dev_secret = if config.jwt_secret_generated { config.jwt_secret.clone() } else { None };
     let mut server = match Server::bind(config) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("taskcast: cannot listen (HOST/PORT): {e}");
+            // Loading the JWKS keys happens in `bind`: its failure is a
+            // configuration error naming JWKS_URL or JWKS_FILE.
+            match e.get_ref().and_then(|inner| inner.downcast_ref::<ConfigError>()) {
+                Some(config_error) => eprintln!("taskcast: {config_error}"),
+                None => eprintln!("taskcast: cannot listen (HOST/PORT): {e}"),
+            }
             return ExitCode::from(2);
         }
     };
@@ -124,12 +130,16 @@ fn token(args: &[String]) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if config.jwt_secret_generated {
-        eprintln!(
-            "taskcast token: JWT_SECRET is not set (in the environment or .env): a token needs the server's secret"
-        );
-        return ExitCode::from(2);
-    }
-    println!("{}", auth::mint(&config.jwt_secret, &sub, ttl));
+    let secret = match &config.jwt_secret {
+        Some(secret) if !config.jwt_secret_generated => secret,
+        _ => {
+            eprintln!(
+                "taskcast token: JWT_SECRET is not set (in the environment or .env): a token needs the server's secret \
+                 (JWKS tokens come from your app, e.g. BetterAuth's /api/auth/token)"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    println!("{}", auth::mint(secret, &sub, ttl));
     ExitCode::SUCCESS
 }

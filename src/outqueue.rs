@@ -14,6 +14,9 @@ use std::rc::Rc;
 /// dozen the gain is nil and the slice array stays on the stack).
 const MAX_IOV: usize = 64;
 
+/// Queue slots kept once the queue is empty again (after a burst).
+const KEEP_CAPACITY: usize = 16;
+
 /// One queued piece of output.
 #[derive(Debug)]
 enum Chunk {
@@ -110,6 +113,10 @@ impl OutQueue {
                 Err(e) => return Err(e),
             };
             self.consume(written);
+        }
+        // A burst left a large ring behind; idle clients should not keep it.
+        if self.chunks.capacity() > KEEP_CAPACITY {
+            self.chunks = VecDeque::new();
         }
         Ok(Flush::Done)
     }

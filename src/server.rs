@@ -150,7 +150,10 @@ pub struct Server {
 
 impl Server {
     /// Binds the listener; nothing is accepted until [`Server::run`].
+    /// With JWKS configured, the keys are loaded first: failing that is an
+    /// `InvalidInput` error wrapping the [`crate::config::ConfigError`].
     pub fn bind(config: Config) -> io::Result<Server> {
+        let verifier = Verifier::new(&config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let poll = Poll::new()?;
         let mut listener = TcpListener::from_std(crate::sys::listen(config.addr, LISTEN_BACKLOG)?);
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -163,7 +166,7 @@ impl Server {
             dirty: Vec::new(),
             again: Vec::new(),
             scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
-            verifier: Verifier::new(&config),
+            verifier,
             ws_config: ws::config(&config),
             broadcast_bucket: TokenBucket::new(config.broadcast_burst, Instant::now()),
             config,
@@ -290,9 +293,11 @@ impl Server {
         loop {
             match listener.accept() {
                 Ok((mut stream, peer)) => {
-                    // Nagle off: broadcasts are small and latency matters;
-                    // batching comes from the one-writev-per-turn flush.
-                    let _ = stream.set_nodelay(true);
+                    // Nagle off by default: broadcasts are small and latency
+                    // matters; batching comes from the one-writev-per-turn flush.
+                    if self.config.tcp_nodelay {
+                        let _ = stream.set_nodelay(true);
+                    }
                     let entry = self.conns.vacant_entry();
                     let key = entry.key();
                     if let Err(e) =
@@ -415,9 +420,13 @@ impl Server {
         }
         self.process_http(key);
         if eof {
-            // Half-close: answer what arrived whole, then close.
-            if let Some(Phase::Http(_)) = self.conns.get(key).map(|c| &c.phase) {
-                self.begin_close(key);
+            match self.conns.get(key).map(|c| &c.phase) {
+                // Half-close: answer what arrived whole, then close.
+                Some(Phase::Http(_)) => self.begin_close(key),
+                // The EOF came in the same read as an upgrade request: let
+                // the WebSocket read see it (edge-triggered: no new event).
+                Some(Phase::Ws(_)) => self.again.push(key),
+                _ => {}
             }
         }
     }
@@ -444,7 +453,8 @@ impl Server {
                         debug!("{} bad request: {} {}", conn.peer, reject.status, reject.message);
                         // The framing is lost (or the body unwanted): answer and close.
                         let resp = Response::error(reject.status, reject.message);
-                        conn.out.push_owned(resp.encode(false, false));
+                        let head_request = h.buf[h.consumed..].starts_with(b"HEAD ");
+                        conn.out.push_owned(resp.encode(false, head_request));
                         h.buf = Vec::new();
                         self.begin_close(key);
                         return;
@@ -583,8 +593,10 @@ impl Server {
                 Err(E::Capacity(_)) => return self.fail_ws(key, Reason::TooBig),
                 Err(E::Utf8(_)) => return self.fail_ws(key, Reason::BadUtf8),
                 Err(E::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)) => {
-                    debug!("{} vanished without a close frame", self.conns[key].peer);
-                    return self.remove(key);
+                    // FIN without a close frame. It may still read (a
+                    // half-close): send what is queued, then close.
+                    debug!("{} closed without a close frame", self.conns[key].peer);
+                    return self.begin_close(key);
                 }
                 Err(E::Protocol(e)) => {
                     debug!("{} protocol error: {e}", self.conns[key].peer);
@@ -746,17 +758,15 @@ impl Server {
     /// CLOSE_WAIT to answer; messages already queued go first.
     fn close_ws(&mut self, key: usize, reason: Reason, now: Instant) {
         let conn = &mut self.conns[key];
-        let Phase::Ws(ws) = &mut conn.phase else {
-            return;
-        };
-        if ws.close_deadline.is_some() {
-            return;
+        if !matches!(&conn.phase, Phase::Ws(ws) if ws.close_deadline.is_none()) {
+            return; // not a WebSocket, or closing already
         }
-        let _ = ws.ctx.close(&mut Wire { sock: &mut conn.stream, out: &mut conn.out }, Some(reason.close_frame()));
         // From here on it no longer counts as a connected client.
-        ws.close_deadline = Some(now + CLOSE_WAIT);
-        uncount(&mut self.clients, &mut self.clients_per_ip, ws.ip);
-        debug!("{} ({:?}) closing: {} {}; {} clients", conn.peer, ws.sub, reason.code(), reason.text(), self.clients);
+        uncount(&mut self.clients, &mut self.clients_per_ip, conn, reason.text());
+        send_close(conn, reason);
+        if let Phase::Ws(ws) = &mut conn.phase {
+            ws.close_deadline = Some(now + CLOSE_WAIT);
+        }
         self.mark_dirty(key);
         self.reschedule_ws(key);
     }
@@ -764,11 +774,7 @@ impl Server {
     /// Fails the connection (RFC 6455 §7.1.7): a close frame with `reason`,
     /// then no more reading of what is presumably garbage.
     fn fail_ws(&mut self, key: usize, reason: Reason) {
-        let conn = &mut self.conns[key];
-        if let Phase::Ws(ws) = &mut conn.phase {
-            debug!("{} ({:?}) failed: {} {}", conn.peer, ws.sub, reason.code(), reason.text());
-            let _ = ws.ctx.close(&mut Wire { sock: &mut conn.stream, out: &mut conn.out }, Some(reason.close_frame()));
-        }
+        send_close(&mut self.conns[key], reason);
         self.begin_close(key);
     }
 
@@ -777,13 +783,7 @@ impl Server {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        // A client already sent our close frame was uncounted then.
-        if let Phase::Ws(ws) = &conn.phase
-            && ws.close_deadline.is_none()
-        {
-            uncount(&mut self.clients, &mut self.clients_per_ip, ws.ip);
-            debug!("{} ({:?}) disconnected; {} clients", conn.peer, ws.sub, self.clients);
-        }
+        uncount(&mut self.clients, &mut self.clients_per_ip, conn, "disconnected");
         if !matches!(conn.phase, Phase::Closing { .. }) {
             conn.phase = Phase::Closing { fin_sent: false };
         }
@@ -797,13 +797,7 @@ impl Server {
         let Some(conn) = self.conns.try_remove(key) else {
             return;
         };
-        // A client already sent our close frame was uncounted then.
-        if let Phase::Ws(ws) = &conn.phase
-            && ws.close_deadline.is_none()
-        {
-            uncount(&mut self.clients, &mut self.clients_per_ip, ws.ip);
-            debug!("{} ({:?}) dropped; {} clients", conn.peer, ws.sub, self.clients);
-        }
+        uncount(&mut self.clients, &mut self.clients_per_ip, &conn, "dropped");
     }
 
     // ---- timers ------------------------------------------------------------
@@ -850,10 +844,9 @@ impl Server {
                     return self.remove(key); // idle keep-alive
                 }
                 debug!("{} request not completed in time: 408", conn.peer);
-                h.buf = Vec::new();
-                h.head = None;
+                let head_request = h.buf[h.consumed..].starts_with(b"HEAD ");
                 let resp = Response::error(408, "request not completed in time");
-                conn.out.push_owned(resp.encode(false, false));
+                conn.out.push_owned(resp.encode(false, head_request));
                 self.begin_close(key);
             }
             Phase::Closing { .. } => self.remove(key),
@@ -885,15 +878,29 @@ impl Server {
     }
 }
 
-/// A client stops counting as connected (once: on close or removal).
-fn uncount(clients: &mut usize, per_ip: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+/// Queues a close frame with `reason` (tungstenite tracks the close state).
+fn send_close(conn: &mut Conn, reason: Reason) {
+    if let Phase::Ws(ws) = &mut conn.phase {
+        debug!("{} ({:?}) closing: {} {}", conn.peer, ws.sub, reason.code(), reason.text());
+        let _ = ws.ctx.close(&mut Wire { sock: &mut conn.stream, out: &mut conn.out }, Some(reason.close_frame()));
+    }
+}
+
+/// Stops counting `conn` as a connected client — once: a client we sent a
+/// close frame was uncounted then (`close_deadline` is set).
+fn uncount(clients: &mut usize, per_ip: &mut HashMap<IpAddr, usize>, conn: &Conn, what: &str) {
+    let Phase::Ws(ws) = &conn.phase else { return };
+    if ws.close_deadline.is_some() {
+        return;
+    }
     *clients -= 1;
-    if let Some(n) = per_ip.get_mut(&ip) {
+    if let Some(n) = per_ip.get_mut(&ws.ip) {
         *n -= 1;
         if *n == 0 {
-            per_ip.remove(&ip);
+            per_ip.remove(&ws.ip);
         }
     }
+    debug!("{} ({:?}) {what}; {} clients", conn.peer, ws.sub, clients);
 }
 
 impl Drop for Server {

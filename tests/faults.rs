@@ -6,7 +6,7 @@ use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tungstenite::Message;
 
@@ -75,29 +75,11 @@ fn half_sent_broadcast_is_never_delivered() {
     assert_eq!(next_json(&mut c)["payload"], "whole");
 }
 
-/// CPU seconds (user + system) the process has used.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
-fn spawn_limited(nofile: u64) -> (std::process::Child, std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<String>>) {
-    use std::io::BufRead;
+/// The binary with its open-file limit (soft and hard) set to `nofile`.
+fn start_limited(nofile: u64) -> Binary {
     use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_taskcast"));
-    cmd.env_clear()
-        .current_dir(std::env::temp_dir())
-        .envs([
-            ("JWT_SECRET", SECRET),
-            ("HOST", "127.0.0.1"),
-            ("PORT", "0"),
-            ("MAX_CONNECTIONS", "100000"),
-            ("RUST_LOG", "warn,taskcast::server=info"),
-        ])
-        .stderr(Stdio::piped())
+    let mut cmd = taskcast_cmd();
+    cmd.envs([("JWT_SECRET", SECRET), ("MAX_CONNECTIONS", "100000"), ("RUST_LOG", "warn,taskcast::server=info")])
         .stdout(Stdio::null());
     // SAFETY: setrlimit is async-signal-safe; runs in the child before exec.
     unsafe {
@@ -109,32 +91,13 @@ fn spawn_limited(nofile: u64) -> (std::process::Child, std::net::SocketAddr, std
             Ok(())
         });
     }
-    let mut child = cmd.spawn().unwrap();
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "server exited");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining its log (into `log`) so it never blocks on a full pipe.
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        while err.read_line(&mut line).unwrap_or(0) > 0 {
-            sink.lock().unwrap().push_str(&line);
-            line.clear();
-        }
-    });
-    (child, addr, log)
+    start_binary(&mut cmd)
 }
 
 #[test]
 fn out_of_fds_pauses_accepting_without_spinning_then_recovers() {
-    let (mut child, addr, log) = spawn_limited(40);
+    let mut srv = start_limited(40);
+    let addr = srv.addr;
     // Far more clients than fds: some upgrades succeed, the rest wait in
     // the backlog while the server is at EMFILE.
     let mut clients = Vec::new();
@@ -149,11 +112,11 @@ fn out_of_fds_pauses_accepting_without_spinning_then_recovers() {
         let s = TcpStream::connect(addr).unwrap(); // completes in the kernel backlog
         stuck.push(s);
     }
-    let before = cpu_secs(child.id());
+    let before = srv.cpu_secs();
     std::thread::sleep(Duration::from_millis(1000));
-    let used = cpu_secs(child.id()) - before;
+    let used = srv.cpu_secs() - before;
     assert!(used < 0.3, "server burned {used:.2}s of CPU in 1s while out of fds (spinning?)");
-    assert!(log.lock().unwrap().contains("pausing accepts"), "EMFILE was never reached: {}", log.lock().unwrap());
+    assert!(srv.log().contains("pausing accepts"), "EMFILE was never reached: {}", srv.log());
 
     // Clients leave: service resumes, a new client gets in.
     drop(clients);
@@ -168,32 +131,18 @@ fn out_of_fds_pauses_accepting_without_spinning_then_recovers() {
         assert!(Instant::now() < deadline, "service did not resume");
         std::thread::sleep(Duration::from_millis(50));
     }
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    srv.signal(libc::SIGTERM);
+    assert!(srv.wait_exit(WAIT).success());
 }
 
 #[test]
 fn sigterm_during_heavy_fan_out_exits_0_in_grace() {
-    use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_taskcast"))
-        .env_clear()
-        .current_dir(std::env::temp_dir())
-        .envs([("JWT_SECRET", SECRET), ("HOST", "127.0.0.1"), ("PORT", "0"), ("SHUTDOWN_GRACE_SECS", "3")])
-        .envs([("BROADCAST_RATE_PER_SEC", "0")])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr: std::net::SocketAddr = loop {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0);
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let mut srv = start_binary(
+        taskcast_cmd()
+            .envs([("JWT_SECRET", SECRET), ("SHUTDOWN_GRACE_SECS", "3"), ("BROADCAST_RATE_PER_SEC", "0")])
+            .stdout(Stdio::null()),
+    );
+    let addr = srv.addr;
     let clients: Vec<Ws> = (0..40).map(|i| ws(addr, &token(&format!("c{i}")))).collect();
     wait_clients(addr, 40);
     // Readers drain in threads; a publisher hammers broadcasts.
@@ -224,14 +173,8 @@ fn sigterm_during_heavy_fan_out_exits_0_in_grace() {
     });
     std::thread::sleep(Duration::from_millis(300));
     let t0 = Instant::now();
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(6), "no exit within the grace period");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    srv.signal(libc::SIGTERM);
+    let status = srv.wait_exit(Duration::from_secs(6));
     assert_eq!(status.code(), Some(0));
     assert!(t0.elapsed() < Duration::from_millis(4500), "took {:?}", t0.elapsed());
     for r in readers {

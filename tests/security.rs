@@ -4,7 +4,7 @@ mod common;
 use common::*;
 use serde_json::json;
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 use tungstenite::Message;
 
@@ -99,30 +99,9 @@ fn broadcast_rate_limit_gives_429_with_retry_after() {
 /// appear anywhere in what the process prints.
 #[test]
 fn tokens_never_reach_the_logs() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_taskcast"))
-        .env_clear()
-        .current_dir(std::env::temp_dir())
-        .envs([("JWT_SECRET", SECRET), ("HOST", "127.0.0.1"), ("PORT", "0"), ("RUST_LOG", "trace")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = child.stderr.take().unwrap();
-    // Find the port from the start-up line.
-    let mut log = Vec::new();
-    let addr: std::net::SocketAddr = loop {
-        let mut b = [0u8; 4096];
-        let n = err.read(&mut b).unwrap();
-        assert!(n > 0, "exited early: {}", String::from_utf8_lossy(&log));
-        log.extend_from_slice(&b[..n]);
-        let text = String::from_utf8_lossy(&log);
-        if let Some(rest) = text.split("listening on ").nth(1)
-            && let Some(a) = rest.split_whitespace().next()
-            && let Ok(a) = a.parse()
-        {
-            break a;
-        }
-    };
+    let mut srv =
+        start_binary(taskcast_cmd().envs([("JWT_SECRET", SECRET), ("RUST_LOG", "trace")]).stdout(Stdio::piped()));
+    let addr = srv.addr;
     let t = token("secret-user");
     let expired = sign(&json!({"sub":"secret-user","exp": now() - 3600}));
     let fresh = sign(&json!({"sub":"secret-user","exp": now() + 7200, "n": 1}));
@@ -136,13 +115,12 @@ fn tokens_never_reach_the_logs() {
     assert_eq!(broadcast(addr, &t, BODY).status, 200);
     assert_eq!(broadcast(addr, &expired, BODY).status, 401);
     let _ = request(addr, &format!("GET /nope?token={t} HTTP/1.1\r\nHost: t\r\n\r\n"));
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    err.read_to_end(&mut log).unwrap();
-    let mut out = Vec::new();
-    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
-    assert!(child.wait().unwrap().success());
-    log.extend_from_slice(&out);
-    let text = String::from_utf8_lossy(&log);
+    srv.signal(libc::SIGTERM);
+    let mut out = String::new();
+    srv.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(srv.wait_exit(WAIT).success());
+    std::thread::sleep(Duration::from_millis(100)); // let the log thread take the last lines
+    let text = srv.log() + &out;
     assert!(text.contains("secret-user"), "the session was logged at all (sub appears): {text}");
     for (name, tok) in [("token", &t), ("expired", &expired), ("fresh", &fresh)] {
         // Any of the three JWT parts would be a leak; the signature is unique.

@@ -250,3 +250,87 @@ pub fn wait_clients(addr: SocketAddr, n: u64) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The real `taskcast` binary, started on 127.0.0.1:0 as a child process;
+/// its stderr (the log) is collected in the background. Killed on drop.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+/// A `taskcast` command with a clean environment, run in an empty temp
+/// dir (no stray `.env`), logging at info.
+pub fn taskcast_cmd() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_taskcast"));
+    c.env_clear().current_dir(std::env::temp_dir()).env("RUST_LOG", "info");
+    c
+}
+
+/// Starts `cmd` (from [`taskcast_cmd`]) listening on an ephemeral port and
+/// waits for its start-up line. Stdout is left as the caller set it.
+pub fn start_binary(cmd: &mut std::process::Command) -> Binary {
+    use std::io::BufRead;
+    cmd.env("HOST", "127.0.0.1").env("PORT", "0").stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn taskcast");
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "taskcast exited before listening: {}", log.lock().unwrap());
+        log.lock().unwrap().push_str(&line);
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while err.read_line(&mut line).unwrap_or(0) > 0 {
+            sink.lock().unwrap().push_str(&line);
+            line.clear();
+        }
+    });
+    Binary { child, addr, log }
+}
+
+impl Binary {
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits (bounded by `within`) for the process to exit.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "taskcast did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// CPU seconds (user + system) the process has used so far.
+    pub fn cpu_secs(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
