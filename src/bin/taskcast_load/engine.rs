@@ -735,6 +735,7 @@ impl Engine {
             let _ = s.set_nodelay(true);
             if let Some(l) = c.life.as_deref_mut() {
                 l.local = s.local_addr().ok();
+                l.requested = Some(Instant::now());
             }
         }
         c.accept.copy_from_slice(&accept.as_bytes()[..28]);

@@ -245,6 +245,8 @@ pub struct Life {
     pub lifetime: Option<Duration>,
     /// Oversized clients: which variant to send.
     pub big: bool,
+    /// When the upgrade request was written (completely or not).
+    pub requested: Option<Instant>,
     /// When the 101 was read.
     pub opened: Option<Instant>,
     /// When we started leaving (wrote our close frame).
@@ -272,6 +274,7 @@ impl Life {
             slot: None,
             lifetime: None,
             big: false,
+            requested: None,
             opened: None,
             left: None,
             ended: None,
@@ -285,9 +288,14 @@ impl Life {
         }
     }
 
-    /// Seconds from the handshake to the end (None if it never opened).
+    /// Seconds from the 101 to the end (None if it never opened).
     pub fn open_secs(&self) -> Option<f64> {
         Some(self.ended?.saturating_duration_since(self.opened?).as_secs_f64())
+    }
+
+    /// Seconds from writing the upgrade request to the end.
+    pub fn request_secs(&self) -> Option<f64> {
+        Some(self.ended?.saturating_duration_since(self.requested?).as_secs_f64())
     }
 }
 

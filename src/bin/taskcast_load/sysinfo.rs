@@ -84,6 +84,24 @@ pub fn parse_netstat_field(text: &str, prefix: &str, field: &str) -> Option<u64>
     values.split_whitespace().nth(idx)?.parse().ok()
 }
 
+/// Time a process's main thread ran and waited for a CPU (run queue), in
+/// nanoseconds, from /proc/PID/schedstat (`run_ns wait_ns timeslices`).
+/// Waiting time is how much the machine's other load delayed it.
+pub fn sched_ns(pid: Option<u32>) -> Option<(u64, u64)> {
+    let path = pid.map_or("/proc/self/schedstat".to_string(), |p| format!("/proc/{p}/schedstat"));
+    parse_schedstat(&fs::read_to_string(path).ok()?)
+}
+
+pub fn parse_schedstat(s: &str) -> Option<(u64, u64)> {
+    let mut f = s.split_whitespace();
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+}
+
+/// The 1-minute load average.
+pub fn loadavg() -> Option<f64> {
+    fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
 /// Open file descriptors of a process: the entries of /proc/PID/fd.
 pub fn fd_count(pid: u32) -> Option<usize> {
     Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
@@ -203,6 +221,14 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "{got:?}");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn parses_schedstat() {
+        assert_eq!(parse_schedstat("123 456 7\n"), Some((123, 456)));
+        assert_eq!(parse_schedstat("x"), None);
+        assert!(sched_ns(None).is_some());
+        assert!(loadavg().is_some());
     }
 
     #[test]

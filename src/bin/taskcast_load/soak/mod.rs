@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -141,9 +141,12 @@ impl Book {
             }
             Role::Silent if ok => {
                 widen(&mut self.silent_secs, secs);
-                if !verdict::silent_drop_on_time(secs, pong_wait) {
+                let from_request = life.request_secs().unwrap_or(0.0);
+                if !verdict::silent_drop_on_time(from_request, secs, pong_wait) {
                     ok = false;
-                    why = format!("dropped outside PONG_WAIT {pong_wait} s -0.5/+2 s of its handshake");
+                    why = format!(
+                        "dropped {from_request:.2} s after its upgrade request (PONG_WAIT {pong_wait} s; at most 2 s later than that after the 101)"
+                    );
                 }
             }
             Role::Slow => {
@@ -168,8 +171,52 @@ impl Book {
         } else {
             self.bad[i] += 1;
             if self.bad_examples[i].len() < 3 {
-                self.bad_examples[i].push(format!("{why} after {secs:.2} s"));
+                self.bad_examples[i].push(format!("{why}; ended {secs:.2} s after its 101"));
             }
+        }
+    }
+}
+
+/// Polls /health from its own thread: a slow answer (a starved server) must
+/// not stall the clients' loop, which would delay their reads and show up
+/// as delivery latency. The latest answer is read from an atomic.
+struct HealthPoller {
+    /// connectedClients, or u64::MAX before the first answer / after a failure.
+    latest: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HealthPoller {
+    fn start(addr: SocketAddr, host_header: String, every: Duration) -> HealthPoller {
+        let latest = Arc::new(AtomicU64::new(u64::MAX));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, s) = (latest.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("health".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    l.store(health_clients(addr, &host_header).unwrap_or(u64::MAX), Ordering::Relaxed);
+                    // sleep in steps so that stop is prompt
+                    let until = Instant::now() + every;
+                    while !s.load(Ordering::Relaxed) && Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            })
+            .ok();
+        HealthPoller { latest, stop, thread }
+    }
+
+    fn latest(&self) -> Option<u64> {
+        Some(self.latest.load(Ordering::Relaxed)).filter(|&n| n != u64::MAX)
+    }
+
+    /// Stops and joins (bounded: one /health request times out within 8 s).
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -216,6 +263,11 @@ struct Run<'a> {
     next_progress: Instant,
     next_slow_watch: Instant,
     rng: crate::taskcast_load::ws::XorShift,
+    health: HealthPoller,
+    /// When the last engine slice began, and the longest time between two
+    /// (normally SLICE plus bookkeeping; more means this process stalled).
+    last_step: Option<Instant>,
+    longest_turn: Duration,
 }
 
 pub fn run(cfg: &Config) -> Result<i32, String> {
@@ -331,10 +383,14 @@ pub fn run(cfg: &Config) -> Result<i32, String> {
         next_progress: now + PROGRESS_EVERY,
         next_slow_watch: now,
         rng: crate::taskcast_load::ws::XorShift::new(seed ^ 0xA5A5),
+        health: HealthPoller::start(addr, addr.to_string(), PROGRESS_EVERY),
+        last_step: None,
+        longest_turn: Duration::ZERO,
     };
     r.samples.last_fds = Some(fd_baseline);
     let cpu_start = sysinfo::cpu_ticks(r.server.pid);
     let own_cpu_start = sysinfo::own_cpu_ms();
+    let sched_start = (sysinfo::sched_ns(Some(r.server.pid)), sysinfo::sched_ns(None));
 
     r.connect_base();
     let sender = if r.abort.is_none() { Some(r.start_sender(&url, api_key, secret.as_deref())?) } else { None };
@@ -356,9 +412,12 @@ pub fn run(cfg: &Config) -> Result<i32, String> {
     let sender_result = sender.map(|h| h.join().map_err(|_| "the sender thread panicked".to_string())).transpose()?;
     let main_end_secs = r.secs();
     r.leave_all();
+    r.health.stop();
     let settle = r.settle(fd_baseline);
     let cpu_end = sysinfo::cpu_ticks(r.server.pid);
     let own_cpu_ms = sysinfo::own_cpu_ms() - own_cpu_start;
+    let sched_end = (sysinfo::sched_ns(Some(r.server.pid)), sysinfo::sched_ns(None));
+    let waited = |a: Option<(u64, u64)>, b: Option<(u64, u64)>| Some(b?.1.saturating_sub(a?.1) as f64 / 1e9);
     let exit = r.server.stop(Duration::from_secs(15));
     let log = r.server.log_book();
 
@@ -378,6 +437,8 @@ pub fn run(cfg: &Config) -> Result<i32, String> {
                 .zip(cpu_end)
                 .map(|(a, b)| b.saturating_sub(a) as f64 * 1000.0 / sysinfo::clock_ticks_per_sec() as f64),
             own_cpu_ms,
+            server_cpu_wait: waited(sched_start.0, sched_end.0),
+            own_cpu_wait: waited(sched_start.1, sched_end.1),
         },
     );
     let ok = rep.ok();
@@ -474,7 +535,12 @@ impl Run<'_> {
 
     /// Runs the engine for one slice, then the bookkeeping that is due.
     fn step(&mut self) {
-        let until = Instant::now() + SLICE;
+        let start = Instant::now();
+        if let Some(prev) = self.last_step {
+            self.longest_turn = self.longest_turn.max(start - prev);
+        }
+        self.last_step = Some(start);
+        let until = start + SLICE;
         if let Err(e) = self.engine.run(until, &mut |_| false, &mut |_| {}) {
             self.abort.get_or_insert(format!("poll failed: {e}"));
         }
@@ -491,7 +557,7 @@ impl Run<'_> {
         }
         if now >= self.next_progress {
             self.next_progress = now + PROGRESS_EVERY;
-            self.samples.last_health = health_clients(self.addr, &self.host_header);
+            self.samples.last_health = self.health.latest();
             self.progress();
         }
     }

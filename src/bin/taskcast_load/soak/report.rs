@@ -24,6 +24,9 @@ pub(super) struct ReportInputs {
     pub(super) main_end_secs: f64,
     pub(super) cpu: Option<f64>,
     pub(super) own_cpu_ms: f64,
+    /// Seconds the server's / the load tool's main thread waited for a CPU.
+    pub(super) server_cpu_wait: Option<f64>,
+    pub(super) own_cpu_wait: Option<f64>,
 }
 
 /// The summary: information rows, then the checks.
@@ -505,6 +508,27 @@ impl Run<'_> {
                 inp.own_cpu_ms / 1000.0,
                 sysinfo::own_rss_kib().map_or("?".into(), mib)
             ),
+        );
+        // Latency and timing checks mean little on a starved machine: say
+        // how starved it was.
+        let secs = |v: Option<f64>| v.map_or("?".into(), |s| format!("{s:.1} s"));
+        rep.info(
+            "contention",
+            "CPU contention",
+            json!({"server_wait_secs": inp.server_cpu_wait.map(round3), "load_tool_wait_secs": inp.own_cpu_wait.map(round3),
+                   "load_tool_longest_turn_ms": self.longest_turn.as_millis() as u64, "loadavg_1min": sysinfo::loadavg()}),
+            format!(
+                "server waited {} for a CPU, load tool {}; load tool's longest loop turn {} ms (normally ~{} ms); load average {}",
+                secs(inp.server_cpu_wait),
+                secs(inp.own_cpu_wait),
+                self.longest_turn.as_millis(),
+                super::SLICE.as_millis(),
+                sysinfo::loadavg().map_or("?".into(), |l| format!("{l:.2}"))
+            ),
+        );
+        rep.json.insert(
+            "rss_series".into(),
+            Value::Array(self.samples.rss.iter().map(|&(t, k)| json!([round3(t), k])).collect()),
         );
     }
 }
