@@ -105,7 +105,7 @@ impl OutQueue {
                 slices[i] = IoSlice::new(if i == 0 { &b[self.front_written..] } else { b });
                 n += 1;
             }
-            let written = match w.write_vectored(&slices[..n]) {
+            let written = match if n == 1 { w.write(&slices[0]) } else { w.write_vectored(&slices[..n]) } {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(k) => k,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::Blocked),

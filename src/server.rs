@@ -689,7 +689,7 @@ impl Server {
             if conn.out.len() >= limit {
                 // Maybe the socket has room now (a burst of broadcasts in one
                 // turn); only a client that truly is not reading is slow.
-                if conn.out.write_to(&mut conn.stream).is_err() || conn.out.len() >= limit {
+                if conn.out.write_to(&mut crate::sys::Send(&conn.stream)).is_err() || conn.out.len() >= limit {
                     slow.push(key);
                     continue;
                 }
@@ -729,7 +729,7 @@ impl Server {
                 continue;
             };
             conn.dirty = false;
-            match conn.out.write_to(&mut conn.stream) {
+            match conn.out.write_to(&mut crate::sys::Send(&conn.stream)) {
                 Ok(Flush::Blocked) => {}
                 Ok(Flush::Done) => match &mut conn.phase {
                     Phase::Closing { fin_sent } if !*fin_sent => {
