@@ -40,6 +40,19 @@ impl ServerProc {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        // If this tool dies (killed by a CI timeout, say), the server gets
+        // SIGTERM instead of living on with its port.
+        // SAFETY: prctl is async-signal-safe; nothing else runs in the child
+        // between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let mut child = cmd.spawn().map_err(|e| format!("cannot start {path}: {e}"))?;
         let stderr = child.stderr.take().ok_or("no stderr pipe")?;
         let log = Arc::new(Mutex::new(LogBook::default()));
