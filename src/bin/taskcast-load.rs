@@ -22,7 +22,18 @@
 //! # with the server's CPU time per 1,000 deliveries
 //! taskcast-load throughput --conns 1000 --msgs 5000 --senders 4 \
 //!     --server-pid $(pgrep -x taskcast) --secret "$JWT_SECRET" --json
+//!
+//! # soak: starts the server itself, 10 minutes of churn (100 connects/s
+//! # over 500 steady clients), 50 broadcasts/s, slow readers, silent
+//! # clients and bad frames; a PASS/FAIL table (see .ci/soak)
+//! taskcast-load soak --spawn-server target/release/taskcast --duration 600
 //! ```
+//!
+//! `soak` checks that every healthy client received every broadcast sent
+//! while it was connected, in order; that server RSS stays flat after
+//! warm-up; that its fds and `/health` return to baseline when everyone has
+//! left; that it logged no errors; and that misbehaving clients got the
+//! close codes the README promises (module `taskcast_load::soak`).
 //!
 //! Common flags: `--url http://127.0.0.1:8080` (http only), `--secret S`
 //! (mint HS256 tokens, `sub` = `load-<i>`, exp 1 h; defaults to
@@ -75,7 +86,8 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let code = match run(&cfg) {
+    let result = if cfg.mode == Mode::Soak { taskcast_load::soak::run(&cfg) } else { run(&cfg) };
+    let code = match result {
         Ok(c) => c,
         Err(e) => {
             eprintln!("taskcast-load: error: {e}");
@@ -215,6 +227,7 @@ fn run(cfg: &Config) -> Result<i32, String> {
             ClientAuth::Secret(s.clone())
         }
         Auth::Token(t) => ClientAuth::Token(t.clone()),
+        Auth::Random => return Err("need --secret or --token".into()),
     };
     let source_ips = cfg.source_ips.unwrap_or_else(|| taskcast_load::engine::auto_source_ips(addr, cfg.conns));
     let mut engine = Engine::new(EngineOptions {
@@ -315,7 +328,7 @@ fn run(cfg: &Config) -> Result<i32, String> {
         let msg = format!(
             "the server rejected the token (HTTP 401): {}",
             match &cfg.auth {
-                Auth::Secret(_) => "--secret (or $JWT_SECRET) does not match the server's JWT_SECRET",
+                Auth::Secret(_) | Auth::Random => "--secret (or $JWT_SECRET) does not match the server's JWT_SECRET",
                 Auth::Token(_) => "the --token is invalid or expired",
             }
         );
@@ -359,6 +372,7 @@ fn run(cfg: &Config) -> Result<i32, String> {
     }
 
     match cfg.mode {
+        Mode::Soak => unreachable!("soak runs from soak::run"),
         Mode::Idle if engine.stats.open == 0 => {
             rep.problem("no client connected; nothing to hold".into());
         }
@@ -471,6 +485,7 @@ fn send_phase(
         tokens.push(match &cfg.auth {
             Auth::Secret(s) => http::mint_token(s, &format!("load-sender-{i}"))?,
             Auth::Token(t) => t.clone(),
+            Auth::Random => return Err("need --secret or --token".into()),
         });
     }
     let cpu_before = pid.and_then(sysinfo::cpu_ticks);

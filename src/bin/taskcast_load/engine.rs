@@ -5,8 +5,15 @@
 //! frame, unsent output). Reads go into one shared 64 KiB scratch buffer and
 //! are drained until WouldBlock (mio is edge-triggered); frames are parsed in
 //! place and only a trailing partial frame is copied into the connection.
+//!
+//! The soak adds clients while running ([`Engine::add_client`], slots are
+//! reused), each with a [`Life`]: its role (healthy, slow reader, silent,
+//! sender of a bad frame), the seqs it received, and how it ended. Healthy
+//! clients leave with a close handshake ([`Engine::begin_leave`]) so that
+//! every broadcast fanned out to them before they left is read first.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +24,8 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::taskcast_load::http::{ST_ACCEPTED, SendShared};
+use crate::taskcast_load::roles::{Life, Outcome, ROLES, Role, Stall};
+use crate::taskcast_load::stats::Reservoir;
 use crate::taskcast_load::ws::{
     self, FrameParse, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, Upgrade, XorShift,
 };
@@ -32,6 +41,8 @@ enum St {
     Connecting,
     Handshaking,
     Open,
+    /// We sent our close frame; reading on until the server answers it.
+    Leaving,
     Closed,
 }
 
@@ -49,6 +60,29 @@ struct Client {
     started: Instant,
     /// Distinct tracked messages received.
     uniq: u32,
+    /// Incremented each time the slot is reused, so that a timer set for
+    /// an earlier connection in this slot is recognised as stale.
+    epoch: u32,
+    /// Soak clients only: role and record (boxed: the other modes keep
+    /// tens of thousands of clients and pay one pointer each).
+    life: Option<Box<Life>>,
+}
+
+impl Client {
+    fn new(now: Instant) -> Client {
+        Client {
+            stream: None,
+            st: St::NotStarted,
+            pending: Vec::new(),
+            out: Vec::new(),
+            frag: None,
+            accept: [0; 28],
+            started: now,
+            uniq: 0,
+            epoch: 0,
+            life: None,
+        }
+    }
 }
 
 /// How WebSocket clients authenticate.
@@ -77,6 +111,10 @@ pub struct Stats {
     pub pongs: u64,
     pub fd_exhausted: bool,
     pub ports_exhausted: bool,
+    /// Close handshakes we started and the server answered.
+    pub left: u64,
+    /// Currently leaving (counted in `open` too).
+    pub leaving: usize,
     pub first_open: Option<Instant>,
     pub last_open: Option<Instant>,
 }
@@ -195,6 +233,36 @@ impl Tracker {
     }
 }
 
+/// Soak bookkeeping the engine updates as messages arrive.
+pub struct SoakTrack {
+    /// Send/answer times per seq (latency, accepted count for slow readers).
+    pub shared: Arc<SendShared>,
+    /// Healthy clients' delivery latency: POST written → message read.
+    pub latency: Reservoir,
+    /// Messages healthy clients received.
+    pub delivered: u64,
+    /// Messages without a readable seq.
+    pub unexpected: u64,
+    /// MAX_MESSAGE_BYTES (oversized clients exceed it).
+    pub max_message_bytes: usize,
+    /// How long a close handshake we start may take.
+    pub leave_timeout: Duration,
+}
+
+/// Socket options set before connecting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SockOpts {
+    pub rcvbuf: Option<i32>,
+    pub maxseg: Option<i32>,
+}
+
+/// A slow reader's socket: a 4 KiB receive buffer and a 536-byte MSS (the
+/// IPv4 default, as on a poor mobile link). On loopback (64 KiB MSS) the
+/// server's send buffer autotunes to megabytes and a stopped reader takes
+/// minutes to fill it at a steady broadcast rate; with a small MSS the
+/// server's buffer starts, and stays, small, so its queue fills in seconds.
+pub const SLOW_READER_SOCKET: SockOpts = SockOpts { rcvbuf: Some(4096), maxseg: Some(536) };
+
 /// What the connection side needs to know.
 pub struct EngineOptions {
     pub conns: usize,
@@ -225,17 +293,34 @@ pub struct Engine {
     /// Loopback source addresses to bind to (empty: let the kernel choose).
     sources: Vec<std::net::Ipv4Addr>,
     next_to_start: usize,
-    deadlines: VecDeque<(Instant, usize)>,
+    /// Handshake deadlines: (when, client, its epoch).
+    deadlines: VecDeque<(Instant, usize, u32)>,
     pub stats: Stats,
     pub tracker: Option<Tracker>,
+    /// Soak only: bookkeeping, reusable slots, timers, ended clients.
+    pub soak: Option<SoakTrack>,
+    free: Vec<usize>,
+    /// Planned departures of churn clients (a heap: lifetimes vary).
+    departures: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    /// Close handshakes in progress (constant bound: FIFO order).
+    leave_deadlines: VecDeque<(Instant, usize, u32)>,
+    /// Records of soak clients that ended, for the driver to collect.
+    pub finished: Vec<Life>,
+    /// Soak clients alive (connecting or open) per role (`Role::index`).
+    pub live: [usize; ROLES.len()],
 }
 
 /// Non-blocking connect from `src` (port chosen at connect time thanks to
-/// IP_BIND_ADDRESS_NO_PORT, so each source address has its own port space).
-fn connect_from(src: Option<std::net::Ipv4Addr>, addr: SocketAddr) -> io::Result<TcpStream> {
-    let (Some(src), SocketAddr::V4(dst)) = (src, addr) else {
+/// IP_BIND_ADDRESS_NO_PORT, so each source address has its own port space),
+/// with `opts` set before the SYN (a receive buffer and MSS only take full
+/// effect if set before the connection is made).
+fn connect_from(src: Option<std::net::Ipv4Addr>, addr: SocketAddr, opts: SockOpts) -> io::Result<TcpStream> {
+    let SocketAddr::V4(dst) = addr else {
         return TcpStream::connect(addr);
     };
+    if src.is_none() && opts == SockOpts::default() {
+        return TcpStream::connect(addr);
+    }
     use std::os::fd::FromRawFd;
     let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
@@ -252,17 +337,25 @@ fn connect_from(src: Option<std::net::Ipv4Addr>, addr: SocketAddr) -> io::Result
             return Err(io::Error::last_os_error());
         }
         let std_stream = std::net::TcpStream::from_raw_fd(fd);
-        let one: libc::c_int = 1;
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            &one as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        let local = sin(src, 0);
-        if libc::bind(fd, &local as *const libc::sockaddr_in as *const libc::sockaddr, len) != 0 {
-            return Err(io::Error::last_os_error());
+        let set = |level: libc::c_int, name: libc::c_int, v: libc::c_int| -> io::Result<()> {
+            let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            if libc::setsockopt(fd, level, name, &v as *const libc::c_int as *const libc::c_void, size) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        if let Some(src) = src {
+            let _ = set(libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1);
+            let local = sin(src, 0);
+            if libc::bind(fd, &local as *const libc::sockaddr_in as *const libc::sockaddr, len) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        if let Some(b) = opts.rcvbuf {
+            set(libc::SOL_SOCKET, libc::SO_RCVBUF, b)?;
+        }
+        if let Some(m) = opts.maxseg {
+            set(libc::IPPROTO_TCP, libc::TCP_MAXSEG, m)?;
         }
         let remote = sin(*dst.ip(), dst.port());
         if libc::connect(fd, &remote as *const libc::sockaddr_in as *const libc::sockaddr, len) != 0 {
@@ -314,16 +407,7 @@ impl Engine {
                 ^ ((std::process::id() as u64) << 32);
         let mut clients = Vec::with_capacity(conns);
         for _ in 0..conns {
-            clients.push(Client {
-                stream: None,
-                st: St::NotStarted,
-                pending: Vec::new(),
-                out: Vec::new(),
-                frag: None,
-                accept: [0; 28],
-                started: now,
-                uniq: 0,
-            });
+            clients.push(Client::new(now));
         }
         Ok(Engine {
             poll: Poll::new()?,
@@ -346,6 +430,12 @@ impl Engine {
             deadlines: VecDeque::new(),
             stats: Stats::default(),
             tracker: None,
+            soak: None,
+            free: Vec::new(),
+            departures: BinaryHeap::new(),
+            leave_deadlines: VecDeque::new(),
+            finished: Vec::new(),
+            live: [0; ROLES.len()],
         })
     }
 
@@ -381,7 +471,9 @@ impl Engine {
         self.stats.started += 1;
         let now = Instant::now();
         let src = if self.sources.is_empty() { None } else { Some(self.sources[id % self.sources.len()]) };
-        let mut stream = match connect_from(src, self.addr) {
+        let slow = self.clients[id].life.as_ref().is_some_and(|l| l.role == Role::Slow);
+        let opts = if slow { SLOW_READER_SOCKET } else { SockOpts::default() };
+        let mut stream = match connect_from(src, self.addr, opts) {
             Ok(s) => s,
             Err(e) => {
                 let cause = classify(&e);
@@ -393,6 +485,7 @@ impl Engine {
                 }
                 self.stats.fail(cause, e.to_string());
                 self.clients[id].st = St::Closed;
+                self.retire(id, Outcome::Error(format!("connect: {cause}")));
                 return;
             }
         };
@@ -403,6 +496,7 @@ impl Engine {
             }
             self.stats.fail(cause, format!("register: {e}"));
             self.clients[id].st = St::Closed;
+            self.retire(id, Outcome::Error(format!("connect: {cause}")));
             return;
         }
         let c = &mut self.clients[id];
@@ -410,7 +504,125 @@ impl Engine {
         c.st = St::Connecting;
         c.started = now;
         self.stats.in_flight += 1;
-        self.deadlines.push_back((now + self.connect_timeout, id));
+        self.deadlines.push_back((now + self.connect_timeout, id, c.epoch));
+    }
+
+    /// Soak: starts a new client with this record, in a free slot.
+    pub fn add_client(&mut self, life: Life) -> (usize, u32) {
+        let now = Instant::now();
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.clients.push(Client::new(now));
+                // soak slots are started here, never by start_connects
+                self.next_to_start = self.clients.len();
+                self.clients.len() - 1
+            }
+        };
+        self.live[life.role.index()] += 1;
+        let c = &mut self.clients[id];
+        c.epoch = c.epoch.wrapping_add(1);
+        c.uniq = 0;
+        c.frag = None;
+        c.pending = Vec::new();
+        c.out = Vec::new();
+        c.life = Some(Box::new(life));
+        let epoch = c.epoch;
+        self.start(id);
+        (id, epoch)
+    }
+
+    /// Soak: a client ended; hands its record to the driver and frees the
+    /// slot. `outcome` applies unless one was already recorded (a close
+    /// code read from the server).
+    fn retire(&mut self, id: usize, outcome: Outcome) {
+        let Some(mut life) = self.clients[id].life.take() else {
+            return;
+        };
+        if life.outcome.is_none() {
+            life.outcome = Some(outcome);
+        }
+        life.ended = Some(Instant::now());
+        life.stall = None;
+        self.live[life.role.index()] -= 1;
+        self.finished.push(*life);
+        self.free.push(id);
+    }
+
+    /// Soak: starts the close handshake of an open client (RFC 6455 §5.5.1:
+    /// after sending a Close frame the endpoint reads on until it receives
+    /// the peer's). `left` is taken before our close frame is written.
+    pub fn begin_leave(&mut self, id: usize, epoch: u32) -> bool {
+        let now = Instant::now();
+        let timeout = self.soak.as_ref().map_or(Duration::from_secs(10), |s| s.leave_timeout);
+        let Some(c) = self.clients.get_mut(id) else {
+            return false;
+        };
+        if c.epoch != epoch || c.st != St::Open {
+            return false;
+        }
+        if let Some(l) = c.life.as_deref_mut() {
+            l.left = Some(now);
+            l.stall = None;
+        }
+        ws::encode_client_frame(&mut c.out, OP_CLOSE, &1000u16.to_be_bytes(), self.rng.mask());
+        c.st = St::Leaving;
+        self.stats.leaving += 1;
+        self.leave_deadlines.push_back((now + timeout, id, epoch));
+        self.flush(id);
+        // edge-triggered: input that arrived while we did not read (a
+        // stalled reader) would not be announced again
+        self.read_all(id);
+        true
+    }
+
+    /// Soak: every open client starts leaving.
+    pub fn leave_all(&mut self) {
+        for id in 0..self.clients.len() {
+            let epoch = self.clients[id].epoch;
+            self.begin_leave(id, epoch);
+        }
+    }
+
+    /// Soak: a stalled slow reader reads again (and at once: no readiness
+    /// edge announces what is already waiting).
+    pub fn resume(&mut self, id: usize, epoch: u32, timed_out: bool) {
+        let Some(c) = self.clients.get_mut(id).filter(|c| c.epoch == epoch) else {
+            return;
+        };
+        if let Some(l) = c.life.as_deref_mut().filter(|l| l.stall.is_some()) {
+            l.stall = None;
+            l.resumed = Some(Instant::now());
+            l.stall_timed_out = timed_out;
+            self.read_all(id);
+        }
+    }
+
+    /// Soak: an unsolicited Pong (RFC 6455 §5.5.3 allows one as a
+    /// heartbeat): a stalled reader still shows it is alive.
+    pub fn heartbeat(&mut self, id: usize, epoch: u32) {
+        let Some(c) = self.clients.get_mut(id).filter(|c| c.epoch == epoch && c.st == St::Open) else {
+            return;
+        };
+        ws::encode_client_frame(&mut c.out, OP_PONG, b"", self.rng.mask());
+        self.flush(id);
+    }
+
+    /// Soak: the clients alive now: (slot, epoch, open, record).
+    pub fn lives(&self) -> impl Iterator<Item = (usize, u32, bool, &Life)> {
+        self.clients.iter().enumerate().filter_map(|(i, c)| {
+            let l = c.life.as_deref()?;
+            Some((i, c.epoch, c.st == St::Open, l))
+        })
+    }
+
+    pub fn life_mut(&mut self, id: usize, epoch: u32) -> Option<&mut Life> {
+        self.clients.get_mut(id).filter(|c| c.epoch == epoch)?.life.as_deref_mut()
+    }
+
+    /// Soak clients alive, all roles.
+    pub fn live_total(&self) -> usize {
+        self.live.iter().sum()
     }
 
     /// Ends a connection that has not finished its handshake.
@@ -427,13 +639,18 @@ impl Engine {
         c.out = Vec::new();
         self.stats.in_flight -= 1;
         self.stats.fail(cause, detail);
+        self.retire(id, Outcome::Error(format!("handshake: {cause}")));
     }
 
-    /// Ends an open connection (server closed it, protocol error...).
+    /// Ends an open connection (server closed it, protocol error, or our
+    /// close handshake finished: `reason` "left").
     fn close_open(&mut self, id: usize, reason: &str, detail: String) {
         let c = &mut self.clients[id];
-        if c.st != St::Open {
+        if !matches!(c.st, St::Open | St::Leaving) {
             return;
+        }
+        if c.st == St::Leaving {
+            self.stats.leaving -= 1;
         }
         if let Some(mut s) = c.stream.take() {
             let _ = self.poll.registry().deregister(&mut s);
@@ -443,29 +660,57 @@ impl Engine {
         c.out = Vec::new();
         c.frag = None;
         self.stats.open -= 1;
-        *self.stats.closed.entry(reason.to_string()).or_default() += 1;
-        self.stats.closed_examples.entry(reason.to_string()).or_insert(detail);
+        if reason == "left" {
+            self.stats.left += 1;
+        } else {
+            *self.stats.closed.entry(reason.to_string()).or_default() += 1;
+            self.stats.closed_examples.entry(reason.to_string()).or_insert(detail);
+        }
         if let Some(t) = self.tracker.as_mut().filter(|t| t.tracked[id]) {
             t.dead_uniq += c.uniq as u64;
         }
+        let outcome = match reason {
+            "left" => Outcome::Left,
+            "leave_timeout" => Outcome::LeaveTimeout,
+            "eof" => Outcome::Eof,
+            other => Outcome::Error(other.to_string()),
+        };
+        self.retire(id, outcome);
     }
 
     fn end_with_error(&mut self, id: usize, cause: &str, detail: String) {
         match self.clients[id].st {
             St::Connecting | St::Handshaking => self.fail_handshake(id, cause, detail),
-            St::Open => self.close_open(id, cause, detail),
+            St::Open | St::Leaving => self.close_open(id, cause, detail),
             _ => {}
         }
     }
 
     fn check_timeouts(&mut self, now: Instant) {
-        while let Some(&(deadline, id)) = self.deadlines.front() {
+        while let Some(&Reverse((at, id, epoch))) = self.departures.peek() {
+            if at > now {
+                break;
+            }
+            self.departures.pop();
+            self.begin_leave(id, epoch);
+        }
+        while let Some(&(deadline, id, epoch)) = self.leave_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.leave_deadlines.pop_front();
+            let c = &self.clients[id];
+            if c.epoch == epoch && c.st == St::Leaving {
+                self.close_open(id, "leave_timeout", "our close frame was not answered in time".into());
+            }
+        }
+        while let Some(&(deadline, id, epoch)) = self.deadlines.front() {
             if deadline > now {
                 break;
             }
             self.deadlines.pop_front();
             let st = self.clients[id].st;
-            if matches!(st, St::Connecting | St::Handshaking) {
+            if matches!(st, St::Connecting | St::Handshaking) && self.clients[id].epoch == epoch {
                 let what = if st == St::Connecting { "TCP connect" } else { "WebSocket handshake" };
                 self.fail_handshake(id, "timeout", format!("{what} not finished within {:?}", self.connect_timeout));
             }
@@ -488,6 +733,10 @@ impl Engine {
         let c = &mut self.clients[id];
         if let Some(s) = c.stream.as_ref() {
             let _ = s.set_nodelay(true);
+            if let Some(l) = c.life.as_deref_mut() {
+                l.local = s.local_addr().ok();
+                l.requested = Some(Instant::now());
+            }
         }
         c.accept.copy_from_slice(&accept.as_bytes()[..28]);
         c.out = req;
@@ -549,7 +798,7 @@ impl Engine {
                     }
                 }
             }
-            St::Handshaking | St::Open => {
+            St::Handshaking | St::Open | St::Leaving => {
                 if writable && !self.clients[id].out.is_empty() {
                     self.flush(id);
                 }
@@ -563,14 +812,17 @@ impl Engine {
     fn read_all(&mut self, id: usize) {
         loop {
             let c = &mut self.clients[id];
-            if !matches!(c.st, St::Handshaking | St::Open) {
+            if !matches!(c.st, St::Handshaking | St::Open | St::Leaving) {
                 return;
+            }
+            if c.life.as_ref().is_some_and(|l| l.stall.is_some()) {
+                return; // a slow reader that stopped reading
             }
             let Some(s) = c.stream.as_mut() else { return };
             match s.read(&mut self.scratch) {
                 Ok(0) => {
                     let detail = "server closed the TCP connection".to_string();
-                    if c.st == St::Open {
+                    if matches!(c.st, St::Open | St::Leaving) {
                         self.close_open(id, "eof", detail);
                     } else {
                         self.fail_handshake(id, "eof", detail);
@@ -598,7 +850,14 @@ impl Engine {
         let c = &mut self.clients[id];
         let result = if c.pending.is_empty() {
             let buf = &self.scratch[..n];
-            let r = process(id, c, buf, now, &mut self.stats, self.tracker.as_mut(), &mut self.rng);
+            let mut ctx = Ctx {
+                stats: &mut self.stats,
+                tracker: self.tracker.as_mut(),
+                soak: self.soak.as_mut(),
+                rng: &mut self.rng,
+                departures: &mut self.departures,
+            };
+            let r = process(id, c, buf, now, &mut ctx);
             if let Ok(used) = r
                 && used < n
             {
@@ -608,7 +867,14 @@ impl Engine {
         } else {
             c.pending.extend_from_slice(&self.scratch[..n]);
             let buf = std::mem::take(&mut c.pending);
-            let r = process(id, c, &buf, now, &mut self.stats, self.tracker.as_mut(), &mut self.rng);
+            let mut ctx = Ctx {
+                stats: &mut self.stats,
+                tracker: self.tracker.as_mut(),
+                soak: self.soak.as_mut(),
+                rng: &mut self.rng,
+                departures: &mut self.departures,
+            };
+            let r = process(id, c, &buf, now, &mut ctx);
             if let Ok(used) = r {
                 let mut buf = buf;
                 buf.drain(..used);
@@ -751,27 +1017,33 @@ impl Engine {
         }
         self.stats.open = 0;
         self.stats.in_flight = 0;
+        self.stats.leaving = 0;
+        for id in 0..self.clients.len() {
+            self.retire(id, Outcome::Error("cut off at the end of the run".into()));
+        }
     }
 }
 
 type ProcResult = Result<usize, (&'static str, String)>;
 
+/// The engine state `process` updates besides the connection itself.
+struct Ctx<'a> {
+    stats: &'a mut Stats,
+    tracker: Option<&'a mut Tracker>,
+    soak: Option<&'a mut SoakTrack>,
+    rng: &'a mut XorShift,
+    departures: &'a mut BinaryHeap<Reverse<(Instant, usize, u32)>>,
+}
+
 /// Handles bytes received on one connection; returns how many were used.
-fn process(
-    id: usize,
-    c: &mut Client,
-    buf: &[u8],
-    now: Instant,
-    stats: &mut Stats,
-    mut tracker: Option<&mut Tracker>,
-    rng: &mut XorShift,
-) -> ProcResult {
+fn process(id: usize, c: &mut Client, buf: &[u8], now: Instant, ctx: &mut Ctx<'_>) -> ProcResult {
     let mut off = 0;
     if c.st == St::Handshaking {
         match ws::parse_upgrade_response(buf, &c.accept) {
             Upgrade::Incomplete => return Ok(0),
             Upgrade::Upgraded { consumed } => {
                 c.st = St::Open;
+                let stats = &mut *ctx.stats;
                 stats.in_flight -= 1;
                 stats.open += 1;
                 stats.opened_total += 1;
@@ -779,6 +1051,9 @@ fn process(
                 stats.last_open = Some(now);
                 stats.handshake_us.push(now.duration_since(c.started).as_micros().min(u32::MAX as u128) as u32);
                 off = consumed;
+                if let Some(life) = c.life.as_deref_mut() {
+                    on_soak_open(id, c.epoch, life, &mut c.out, now, ctx);
+                }
             }
             Upgrade::Rejected { status, body } => {
                 let cause = match status {
@@ -793,7 +1068,7 @@ fn process(
             Upgrade::Invalid(msg) => return Err(("bad_handshake", msg)),
         }
     }
-    let now_ns = tracker.as_ref().map_or(0, |t| now.duration_since(t.shared.base).as_nanos() as u64);
+    let now_ns = ctx.tracker.as_ref().map_or(0, |t| now.duration_since(t.shared.base).as_nanos() as u64);
     loop {
         let (frame, used) = match ws::parse_frame(&buf[off..], MAX_MESSAGE) {
             FrameParse::Incomplete => return Ok(off),
@@ -807,9 +1082,7 @@ fn process(
                     return Err(("protocol_error", "new message inside a fragmented one".into()));
                 }
                 if frame.fin {
-                    if let Some(t) = tracker.as_deref_mut() {
-                        t.on_message(id, &mut c.uniq, frame.payload, now, now_ns);
-                    }
+                    on_message(id, c, frame.payload, now, now_ns, ctx);
                 } else {
                     c.frag = Some(frame.payload.to_vec());
                 }
@@ -824,15 +1097,17 @@ fn process(
                 f.extend_from_slice(frame.payload);
                 if frame.fin {
                     let msg = c.frag.take().unwrap_or_default();
-                    if let Some(t) = tracker.as_deref_mut() {
-                        t.on_message(id, &mut c.uniq, &msg, now, now_ns);
-                    }
+                    on_message(id, c, &msg, now, now_ns, ctx);
                 }
             }
             OP_PING => {
-                stats.pings += 1;
-                stats.pongs += 1;
-                ws::encode_client_frame(&mut c.out, OP_PONG, frame.payload, rng.mask());
+                ctx.stats.pings += 1;
+                if let Some(life) = c.life.as_deref_mut().filter(|l| l.role == Role::Silent) {
+                    life.pings += 1; // and no answer: that is the point
+                } else if c.st == St::Open {
+                    ctx.stats.pongs += 1;
+                    ws::encode_client_frame(&mut c.out, OP_PONG, frame.payload, ctx.rng.mask());
+                }
             }
             OP_PONG => {}
             OP_CLOSE => {
@@ -842,12 +1117,71 @@ fn process(
                     1005
                 };
                 let reason = String::from_utf8_lossy(frame.payload.get(2..).unwrap_or(&[])).into_owned();
+                if c.st == St::Leaving {
+                    // The answer to our close frame: the handshake is done.
+                    if let Some(life) = c.life.as_deref_mut()
+                        && code != 1000
+                    {
+                        life.outcome = Some(Outcome::Closed(code));
+                    }
+                    return Err(("left", format!("close answered with {code} {reason}")));
+                }
+                if let Some(life) = c.life.as_deref_mut() {
+                    life.outcome = Some(Outcome::Closed(code));
+                }
                 let echo: &[u8] = if frame.payload.len() >= 2 { &frame.payload[..2] } else { &[] };
-                ws::encode_client_frame(&mut c.out, OP_CLOSE, echo, rng.mask());
+                ws::encode_client_frame(&mut c.out, OP_CLOSE, echo, ctx.rng.mask());
                 return Err(("server_close", format!("close frame code {code} {reason}")));
             }
             _ => return Err(("protocol_error", "unexpected opcode".into())),
         }
+    }
+}
+
+/// A soak client just read its 101: start its behaviour.
+fn on_soak_open(id: usize, epoch: u32, life: &mut Life, out: &mut Vec<u8>, now: Instant, ctx: &mut Ctx<'_>) {
+    life.opened = Some(now);
+    if let Some(d) = life.lifetime {
+        ctx.departures.push(Reverse((now + d, id, epoch)));
+    }
+    let Some(soak) = ctx.soak.as_deref() else {
+        return;
+    };
+    if life.role == Role::Slow {
+        life.stall = Some(Stall {
+            since: now,
+            written: 0,
+            accepted_at_change: soak.shared.accepted.load(Ordering::Relaxed),
+            last_heartbeat: now,
+        });
+    }
+    if let Some(frame) = life.role.bad_frame(soak.max_message_bytes, life.big, ctx.rng.mask()) {
+        out.extend_from_slice(&frame);
+    }
+}
+
+/// One whole data message.
+fn on_message(id: usize, c: &mut Client, msg: &[u8], now: Instant, now_ns: u64, ctx: &mut Ctx<'_>) {
+    if let Some(life) = c.life.as_deref_mut() {
+        let Some(soak) = ctx.soak.as_deref_mut() else {
+            return;
+        };
+        let Some(seq) = ws::find_seq(msg) else {
+            soak.unexpected += 1;
+            return;
+        };
+        life.seqs.on_seq(seq);
+        if life.role == Role::Healthy {
+            soak.delivered += 1;
+            if let Some(sent) = soak.shared.send_ns.get(seq as usize).map(|a| a.load(Ordering::Acquire))
+                && sent != 0
+            {
+                let now_ns = now.saturating_duration_since(soak.shared.base).as_nanos() as u64 + 1;
+                soak.latency.add((now_ns.saturating_sub(sent) / 1000).min(u32::MAX as u64) as u32);
+            }
+        }
+    } else if let Some(t) = ctx.tracker.as_deref_mut() {
+        t.on_message(id, &mut c.uniq, msg, now, now_ns);
     }
 }
 

@@ -150,6 +150,10 @@ pub struct SendShared {
     /// Per seq: nanoseconds since `base` at which the POST was written, + 1
     /// (0 = not sent yet).
     pub send_ns: Vec<AtomicU64>,
+    /// Per seq: nanoseconds since `base` at which the POST's response was
+    /// parsed (or the sender gave up on it), + 1 (0 = unresolved). With one
+    /// sender this grows with seq, like `send_ns`.
+    pub ack_ns: Vec<AtomicU64>,
     /// Per seq: ST_* outcome of the POST.
     pub status: Vec<AtomicU8>,
     pub sent: AtomicU64,
@@ -159,6 +163,9 @@ pub struct SendShared {
     pub recipients: AtomicU64,
     pub senders_done: AtomicUsize,
     pub stop: AtomicBool,
+    /// Stop posting new broadcasts but wait for the answers to those in
+    /// flight (a clean end, unlike `stop`).
+    pub drain: AtomicBool,
     pub fatal: Mutex<Option<String>>,
 }
 
@@ -167,6 +174,7 @@ impl SendShared {
         SendShared {
             base: Instant::now(),
             send_ns: (0..msgs).map(|_| AtomicU64::new(0)).collect(),
+            ack_ns: (0..msgs).map(|_| AtomicU64::new(0)).collect(),
             status: (0..msgs).map(|_| AtomicU8::new(ST_UNSENT)).collect(),
             sent: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
@@ -175,6 +183,7 @@ impl SendShared {
             recipients: AtomicU64::new(0),
             senders_done: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            drain: AtomicBool::new(false),
             fatal: Mutex::new(None),
         }
     }
@@ -267,13 +276,19 @@ pub fn run_sender(plan: SenderPlan, sh: Arc<SendShared>) -> SenderResult {
     let mut reconnect_needed = false;
 
     let mark_unknown = |inflight: &mut VecDeque<(usize, Instant)>| {
+        let now_ns = sh.base.elapsed().as_nanos() as u64 + 1;
         for (seq, _) in inflight.drain(..) {
+            sh.ack_ns[seq].store(now_ns, Ordering::Release);
             sh.status[seq].store(ST_UNKNOWN, Ordering::Relaxed);
             sh.unknown.fetch_add(1, Ordering::Relaxed);
         }
     };
 
+    let mut count = count;
     while next < count || !inflight.is_empty() {
+        if sh.drain.load(Ordering::Relaxed) {
+            count = next; // post nothing more; finish what is in flight
+        }
         if sh.stop.load(Ordering::Relaxed) {
             break;
         }
@@ -380,6 +395,7 @@ pub fn run_sender(plan: SenderPlan, sh: Arc<SendShared>) -> SenderResult {
             }
         }
         let got = Instant::now();
+        let got_ns = got.duration_since(sh.base).as_nanos() as u64 + 1;
         let mut off = 0;
         loop {
             let r = match parse_http_response(&rbuf[off..]) {
@@ -398,6 +414,7 @@ pub fn run_sender(plan: SenderPlan, sh: Arc<SendShared>) -> SenderResult {
                 break;
             };
             res.ack_us.push(got.duration_since(sent_at).as_micros().min(u32::MAX as u128) as u32);
+            sh.ack_ns[seq].store(got_ns, Ordering::Release);
             *res.statuses.entry(r.status).or_default() += 1;
             if r.status == 200 {
                 sh.status[seq].store(ST_ACCEPTED, Ordering::Relaxed);

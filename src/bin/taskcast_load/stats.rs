@@ -63,6 +63,50 @@ impl Summary {
     }
 }
 
+/// A uniform random sample of at most `cap` values from a stream of any
+/// length (Algorithm R), plus the exact count and maximum: percentiles of
+/// tens of millions of latencies in bounded memory.
+pub struct Reservoir {
+    pub cap: usize,
+    pub samples: Vec<u32>,
+    pub seen: u64,
+    pub max: u32,
+    rng: crate::taskcast_load::ws::XorShift,
+}
+
+impl Reservoir {
+    pub fn new(cap: usize, seed: u64) -> Reservoir {
+        Reservoir {
+            cap,
+            samples: Vec::with_capacity(cap.min(1 << 16)),
+            seen: 0,
+            max: 0,
+            rng: crate::taskcast_load::ws::XorShift::new(seed),
+        }
+    }
+
+    pub fn add(&mut self, v: u32) {
+        self.seen += 1;
+        self.max = self.max.max(v);
+        if self.samples.len() < self.cap {
+            self.samples.push(v);
+        } else {
+            let j = self.rng.next_u64() % self.seen;
+            if (j as usize) < self.cap {
+                self.samples[j as usize] = v;
+            }
+        }
+    }
+
+    /// Percentiles of the sample; `count` and `max` are exact.
+    pub fn summary(&mut self) -> Option<Summary> {
+        let mut s = Summary::from_us(&mut self.samples)?;
+        s.count = self.seen as usize;
+        s.max = self.max as f64 / 1000.0;
+        Some(s)
+    }
+}
+
 pub fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
@@ -85,6 +129,24 @@ mod tests {
         let v: Vec<u32> = (1..=1000).collect();
         assert_eq!(percentile(&v, 99.9), Some(999));
         assert_eq!(percentile(&v, 50.0), Some(500));
+    }
+
+    #[test]
+    fn reservoir_is_bounded_and_exact_where_it_says() {
+        let mut r = Reservoir::new(1000, 7);
+        for v in 0..100_000u32 {
+            r.add(v);
+        }
+        assert_eq!(r.samples.len(), 1000);
+        let s = r.summary().unwrap();
+        assert_eq!(s.count, 100_000);
+        assert_eq!(s.max, 99.999);
+        // uniform sample: the median is near the middle
+        assert!((s.p50 - 50.0).abs() < 7.0, "{}", s.p50);
+        let mut r = Reservoir::new(10, 1);
+        assert!(r.summary().is_none());
+        r.add(5);
+        assert_eq!(r.summary().unwrap().count, 1);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Linux process statistics (/proc) and resource limits.
 
 use std::fs;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// VmRSS of a process in KiB, from /proc/PID/status.
 pub fn rss_kib(pid: u32) -> Option<u64> {
@@ -83,6 +84,83 @@ pub fn parse_netstat_field(text: &str, prefix: &str, field: &str) -> Option<u64>
     values.split_whitespace().nth(idx)?.parse().ok()
 }
 
+/// Time a process's main thread ran and waited for a CPU (run queue), in
+/// nanoseconds, from /proc/PID/schedstat (`run_ns wait_ns timeslices`).
+/// Waiting time is how much the machine's other load delayed it.
+pub fn sched_ns(pid: Option<u32>) -> Option<(u64, u64)> {
+    let path = pid.map_or("/proc/self/schedstat".to_string(), |p| format!("/proc/{p}/schedstat"));
+    parse_schedstat(&fs::read_to_string(path).ok()?)
+}
+
+pub fn parse_schedstat(s: &str) -> Option<(u64, u64)> {
+    let mut f = s.split_whitespace();
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+}
+
+/// The 1-minute load average.
+pub fn loadavg() -> Option<f64> {
+    fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+/// Open file descriptors of a process: the entries of /proc/PID/fd.
+pub fn fd_count(pid: u32) -> Option<usize> {
+    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
+/// Send and receive queue bytes of the IPv4 TCP sockets in /proc/net/tcp
+/// (all sockets of this network namespace, other processes' included)
+/// whose (local, remote) pair is in `wanted`.
+pub fn tcp_queues(
+    wanted: &std::collections::HashSet<(SocketAddrV4, SocketAddrV4)>,
+) -> Option<std::collections::HashMap<(SocketAddrV4, SocketAddrV4), (u64, u64)>> {
+    let text = fs::read_to_string("/proc/net/tcp").ok()?;
+    let mut found = std::collections::HashMap::with_capacity(wanted.len());
+    for line in text.lines().skip(1) {
+        if let Some((local, remote, tx, rx)) = parse_tcp_line(line)
+            && wanted.contains(&(local, remote))
+        {
+            found.insert((local, remote), (tx, rx));
+        }
+    }
+    Some(found)
+}
+
+/// One line of /proc/net/tcp: `sl local rem st tx_queue:rx_queue ...`,
+/// addresses as `0100007F:1F90` (the IPv4 address as the kernel's
+/// in-memory u32 printed in hex, then the port in hex).
+pub fn parse_tcp_line(line: &str) -> Option<(SocketAddrV4, SocketAddrV4, u64, u64)> {
+    let mut f = line.split_whitespace();
+    let _sl = f.next()?;
+    let addr = |s: &str| -> Option<SocketAddrV4> {
+        let (ip, port) = s.split_once(':')?;
+        let ip = u32::from_str_radix(ip, 16).ok()?;
+        Some(SocketAddrV4::new(Ipv4Addr::from(ip.to_ne_bytes()), u16::from_str_radix(port, 16).ok()?))
+    };
+    let local = addr(f.next()?)?;
+    let remote = addr(f.next()?)?;
+    let _st = f.next()?;
+    let (tx, rx) = f.next()?.split_once(':')?;
+    Some((local, remote, u64::from_str_radix(tx, 16).ok()?, u64::from_str_radix(rx, 16).ok()?))
+}
+
+/// Random bytes from the kernel, hex-encoded (secrets for a started server).
+pub fn random_hex(bytes: usize) -> Result<String, String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +185,59 @@ mod tests {
         assert_eq!(parse_netstat_field(t, "TcpExt:", "ListenOverflows"), Some(17));
         assert_eq!(parse_netstat_field(t, "TcpExt:", "Nope"), None);
         assert_eq!(parse_netstat_field(t, "IpExt:", "InNoRoutes"), Some(0));
+    }
+
+    #[test]
+    fn parses_proc_net_tcp() {
+        let l = "   3: 0100007F:1F90 0200007F:A2C4 01 0000ABCD:00000010 00:00000000 00000000  1000        0 123 1 0 20 4 30 10 -1";
+        let (local, remote, tx, rx) = parse_tcp_line(l).unwrap();
+        if cfg!(target_endian = "little") {
+            assert_eq!(local, "127.0.0.1:8080".parse().unwrap());
+            assert_eq!(remote, "127.0.0.2:41668".parse().unwrap());
+        }
+        assert_eq!((tx, rx), (0xABCD, 0x10));
+        assert!(parse_tcp_line("  sl  local_address rem_address   st tx_queue rx_queue").is_none());
+        assert!(parse_tcp_line("").is_none());
+    }
+
+    #[test]
+    fn finds_own_socket_in_proc_net_tcp() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        std::io::Write::write_all(&mut s, b"hello").unwrap();
+        let v4 = |a: std::net::SocketAddr| match a {
+            std::net::SocketAddr::V4(a) => a,
+            _ => unreachable!(),
+        };
+        let key = (v4(c.local_addr().unwrap()), v4(c.peer_addr().unwrap()));
+        let wanted = [key].into_iter().collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let got = tcp_queues(&wanted).unwrap();
+            if got.get(&key) == Some(&(0, 5)) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{got:?}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn parses_schedstat() {
+        assert_eq!(parse_schedstat("123 456 7\n"), Some((123, 456)));
+        assert_eq!(parse_schedstat("x"), None);
+        assert!(sched_ns(None).is_some());
+        assert!(loadavg().is_some());
+    }
+
+    #[test]
+    fn fds_and_liveness_of_own_process() {
+        let pid = std::process::id();
+        assert!(fd_count(pid).unwrap() >= 3);
+        assert!(alive(pid));
+        assert!(!alive(u32::MAX));
+        assert_eq!(random_hex(4).unwrap().len(), 8);
     }
 
     #[test]

@@ -1,0 +1,909 @@
+//! `taskcast-load soak`: a bounded, scripted run against one server that
+//! checks what must hold over time, not just at a peak.
+//!
+//! Timeline (every phase bounded in time):
+//! 1. start the server (or attach to one), wait for `/health`, take the
+//!    baseline of its open fds;
+//! 2. connect the base population;
+//! 3. main phase (`--duration`): one keep-alive sender posts numbered
+//!    broadcasts at `--rate`; churn clients connect at `--churn-rate` and
+//!    leave after 1–20 s; slow readers, silent clients and senders of bad
+//!    frames are replenished continuously; RSS and fds sampled every second;
+//! 4. wind-down: nothing new starts, the broadcasts go on until the
+//!    short-lived clients have ended;
+//! 5. the sender drains and stops, every client leaves (close handshake);
+//! 6. settle: fds back to baseline, `/health` back to 0;
+//! 7. SIGTERM to a server started here; its log is judged.
+//!
+//! The verdicts are in `verdict.rs`; the clients' behaviour in `roles.rs`
+//! and the engine.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::taskcast_load::args::{Auth, Config, SoakArgs};
+use crate::taskcast_load::engine::{ClientAuth, Engine, EngineOptions, SoakTrack};
+use crate::taskcast_load::http::{self, SendShared, SenderPlan};
+use crate::taskcast_load::roles::{INVALID_KINDS, Life, Outcome, ROLES, Role, SeqLog};
+use crate::taskcast_load::serverproc::ServerProc;
+use crate::taskcast_load::stats::Reservoir;
+use crate::taskcast_load::sysinfo;
+use crate::taskcast_load::verdict;
+
+mod report;
+use report::{ReportInputs, SoakReport};
+
+/// Engine slice between two scheduling steps (churn at 100/s: ~2 per slice).
+const SLICE: Duration = Duration::from_millis(20);
+/// How often slow readers look at /proc/net/tcp.
+const SLOW_WATCH_EVERY: Duration = Duration::from_millis(250);
+/// A slow reader stops reading for at most this long.
+const MAX_STALL: Duration = Duration::from_secs(30);
+/// A misbehaving client the server has not closed this long after it
+/// misbehaved leaves by itself (and fails its expectation).
+const MISBEHAVE_BOUND: Duration = Duration::from_secs(10);
+/// Our close frame must be answered within this.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Progress line interval.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Delivery latencies kept for percentiles (exact count and max).
+const LATENCY_SAMPLES: usize = 1 << 20;
+
+/// Where the run stands, for progress lines.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Connect,
+    Main,
+    WindDown,
+    Leave,
+    Settle,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Connect => "connect",
+            Phase::Main => "soak",
+            Phase::WindDown => "wind-down",
+            Phase::Leave => "leave",
+            Phase::Settle => "settle",
+        }
+    }
+}
+
+/// A healthy client's record kept for scoring at the end (when every POST
+/// has been answered and the rejected ones are known).
+struct HealthyRec {
+    opened: Instant,
+    /// When it started leaving (or, if it was lost, when that was seen).
+    until: Instant,
+    seqs: SeqLog,
+    lost: bool,
+}
+
+/// Records of ended clients, summed up.
+#[derive(Default)]
+struct Book {
+    /// Per role: outcome label → count.
+    outcomes: [BTreeMap<String, u64>; ROLES.len()],
+    /// Per role: ended as expected / not.
+    good: [u64; ROLES.len()],
+    bad: [u64; ROLES.len()],
+    /// Per role: a few descriptions of unexpected endings.
+    bad_examples: [Vec<String>; ROLES.len()],
+    /// Clients that never completed their handshake, by cause.
+    handshake_failures: BTreeMap<String, u64>,
+    healthy: Vec<HealthyRec>,
+    /// Silent clients: seconds from the 101 to the drop, min and max.
+    silent_secs: Option<(f64, f64)>,
+    /// Slow readers released by MAX_STALL rather than by the full queue.
+    stall_timeouts: u64,
+    /// Slow readers' messages skipped before their close (the server may
+    /// drop queued messages, only from the tail).
+    slow_gaps: u64,
+    /// Messages slow readers received before their 1013, min and max.
+    slow_received: Option<(u64, u64)>,
+    base_ended: usize,
+    ended: u64,
+}
+
+fn widen(r: &mut Option<(f64, f64)>, v: f64) {
+    *r = Some(r.map_or((v, v), |(a, b)| (a.min(v), b.max(v))));
+}
+
+impl Book {
+    fn add(&mut self, life: &Life, pong_wait: f64) {
+        self.ended += 1;
+        let role = life.role;
+        let i = role.index();
+        let outcome = life.outcome.clone().unwrap_or(Outcome::Error("unknown".into()));
+        *self.outcomes[i].entry(outcome.label()).or_default() += 1;
+        if role == Role::Healthy && life.lifetime.is_none() {
+            self.base_ended += 1;
+        }
+        let Some(opened) = life.opened else {
+            *self.handshake_failures.entry(outcome.label()).or_default() += 1;
+            self.bad[i] += 1;
+            return;
+        };
+        let secs = life.open_secs().unwrap_or(0.0);
+        let mut ok = outcome.matches(role.expect());
+        let mut why = outcome.label();
+        match role {
+            Role::Healthy => {
+                let until = life.left.or(life.ended).unwrap_or(opened);
+                self.healthy.push(HealthyRec { opened, until, seqs: life.seqs.clone(), lost: !ok });
+            }
+            Role::Silent if ok => {
+                widen(&mut self.silent_secs, secs);
+                let from_request = life.request_secs().unwrap_or(0.0);
+                if !verdict::silent_drop_on_time(from_request, secs, pong_wait) {
+                    ok = false;
+                    why = format!(
+                        "dropped {from_request:.2} s after its upgrade request (PONG_WAIT {pong_wait} s; at most 2 s later than that after the 101)"
+                    );
+                }
+            }
+            Role::Slow => {
+                self.stall_timeouts += life.stall_timed_out as u64;
+                self.slow_gaps += life.seqs.gap_seqs;
+                if ok {
+                    let n = life.seqs.count;
+                    self.slow_received = Some(self.slow_received.map_or((n, n), |(a, b)| (a.min(n), b.max(n))));
+                }
+                if ok && life.seqs.gap_seqs > 0 {
+                    ok = false;
+                    why = format!("{} messages missing before its close", life.seqs.gap_seqs);
+                }
+                if !ok && life.stall_timed_out {
+                    why += &format!(" (its queue did not fill within {} s of not reading)", MAX_STALL.as_secs());
+                }
+            }
+            _ => {}
+        }
+        if ok {
+            self.good[i] += 1;
+        } else {
+            self.bad[i] += 1;
+            if self.bad_examples[i].len() < 3 {
+                self.bad_examples[i].push(format!("{why}; ended {secs:.2} s after its 101"));
+            }
+        }
+    }
+}
+
+/// Polls /health from its own thread: a slow answer (a starved server) must
+/// not stall the clients' loop, which would delay their reads and show up
+/// as delivery latency. The latest answer is read from an atomic.
+struct HealthPoller {
+    /// connectedClients, or u64::MAX before the first answer / after a failure.
+    latest: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HealthPoller {
+    fn start(addr: SocketAddr, host_header: String, every: Duration) -> HealthPoller {
+        let latest = Arc::new(AtomicU64::new(u64::MAX));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, s) = (latest.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("health".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    l.store(health_clients(addr, &host_header).unwrap_or(u64::MAX), Ordering::Relaxed);
+                    // sleep in steps so that stop is prompt
+                    let until = Instant::now() + every;
+                    while !s.load(Ordering::Relaxed) && Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            })
+            .ok();
+        HealthPoller { latest, stop, thread }
+    }
+
+    fn latest(&self) -> Option<u64> {
+        Some(self.latest.load(Ordering::Relaxed)).filter(|&n| n != u64::MAX)
+    }
+
+    /// Stops and joins (bounded: one /health request times out within 8 s).
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A misbehaving-client slot: one client at a time, replaced when it ends.
+struct Slot {
+    role: Role,
+    busy: bool,
+    next_start: Instant,
+    /// Spawns so far (oversized alternates its two sizes, invalid cycles kinds).
+    spawns: u64,
+}
+
+/// RSS/fd samples, seconds since the main phase began.
+#[derive(Default)]
+struct Samples {
+    rss: Vec<(f64, u64)>,
+    fds_peak: usize,
+    last_fds: Option<usize>,
+    last_health: Option<u64>,
+}
+
+struct Run<'a> {
+    cfg: &'a Config,
+    sa: &'a SoakArgs,
+    engine: Engine,
+    server: ServerProc,
+    shared: Arc<SendShared>,
+    addr: SocketAddr,
+    host_header: String,
+    book: Book,
+    slots: Vec<Slot>,
+    samples: Samples,
+    t0: Instant,
+    main_start: Instant,
+    phase: Phase,
+    abort: Option<String>,
+    /// The server exited during the run (not stopped by us).
+    server_died: bool,
+    base_added: usize,
+    churn_started: u64,
+    peak_clients: usize,
+    next_sample: Instant,
+    next_progress: Instant,
+    next_slow_watch: Instant,
+    rng: crate::taskcast_load::ws::XorShift,
+    health: HealthPoller,
+    /// When the last engine slice began, and the longest time between two
+    /// (normally SLICE plus bookkeeping; more means this process stalled).
+    last_step: Option<Instant>,
+    longest_turn: Duration,
+}
+
+pub fn run(cfg: &Config) -> Result<i32, String> {
+    let sa = cfg.soak.as_ref().ok_or("soak settings missing")?;
+    sysinfo::raise_nofile_limit();
+    let t0 = Instant::now();
+
+    // ---- the server ----
+    let (secret, client_auth) = match &cfg.auth {
+        Auth::Secret(s) => (Some(s.clone()), ClientAuth::Secret(s.clone())),
+        Auth::Random => {
+            let s = sysinfo::random_hex(32)?;
+            (Some(s.clone()), ClientAuth::Secret(s))
+        }
+        Auth::Token(t) if sa.spawn_server.is_none() => (None, ClientAuth::Token(t.clone())),
+        Auth::Token(_) => return Err("--token cannot be used with --spawn-server (its JWT_SECRET is needed)".into()),
+    };
+    if let Some(s) = &secret {
+        http::mint_token(s, "soak-probe")?;
+    }
+    let api_key = match (&sa.api_key, &sa.spawn_server) {
+        (Some(k), _) => Some(k.clone()),
+        (None, Some(_)) => Some(sysinfo::random_hex(24)?),
+        (None, None) => None,
+    };
+    let (mut server, addr, url) = match &sa.spawn_server {
+        Some(path) => {
+            let workdir = std::env::temp_dir().join(format!("taskcast-soak-{}", std::process::id()));
+            std::fs::create_dir_all(&workdir).map_err(|e| format!("cannot create {}: {e}", workdir.display()))?;
+            let env = server_env(sa, secret.as_deref().unwrap_or_default(), api_key.as_deref());
+            let mut server = ServerProc::spawn(path, &env, &workdir)?;
+            let listening = server.wait_listening(Duration::from_secs(10))?;
+            let addr: SocketAddr =
+                listening.parse().map_err(|_| format!("cannot read the server's address from `{listening}`"))?;
+            eprintln!(
+                "taskcast-load: started {path} (pid {}) on {addr}; its log: {}",
+                server.pid,
+                server.log_path.as_ref().map_or(String::new(), |p| p.display().to_string())
+            );
+            (server, addr, format!("http://{addr}"))
+        }
+        None => {
+            let pid = cfg.server_pid.ok_or("--server-pid is needed with --url")?;
+            let host = cfg.host.trim_start_matches('[').trim_end_matches(']');
+            let addr = (host, cfg.port)
+                .to_socket_addrs()
+                .map_err(|e| format!("cannot resolve {}: {e}", cfg.host))?
+                .find(SocketAddr::is_ipv4)
+                .ok_or_else(|| format!("{} has no IPv4 address", cfg.host))?;
+            (ServerProc::attach(pid)?, addr, cfg.url.clone())
+        }
+    };
+    let host_header = addr.to_string();
+    wait_health(addr, &host_header, &mut server, Duration::from_secs(10))?;
+    let fd_baseline = baseline_fds(&server).ok_or("cannot read the server's /proc/PID/fd")?;
+    let rss_start = server.rss_kib();
+
+    // ---- the clients ----
+    let horizon = sa.duration + wind_down_bound(sa).as_secs_f64() + 30.0;
+    let msgs_cap = (cfg.rate * horizon).ceil() as usize + 1000;
+    let shared = Arc::new(SendShared::new(msgs_cap));
+    let source_ips = cfg.source_ips.unwrap_or(4);
+    let mut engine = Engine::new(EngineOptions {
+        conns: 0,
+        addr,
+        host_header: host_header.clone(),
+        auth: client_auth,
+        query_token: cfg.query_token,
+        concurrency: cfg.concurrency,
+        connect_timeout: Duration::from_secs_f64(cfg.connect_timeout),
+        source_ips,
+    })
+    .map_err(|e| format!("cannot create the poll: {e}"))?;
+    let seed = t0.elapsed().as_nanos() as u64 ^ std::process::id() as u64;
+    engine.soak = Some(SoakTrack {
+        shared: shared.clone(),
+        latency: Reservoir::new(LATENCY_SAMPLES, seed),
+        delivered: 0,
+        unexpected: 0,
+        max_message_bytes: sa.max_message_bytes,
+        leave_timeout: LEAVE_TIMEOUT,
+    });
+    let now = Instant::now();
+    let mut slots = Vec::new();
+    for (role, n) in [(Role::Slow, sa.slow), (Role::Silent, sa.silent), (Role::Oversized, sa.oversized)] {
+        slots.extend((0..n).map(|_| Slot { role, busy: false, next_start: now, spawns: 0 }));
+    }
+    for i in 0..sa.invalid {
+        // An --invalid slot: `role` is the first of INVALID_KINDS, the kind
+        // actually used cycles; each slot starts on a different one.
+        slots.push(Slot { role: INVALID_KINDS[0], busy: false, next_start: now, spawns: i as u64 });
+    }
+    let mut r = Run {
+        cfg,
+        sa,
+        engine,
+        server,
+        shared,
+        addr,
+        host_header,
+        book: Book::default(),
+        slots,
+        samples: Samples::default(),
+        t0,
+        main_start: now,
+        phase: Phase::Connect,
+        abort: None,
+        server_died: false,
+        base_added: 0,
+        churn_started: 0,
+        peak_clients: 0,
+        next_sample: now,
+        next_progress: now + PROGRESS_EVERY,
+        next_slow_watch: now,
+        rng: crate::taskcast_load::ws::XorShift::new(seed ^ 0xA5A5),
+        health: HealthPoller::start(addr, addr.to_string(), PROGRESS_EVERY),
+        last_step: None,
+        longest_turn: Duration::ZERO,
+    };
+    r.samples.last_fds = Some(fd_baseline);
+    let cpu_start = sysinfo::cpu_ticks(r.server.pid);
+    let own_cpu_start = sysinfo::own_cpu_ms();
+    let sched_start = (sysinfo::sched_ns(Some(r.server.pid)), sysinfo::sched_ns(None));
+
+    r.connect_base();
+    let sender = if r.abort.is_none() { Some(r.start_sender(&url, api_key, secret.as_deref())?) } else { None };
+    r.main_start = Instant::now();
+    if r.abort.is_none() {
+        r.main_phase();
+    }
+    if r.abort.is_none() {
+        r.wind_down();
+    }
+    // Stop posting (cleanly: answers to posts in flight are awaited).
+    r.shared.drain.store(true, Ordering::SeqCst);
+    if r.abort.is_some() {
+        r.shared.stop.store(true, Ordering::SeqCst);
+    }
+    let until = Instant::now() + Duration::from_secs(15);
+    let shared = r.shared.clone();
+    let _ = r.engine.run(until, &mut |_| shared.senders_done.load(Ordering::SeqCst) >= 1, &mut |_| {});
+    let sender_result = sender.map(|h| h.join().map_err(|_| "the sender thread panicked".to_string())).transpose()?;
+    let main_end_secs = r.secs();
+    r.leave_all();
+    r.health.stop();
+    let settle = r.settle(fd_baseline);
+    let cpu_end = sysinfo::cpu_ticks(r.server.pid);
+    let own_cpu_ms = sysinfo::own_cpu_ms() - own_cpu_start;
+    let sched_end = (sysinfo::sched_ns(Some(r.server.pid)), sysinfo::sched_ns(None));
+    let waited = |a: Option<(u64, u64)>, b: Option<(u64, u64)>| Some(b?.1.saturating_sub(a?.1) as f64 / 1e9);
+    let exit = r.server.stop(Duration::from_secs(15));
+    let log = r.server.log_book();
+
+    // ---- verdicts ----
+    let mut rep = SoakReport::default();
+    r.report(
+        &mut rep,
+        ReportInputs {
+            fd_baseline,
+            rss_start,
+            settle,
+            exit,
+            log,
+            sender: sender_result,
+            main_end_secs,
+            cpu: cpu_start
+                .zip(cpu_end)
+                .map(|(a, b)| b.saturating_sub(a) as f64 * 1000.0 / sysinfo::clock_ticks_per_sec() as f64),
+            own_cpu_ms,
+            server_cpu_wait: waited(sched_start.0, sched_end.0),
+            own_cpu_wait: waited(sched_start.1, sched_end.1),
+        },
+    );
+    let ok = rep.ok();
+    rep.print(cfg.json);
+    Ok(if ok { 0 } else { 1 })
+}
+
+/// The started server's whole environment: soak-friendly heartbeat and
+/// queue, no per-address or broadcast rate limits (the clients share a few
+/// addresses and the sender is the only publisher), a publisher key (no
+/// start-up warning; user tokens cannot publish).
+fn server_env(sa: &SoakArgs, secret: &str, api_key: Option<&str>) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("HOST", "127.0.0.1".to_string()),
+        ("PORT", sa.port.to_string()),
+        ("JWT_SECRET", secret.to_string()),
+        ("PING_INTERVAL_SECS", sa.ping_interval.to_string()),
+        ("PONG_WAIT_SECS", sa.pong_wait.to_string()),
+        ("SEND_QUEUE_LIMIT", sa.send_queue_limit.to_string()),
+        ("MAX_MESSAGE_BYTES", sa.max_message_bytes.to_string()),
+        ("MAX_CONNECTIONS_PER_IP", "0".to_string()),
+        ("BROADCAST_RATE_PER_SEC", "0".to_string()),
+        ("RUST_LOG", "info".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    if let Some(k) = api_key {
+        env.push(("BROADCAST_API_KEY".into(), k.to_string()));
+    }
+    env
+}
+
+/// When RSS must stop growing: after `--warmup-pct` of the main phase, and
+/// not before the churn population has reached its steady size (every
+/// client alive then was started after the run began: `life_max`).
+fn warmup_secs(sa: &SoakArgs) -> f64 {
+    (sa.duration * sa.warmup_pct / 100.0).max(sa.life_max + 2.0).min(sa.duration * 0.9)
+}
+
+/// Longest the wind-down may take: the longest churn lifetime, a slow
+/// reader's longest stall plus its bound, a silent client's drop.
+fn wind_down_bound(sa: &SoakArgs) -> Duration {
+    let secs = sa
+        .life_max
+        .max((MAX_STALL + MISBEHAVE_BOUND).as_secs_f64())
+        .max(sa.pong_wait as f64 + MISBEHAVE_BOUND.as_secs_f64());
+    Duration::from_secs_f64(secs + 5.0)
+}
+
+fn health_clients(addr: SocketAddr, host_header: &str) -> Option<u64> {
+    let (st, body) = http::get_health(addr, host_header).ok()?;
+    if st != 200 {
+        return None;
+    }
+    serde_json::from_str::<Value>(&body).ok()?.get("connectedClients")?.as_u64()
+}
+
+fn wait_health(addr: SocketAddr, host_header: &str, server: &mut ServerProc, bound: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + bound;
+    loop {
+        match http::get_health(addr, host_header) {
+            Ok((200, _)) => return Ok(()),
+            Ok((st, body)) if Instant::now() >= deadline => {
+                return Err(format!("GET /health answered {st}: {body}"));
+            }
+            Err(e) if Instant::now() >= deadline => return Err(format!("GET /health on {addr} failed: {e}")),
+            _ => {}
+        }
+        if let Some(e) = server.check_exit() {
+            return Err(format!("the server exited ({e}); its log:\n{}", server.log_tail()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The server's fds at rest: the least of a few samples (our /health
+/// connection may still be closing when the first is taken).
+fn baseline_fds(server: &ServerProc) -> Option<usize> {
+    let mut best = None;
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Some(n) = server.fds() {
+            best = Some(best.map_or(n, |b: usize| b.min(n)));
+        }
+    }
+    best
+}
+
+impl Run<'_> {
+    fn secs(&self) -> f64 {
+        self.main_start.elapsed().as_secs_f64()
+    }
+
+    /// Runs the engine for one slice, then the bookkeeping that is due.
+    fn step(&mut self) {
+        let start = Instant::now();
+        if let Some(prev) = self.last_step {
+            self.longest_turn = self.longest_turn.max(start - prev);
+        }
+        self.last_step = Some(start);
+        let until = start + SLICE;
+        if let Err(e) = self.engine.run(until, &mut |_| false, &mut |_| {}) {
+            self.abort.get_or_insert(format!("poll failed: {e}"));
+        }
+        self.collect();
+        let now = Instant::now();
+        if now >= self.next_slow_watch {
+            self.next_slow_watch = now + SLOW_WATCH_EVERY;
+            self.watch_slow_readers(now);
+        }
+        if now >= self.next_sample {
+            self.next_sample = now + Duration::from_secs(1);
+            self.sample();
+            self.bound_misbehavers(now);
+        }
+        if now >= self.next_progress {
+            self.next_progress = now + PROGRESS_EVERY;
+            self.samples.last_health = self.health.latest();
+            self.progress();
+        }
+    }
+
+    /// Takes the records of ended clients; frees their slots.
+    fn collect(&mut self) {
+        let now = Instant::now();
+        for life in std::mem::take(&mut self.engine.finished) {
+            if let Some(s) = life.slot.and_then(|i| self.slots.get_mut(i)) {
+                s.busy = false;
+                s.next_start = now + Duration::from_secs_f64(self.sa.respawn);
+            }
+            self.book.add(&life, self.sa.pong_wait as f64);
+        }
+        self.peak_clients = self.peak_clients.max(self.engine.live_total());
+    }
+
+    /// RSS and fds every second; the server must be alive.
+    fn sample(&mut self) {
+        if let Some(e) = self.server.check_exit() {
+            self.server_died = true;
+            if self.abort.is_none() {
+                self.abort =
+                    Some(format!("the server died {:.1} s into the run ({e})", self.t0.elapsed().as_secs_f64()));
+                eprintln!("taskcast-load: the server died ({e}); its last log lines:\n{}", self.server.log_tail());
+            }
+            return;
+        }
+        if let Some(k) = self.server.rss_kib() {
+            self.samples.rss.push((self.secs(), k));
+        }
+        if let Some(n) = self.server.fds() {
+            self.samples.fds_peak = self.samples.fds_peak.max(n);
+            self.samples.last_fds = Some(n);
+        }
+        if let Some(f) = self.shared.fatal() {
+            self.abort.get_or_insert(format!("the broadcast sender failed: {f}"));
+        }
+    }
+
+    fn progress(&self) {
+        let e = &self.engine;
+        let d = e.soak.as_ref().map_or(0, |s| s.delivered);
+        let live = e.live;
+        let bad: usize = live[Role::Oversized.index()..].iter().sum();
+        eprintln!(
+            "[{:<9} {:6.1}s] clients {} (healthy {}, slow {}, silent {}, bad frames {}), connects {}, ended {} | posts {} ok {} | delivered {} | server rss {}, fds {}, connectedClients {}",
+            self.phase.name(),
+            self.secs(),
+            e.live_total(),
+            live[Role::Healthy.index()],
+            live[Role::Slow.index()],
+            live[Role::Silent.index()],
+            bad,
+            e.stats.started,
+            self.book.ended,
+            self.shared.sent.load(Ordering::Relaxed),
+            self.shared.accepted.load(Ordering::Relaxed),
+            d,
+            self.samples.rss.last().map_or("?".into(), |s| mib(s.1)),
+            self.samples.last_fds.map_or("?".into(), |n| n.to_string()),
+            self.samples.last_health.map_or("?".into(), |n| n.to_string()),
+        );
+    }
+
+    fn connect_base(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs_f64(self.cfg.timeout);
+        let n = self.sa.base_conns;
+        while self.abort.is_none() {
+            while self.base_added < n && self.engine.stats.in_flight < self.cfg.concurrency {
+                self.engine.add_client(Life::new(Role::Healthy));
+                self.base_added += 1;
+            }
+            if self.base_added == n && self.engine.stats.in_flight == 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                self.abort = Some(format!(
+                    "the base population did not connect within {} s ({} open, {} in flight)",
+                    self.cfg.timeout, self.engine.stats.open, self.engine.stats.in_flight
+                ));
+                break;
+            }
+            self.step();
+        }
+        if self.abort.is_none() && n > 0 && self.engine.stats.open == 0 {
+            self.abort =
+                Some(format!("none of the {n} base clients connected: {:?}", self.engine.stats.failure_examples));
+        }
+    }
+
+    fn start_sender(
+        &mut self,
+        url: &str,
+        api_key: Option<String>,
+        secret: Option<&str>,
+    ) -> Result<std::thread::JoinHandle<http::SenderResult>, String> {
+        let token = match (api_key, secret, &self.cfg.auth) {
+            (Some(k), _, _) => k,
+            (None, Some(s), _) => http::mint_token(s, "soak-sender")?,
+            (None, None, Auth::Token(t)) => t.clone(),
+            (None, None, _) => return Err("no credential for /api/broadcast".into()),
+        };
+        let plan = SenderPlan {
+            id: 0,
+            senders: 1,
+            total_msgs: self.shared.send_ns.len(),
+            rate: Some(self.cfg.rate),
+            pipeline: self.cfg.pipeline,
+            addr: self.addr,
+            url: url.to_string(),
+            host_header: self.host_header.clone(),
+            token,
+            payload: self.cfg.payload,
+            deadline: Instant::now() + Duration::from_secs_f64(self.sa.duration) + wind_down_bound(self.sa) * 2,
+        };
+        let sh = self.shared.clone();
+        std::thread::Builder::new()
+            .name("sender".into())
+            .spawn(move || http::run_sender(plan, sh))
+            .map_err(|e| format!("cannot start the sender thread: {e}"))
+    }
+
+    fn main_phase(&mut self) {
+        self.phase = Phase::Main;
+        let end = self.main_start + Duration::from_secs_f64(self.sa.duration);
+        let (lo, hi) = (self.sa.life_min, self.sa.life_max);
+        while self.abort.is_none() && Instant::now() < end {
+            // Churn: as many starts as the rate asks for by now (at most a
+            // second's worth at once, after a stall of this process).
+            let due = (self.sa.churn_rate * self.secs()) as u64;
+            let mut budget = self.sa.churn_rate.ceil() as u64;
+            while self.churn_started < due && budget > 0 {
+                let mut life = Life::new(Role::Healthy);
+                let u = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                life.lifetime = Some(Duration::from_secs_f64(lo + (hi - lo) * u));
+                self.engine.add_client(life);
+                self.churn_started += 1;
+                budget -= 1;
+            }
+            self.refill_slots();
+            self.step();
+        }
+    }
+
+    fn refill_slots(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.slots.len() {
+            let s = &mut self.slots[i];
+            if s.busy || now < s.next_start {
+                continue;
+            }
+            let role = if INVALID_KINDS.contains(&s.role) {
+                INVALID_KINDS[(s.spawns % INVALID_KINDS.len() as u64) as usize]
+            } else {
+                s.role
+            };
+            let mut life = Life::new(role);
+            life.slot = Some(i);
+            life.big = s.spawns % 2 == 1;
+            s.busy = true;
+            s.spawns += 1;
+            self.engine.add_client(life);
+        }
+    }
+
+    /// Nothing new starts; broadcasts go on until every client but the
+    /// base population has ended (slow readers need broadcasts to fill
+    /// their queue), within a bound.
+    fn wind_down(&mut self) {
+        self.phase = Phase::WindDown;
+        let deadline = Instant::now() + wind_down_bound(self.sa);
+        let mut forced = false;
+        while self.abort.is_none() {
+            let base_alive = self.base_added - self.book.base_ended;
+            if self.engine.live_total() <= base_alive {
+                break;
+            }
+            if Instant::now() >= deadline && !forced {
+                // cannot happen if every bound holds; leave anyway
+                forced = true;
+                let ids: Vec<(usize, u32)> = self
+                    .engine
+                    .lives()
+                    .filter(|l| l.3.lifetime.is_some() || l.3.role != Role::Healthy)
+                    .map(|l| (l.0, l.1))
+                    .collect();
+                for (id, epoch) in ids {
+                    self.engine.begin_leave(id, epoch);
+                }
+            }
+            if Instant::now() >= deadline + LEAVE_TIMEOUT * 2 {
+                break;
+            }
+            self.step();
+        }
+    }
+
+    /// Every client leaves with a close handshake; waits (bounded) for the
+    /// answers.
+    fn leave_all(&mut self) {
+        self.phase = Phase::Leave;
+        self.engine.leave_all();
+        let deadline = Instant::now() + LEAVE_TIMEOUT + Duration::from_secs(5);
+        while self.engine.live_total() > 0 && Instant::now() < deadline {
+            self.step();
+        }
+        self.engine.close_all();
+        self.collect();
+    }
+
+    /// After everyone left: fds back to the baseline and /health at 0,
+    /// within `--settle`. Returns (fds at the end, seconds it took or None,
+    /// connectedClients at the end, seconds or None).
+    fn settle(&mut self, fd_baseline: usize) -> Settle {
+        self.phase = Phase::Settle;
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs_f64(self.sa.settle);
+        let mut s = Settle::default();
+        loop {
+            let fds = self.server.fds();
+            if s.fds_at.is_none() && fds.is_some_and(|n| n <= fd_baseline) {
+                s.fds_at = Some(start.elapsed().as_secs_f64());
+            }
+            s.fds = fds;
+            let h = health_clients(self.addr, &self.host_header);
+            if s.health_at.is_none() && h == Some(0) {
+                s.health_at = Some(start.elapsed().as_secs_f64());
+            }
+            s.health = h;
+            if let Some(k) = self.server.rss_kib() {
+                self.samples.rss.push((self.secs(), k));
+            }
+            if (s.fds_at.is_some() && s.health_at.is_some()) || Instant::now() >= deadline {
+                break;
+            }
+            if self.server.check_exit().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        // The /health request itself holds an fd for a moment: count again.
+        std::thread::sleep(Duration::from_millis(100));
+        if let Some(n) = self.server.fds() {
+            s.fds = Some(s.fds.map_or(n, |m| m.min(n)));
+        }
+        s
+    }
+
+    /// Slow readers that stopped reading: resume once the server has
+    /// written nothing to the socket while more broadcasts were accepted
+    /// than its queue holds (plus the sender's pipeline, whose posts may
+    /// have been fanned out before the last change was seen). The server
+    /// then must have closed it with 1013 moments ago, well inside the
+    /// 5 s it gives a client to answer a close frame.
+    fn watch_slow_readers(&mut self, now: Instant) {
+        let server = match self.addr {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+        };
+        let stalled: Vec<(usize, u32, Option<SocketAddrV4>)> = self
+            .engine
+            .lives()
+            .filter(|l| l.3.stall.is_some())
+            .map(|l| {
+                let local = match l.3.local {
+                    Some(SocketAddr::V4(a)) => Some(a),
+                    _ => None,
+                };
+                (l.0, l.1, local)
+            })
+            .collect();
+        if stalled.is_empty() {
+            return;
+        }
+        let mut wanted = HashSet::new();
+        for &(_, _, local) in &stalled {
+            if let Some(l) = local {
+                wanted.insert((server, l));
+                wanted.insert((l, server));
+            }
+        }
+        let queues = sysinfo::tcp_queues(&wanted).unwrap_or_default();
+        let accepted = self.shared.accepted.load(Ordering::Relaxed);
+        let need = (self.sa.send_queue_limit + self.cfg.pipeline + 8) as u64;
+        for (id, epoch, local) in stalled {
+            let written = local.and_then(|l| Some(queues.get(&(server, l))?.0 + queues.get(&(l, server))?.1));
+            let Some(life) = self.engine.life_mut(id, epoch) else { continue };
+            let Some(stall) = life.stall.as_mut() else { continue };
+            let mut resume = None;
+            if let Some(w) = written {
+                if w != stall.written {
+                    stall.written = w;
+                    stall.accepted_at_change = accepted;
+                } else if accepted.saturating_sub(stall.accepted_at_change) >= need {
+                    resume = Some(false);
+                }
+            }
+            if now.duration_since(stall.since) >= MAX_STALL {
+                resume = Some(true);
+            }
+            let heartbeat = now.duration_since(stall.last_heartbeat) >= Duration::from_secs(1);
+            if heartbeat {
+                stall.last_heartbeat = now;
+            }
+            match resume {
+                Some(timed_out) => self.engine.resume(id, epoch, timed_out),
+                None if heartbeat => self.engine.heartbeat(id, epoch),
+                None => {}
+            }
+        }
+    }
+
+    /// Misbehaving clients the server should have closed by now leave by
+    /// themselves (their outcome, "left", then fails the check).
+    fn bound_misbehavers(&mut self, now: Instant) {
+        let pong_wait = Duration::from_secs(self.sa.pong_wait);
+        let overdue: Vec<(usize, u32)> = self
+            .engine
+            .lives()
+            .filter(|&(_, _, open, l)| {
+                let Some(opened) = l.opened.filter(|_| open) else { return false };
+                match l.role {
+                    Role::Healthy => false,
+                    Role::Silent => now > opened + pong_wait + MISBEHAVE_BOUND,
+                    Role::Slow => l.resumed.is_some_and(|r| now > r + MISBEHAVE_BOUND),
+                    _ => now > opened + MISBEHAVE_BOUND,
+                }
+            })
+            .map(|l| (l.0, l.1))
+            .collect();
+        for (id, epoch) in overdue {
+            self.engine.begin_leave(id, epoch);
+        }
+    }
+}
+
+/// How the end state was reached.
+#[derive(Default)]
+struct Settle {
+    fds: Option<usize>,
+    fds_at: Option<f64>,
+    health: Option<u64>,
+    health_at: Option<f64>,
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
