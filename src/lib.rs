@@ -17,7 +17,8 @@
 //! - [`jwks`]: the front end's public keys (JWKS_URL / JWKS_FILE), parsed,
 //!   and refreshed by one helper thread so the loop never waits on a fetch.
 //! - [`config`]: environment variables, validated at start-up.
-//! - [`sys`]: the open-file limit and randomness.
+//! - [`sys`]: OS calls std lacks: open-file limit, listen backlog,
+//!   socket writes with send/sendmsg, randomness.
 
 pub mod api;
 pub mod auth;
