@@ -487,7 +487,7 @@ fn run(mut sources: Sources, shared: Arc<RwLock<Arc<KeySet>>>, requests: Receive
 // ---- HTTP -------------------------------------------------------------------
 
 /// GETs `url` and returns the body of its 200 answer. Blocking, bounded by
-/// [`FETCH_TIMEOUT`]: for start-up and the fetch thread, never the loop.
+/// `FETCH_TIMEOUT`: for start-up and the fetch thread, never the loop.
 pub fn fetch(url: &HttpUrl) -> Result<Vec<u8>, String> {
     let deadline = Instant::now() + FETCH_TIMEOUT;
     let addrs = url.socket_addrs().map_err(|e| format!("cannot resolve {} ({e})", url.host))?;
