@@ -21,28 +21,13 @@ enum End {
     StillOpen,
 }
 
-/// Writes `bytes`, half-closes, reads until the server closes or `wait`
-/// passes. The fuzz harness's exchange, with the bytes sent in one write.
+/// Writes `bytes` on a fresh connection, half-closes, reads until the
+/// server closes or `wait` passes. The fuzz harness's exchange, with the
+/// bytes sent in one write.
 fn exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (Vec<u8>, End) {
-    let mut s = TcpStream::connect(addr).unwrap();
+    let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(wait)).unwrap();
-    s.write_all(bytes).unwrap();
-    s.shutdown(Shutdown::Write).unwrap();
-    let deadline = Instant::now() + wait;
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        match s.read(&mut chunk) {
-            Ok(0) => return (got, End::Closed),
-            Ok(n) => got.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return (got, End::Closed),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return (got, End::StillOpen),
-            Err(e) => panic!("read: {e}"),
-        }
-        if Instant::now() >= deadline {
-            return (got, End::StillOpen);
-        }
-    }
+    finish(s, bytes, wait)
 }
 
 fn upgrade_request(token: &str, version: &str, body: &str) -> String {
@@ -172,7 +157,7 @@ fn close_frame_is_the_last_frame_after_a_ping_flood() {
     // The crash's frames: masked Pings (0x89 0x89 = FIN+Ping, masked, 9 bytes).
     let ping = [0x89u8, 0x89, 0x89, 0x89, 0x89, 0x89, 0x89, 0x89, 0x89, 0x89, 0x89, 0x89, 0x89, 0x89, 0x89];
     let flood: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 101).collect();
-    let (got, _) = finish(s, &flood);
+    let (got, _) = finish(s, &flood, WAIT);
     // Walk the server's frames: (opcode, length) each.
     let mut frames = Vec::new();
     let mut rest = &got[..];
@@ -188,18 +173,21 @@ fn close_frame_is_the_last_frame_after_a_ping_flood() {
 }
 
 /// Writes `bytes` on an open stream, half-closes, reads until the server
-/// closes (bounded).
-fn finish(mut s: TcpStream, bytes: &[u8]) -> (Vec<u8>, End) {
+/// closes or `wait` passes.
+fn finish(mut s: TcpStream, bytes: &[u8], wait: Duration) -> (Vec<u8>, End) {
     let _ = s.write_all(bytes);
     let _ = s.shutdown(Shutdown::Write);
+    let deadline = Instant::now() + wait;
     let mut got = Vec::new();
     let mut chunk = [0u8; 4096];
-    loop {
+    while Instant::now() < deadline {
         match s.read(&mut chunk) {
             Ok(0) => return (got, End::Closed),
             Ok(n) => got.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == ErrorKind::ConnectionReset => return (got, End::Closed),
-            Err(_) => return (got, End::StillOpen),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(e) => panic!("read: {e}"),
         }
     }
+    (got, End::StillOpen)
 }

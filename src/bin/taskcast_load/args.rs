@@ -165,6 +165,7 @@ common flags:
   -h, --help             this text
 ";
 
+/// Flags that take a value (besides `SOAK_FLAGS`).
 const VALUE_FLAGS: &[&str] = &[
     "url",
     "conns",
@@ -181,28 +182,6 @@ const VALUE_FLAGS: &[&str] = &[
     "source-ips",
     "secret",
     "token",
-    "duration",
-    "spawn-server",
-    "port",
-    "base-conns",
-    "churn-rate",
-    "life-min",
-    "life-max",
-    "slow",
-    "silent",
-    "oversized",
-    "invalid",
-    "respawn",
-    "warmup-pct",
-    "rss-tolerance-pct",
-    "rss-tolerance-kib",
-    "latency-limit-ms",
-    "settle",
-    "api-key",
-    "ping-interval",
-    "pong-wait",
-    "send-queue-limit",
-    "max-message-bytes",
 ];
 /// Flags only `soak` takes.
 const SOAK_FLAGS: &[&str] = &[
@@ -310,7 +289,7 @@ pub fn parse(args: &[String], env_secret: Option<String>) -> Result<Option<Confi
                 return Err(format!("--{name} takes no value"));
             }
             flags.insert(name.to_string(), String::new());
-        } else if VALUE_FLAGS.contains(&name) {
+        } else if VALUE_FLAGS.contains(&name) || SOAK_FLAGS.contains(&name) {
             let v = match inline {
                 Some(v) => v,
                 None => {
