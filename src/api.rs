@@ -8,6 +8,7 @@
 //! | `/api/broadcast` | POST | `{"status":"ok","recipients":N}`, or 400/401/403/415 |
 //! | any | OPTIONS | CORS preflight: 204 for allowed origins, else 403 |
 
+use std::net::IpAddr;
 use std::rc::Rc;
 
 use serde_json::json;
@@ -17,15 +18,17 @@ use crate::auth::{AuthError, Claims, Verifier};
 use crate::broadcast;
 use crate::config::{Config, Origins};
 use crate::http::{Head, Method, Response};
+use crate::limits::Limits;
 
 /// What the loop needs to know to route one request.
 pub struct Ctx<'a> {
     pub config: &'a Config,
     pub verifier: &'a Verifier,
-    /// Open WebSocket clients now.
-    pub clients: usize,
-    /// Open WebSocket clients from this request's client IP.
-    pub clients_from_ip: usize,
+    /// Client counts and the limits on them.
+    pub limits: &'a Limits,
+    /// The request's client address (the peer, or X-Forwarded-For from a
+    /// trusted proxy).
+    pub ip: IpAddr,
 }
 
 /// The decision for one request.
@@ -54,7 +57,7 @@ pub fn route(head: &Head, body: &[u8], ctx: &Ctx) -> Action {
     match head.path.as_str() {
         "/health" => match head.method() {
             Method::Get | Method::Head => {
-                Action::Respond(Response::json(200, &json!({"status": "ok", "connectedClients": ctx.clients})))
+                Action::Respond(Response::json(200, &json!({"status": "ok", "connectedClients": ctx.limits.clients()})))
             }
             _ => Action::Respond(not_allowed("GET, HEAD, OPTIONS")),
         },
@@ -115,19 +118,15 @@ fn upgrade(head: &Head, origin_ok: bool, ctx: &Ctx) -> Action {
             Response::error(426, "unsupported WebSocket version").header("Sec-WebSocket-Version", "13"),
         );
     }
+    // Cheap refusals before the signature check: a flood of upgrades with
+    // forged tokens must not buy signature verifications once we are full.
+    if let Err(resp) = ctx.limits.check_upgrade(ctx.config, ctx.ip) {
+        return Action::Respond(resp);
+    }
     let claims = match ctx.verifier.verify(head.bearer_token().unwrap_or("")) {
         Ok(c) => c,
         Err(e) => return Action::Respond(unauthorized(e)),
     };
-    if ctx.clients >= ctx.config.max_connections {
-        return Action::Respond(Response::error(503, "too many connections").header("Retry-After", "5"));
-    }
-    let per_ip = ctx.config.max_connections_per_ip;
-    if per_ip > 0 && ctx.clients_from_ip >= per_ip {
-        return Action::Respond(
-            Response::error(429, "too many connections from this address").header("Retry-After", "5"),
-        );
-    }
     Action::Upgrade { key: key.to_string(), claims }
 }
 

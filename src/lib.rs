@@ -5,7 +5,12 @@
 //!
 //! # Layout
 //! - [`server`]: the event loop — one thread, one mio `Poll`, every socket
-//!   in a `Slab`; accept, read, timers, flush. Start here.
+//!   in a `Slab`; accept, read, timers, flush. Start here. Its submodules
+//!   carry out what happens to one connection: `conn` (the table entry and
+//!   its phases), `http_conn` (requests, upgrade), `ws_conn` (frames, client
+//!   messages, pings, the close handshake), `fanout` (broadcasts).
+//! - [`limits`]: every limit and rate decision (connections per server and
+//!   per address, client message rate, broadcast rate).
 //! - [`api`]: routing decisions for each HTTP request (pure, no I/O).
 //! - [`http`]: request heads (httparse) and responses.
 //! - [`ws`]: the 101 handshake, per-client WebSocket state, client messages,
@@ -26,6 +31,7 @@ pub mod broadcast;
 pub mod config;
 pub mod http;
 pub mod jwks;
+pub mod limits;
 pub mod outqueue;
 pub mod server;
 pub mod sys;

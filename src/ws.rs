@@ -145,7 +145,7 @@ pub struct WsConn {
     /// Set once we sent a close frame: the peer must answer by then.
     pub close_deadline: Option<Instant>,
     /// Inbound rate limit (a token bucket, refilled per second).
-    pub bucket: TokenBucket,
+    pub bucket: crate::limits::TokenBucket,
 }
 
 /// What a client text message asks of the server.
@@ -200,36 +200,9 @@ pub fn on_text(text: &str, max_bytes: usize) -> Inbound {
     }
 }
 
-/// A token bucket: `burst` messages at once, refilled at `per_sec`.
-#[derive(Debug, Clone)]
-pub struct TokenBucket {
-    tokens: f32,
-    last: Instant,
-}
-
-impl TokenBucket {
-    pub fn new(burst: u32, now: Instant) -> TokenBucket {
-        TokenBucket { tokens: burst as f32, last: now }
-    }
-
-    /// Takes one token; false when the bucket is empty.
-    pub fn take(&mut self, burst: u32, per_sec: u32, now: Instant) -> bool {
-        let refill = now.saturating_duration_since(self.last).as_secs_f32() * per_sec as f32;
-        self.tokens = (self.tokens + refill).min(burst as f32);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn client_messages() {
@@ -252,16 +225,6 @@ mod tests {
         let big_auth = format!(r#"{{"type":"auth","token":"{}"}}"#, "x".repeat(1000));
         assert_eq!(on_text(&big_auth, 512), Inbound::Auth("x".repeat(1000)));
         assert_eq!(on_text(&"x".repeat(600), 512), Inbound::Close(Reason::TooBig));
-    }
-
-    #[test]
-    fn bucket() {
-        let t0 = Instant::now();
-        let mut b = TokenBucket::new(3, t0);
-        assert!(b.take(3, 1, t0) && b.take(3, 1, t0) && b.take(3, 1, t0));
-        assert!(!b.take(3, 1, t0));
-        assert!(b.take(3, 1, t0 + Duration::from_millis(1100)));
-        assert!(!b.take(3, 1, t0 + Duration::from_millis(1100)));
     }
 
     #[test]

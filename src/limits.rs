@@ -1,0 +1,144 @@
+//! Every limit and rate decision in one place: how many clients (in all and
+//! per address), how fast one client may send, how fast publishers may
+//! broadcast. The loop asks; this module answers with the refusal to send.
+//!
+//! | limit | bound | refusal |
+//! |---|---|---|
+//! | `MAX_CONNECTIONS` | open WebSocket clients | 503 + Retry-After |
+//! | `MAX_CONNECTIONS_PER_IP` | open WebSocket clients per client address | 429 + Retry-After |
+//! | `CLIENT_MESSAGES_PER_SEC` / `_BURST` | messages from one client | close 1008 |
+//! | `BROADCAST_RATE_PER_SEC` / `BROADCAST_BURST` | accepted broadcasts, all publishers | 429 + Retry-After |
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::http::Response;
+
+/// A token bucket: `burst` messages at once, refilled at `per_sec`.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    tokens: f32,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(burst: u32, now: Instant) -> TokenBucket {
+        TokenBucket { tokens: burst as f32, last: now }
+    }
+
+    /// Takes one token; false when the bucket is empty.
+    pub fn take(&mut self, burst: u32, per_sec: u32, now: Instant) -> bool {
+        let refill = now.saturating_duration_since(self.last).as_secs_f32() * per_sec as f32;
+        self.tokens = (self.tokens + refill).min(burst as f32);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The counters and buckets the server-wide limits need.
+pub struct Limits {
+    /// Open, authenticated WebSocket clients (what /health reports).
+    clients: usize,
+    /// Open WebSocket clients per client address (entries removed at 0, so
+    /// the map holds only addresses with clients).
+    per_ip: HashMap<IpAddr, usize>,
+    /// Accepted broadcasts, shared by all publishers.
+    broadcasts: TokenBucket,
+}
+
+impl Limits {
+    pub fn new(config: &Config, now: Instant) -> Limits {
+        Limits { clients: 0, per_ip: HashMap::new(), broadcasts: TokenBucket::new(config.broadcast_burst, now) }
+    }
+
+    /// Open WebSocket clients now.
+    pub fn clients(&self) -> usize {
+        self.clients
+    }
+
+    /// May a client from `ip` open one more WebSocket? Checked before any
+    /// signature: a refusal that costs nothing comes first.
+    pub fn check_upgrade(&self, config: &Config, ip: IpAddr) -> Result<(), Response> {
+        if self.clients >= config.max_connections {
+            return Err(Response::error(503, "too many connections").header("Retry-After", "5"));
+        }
+        let per_ip = config.max_connections_per_ip;
+        if per_ip > 0 && self.per_ip.get(&ip).copied().unwrap_or(0) >= per_ip {
+            return Err(Response::error(429, "too many connections from this address").header("Retry-After", "5"));
+        }
+        Ok(())
+    }
+
+    /// Counts a newly upgraded client.
+    pub fn add_client(&mut self, ip: IpAddr) {
+        self.clients += 1;
+        *self.per_ip.entry(ip).or_default() += 1;
+    }
+
+    /// Stops counting a client (once per client: the caller makes sure).
+    pub fn remove_client(&mut self, ip: IpAddr) {
+        self.clients -= 1;
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// One more broadcast accepted, or the 429 to answer.
+    pub fn take_broadcast(&mut self, config: &Config, now: Instant) -> Result<(), Response> {
+        let (rate, burst) = (config.broadcast_rate, config.broadcast_burst);
+        if rate > 0 && !self.broadcasts.take(burst, rate, now) {
+            return Err(Response::error(429, "too many broadcasts").header("Retry-After", "1"));
+        }
+        Ok(())
+    }
+}
+
+/// One more message from a client within CLIENT_MESSAGES_PER_SEC / _BURST?
+pub fn take_client_message(bucket: &mut TokenBucket, config: &Config, now: Instant) -> bool {
+    bucket.take(config.client_msg_burst, config.client_msg_rate, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bucket() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(3, t0);
+        assert!(b.take(3, 1, t0) && b.take(3, 1, t0) && b.take(3, 1, t0));
+        assert!(!b.take(3, 1, t0));
+        assert!(b.take(3, 1, t0 + Duration::from_millis(1100)));
+        assert!(!b.take(3, 1, t0 + Duration::from_millis(1100)));
+    }
+
+    #[test]
+    fn upgrade_limits() {
+        let mut c = Config::for_tests("x");
+        c.max_connections = 3;
+        c.max_connections_per_ip = 2;
+        let mut l = Limits::new(&c, Instant::now());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        l.add_client(a);
+        l.add_client(a);
+        assert_eq!(l.check_upgrade(&c, a).unwrap_err().status, 429);
+        assert!(l.check_upgrade(&c, b).is_ok());
+        l.add_client(b);
+        assert_eq!(l.check_upgrade(&c, b).unwrap_err().status, 503);
+        l.remove_client(a);
+        assert!(l.check_upgrade(&c, a).is_ok());
+        assert_eq!(l.clients(), 2);
+    }
+}

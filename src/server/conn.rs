@@ -1,0 +1,111 @@
+//! One entry of the connection table: the socket, its pending output, and
+//! the phase of its life (HTTP requests → WebSocket → closing).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use log::debug;
+use mio::net::TcpStream;
+
+use crate::http::Head;
+use crate::outqueue::OutQueue;
+use crate::ws::{Reason, Wire, WsConn};
+
+/// One accepted socket.
+pub(super) struct Conn {
+    /// Unique for the server's lifetime: slab keys are reused, timer entries
+    /// carry this to tell a live connection from a reused key.
+    pub id: u64,
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub out: OutQueue,
+    pub phase: Phase,
+    /// When this connection's timer next fires (see `Server::on_timer`).
+    pub deadline: Instant,
+    /// Already listed in `Server::dirty` for this turn's flush.
+    pub dirty: bool,
+}
+
+/// A connection's life: HTTP requests, maybe an upgrade, then closing.
+pub(super) enum Phase {
+    Http(HttpConn),
+    Ws(Box<WsConn>),
+    /// Sending the last queued bytes, then FIN, then discarding input until
+    /// the peer closes (closing with unread input would send RST and could
+    /// destroy our last response before the peer reads it).
+    Closing {
+        fin_sent: bool,
+    },
+}
+
+#[derive(Default)]
+pub(super) struct HttpConn {
+    /// Bytes received; `buf[consumed..]` is not yet handled.
+    pub buf: Vec<u8>,
+    /// Requests handled from the front of `buf`. Compacted once per read,
+    /// not per request: pipelined requests would otherwise cost a memmove
+    /// of the whole buffer each.
+    pub consumed: usize,
+    /// A parsed head whose body is still arriving (boxed: keeps every
+    /// slab entry small).
+    pub head: Option<Box<Head>>,
+    /// Parsing stopped until the client reads its responses.
+    pub paused: bool,
+}
+
+impl HttpConn {
+    /// Is the request at the front of the buffer a HEAD (whose answer
+    /// must carry no body, RFC 9110 §9.3.2), even if it never parsed?
+    pub fn pending_is_head(&self) -> bool {
+        self.buf[self.consumed..].starts_with(b"HEAD ")
+    }
+
+    /// No request has started arriving: an idle keep-alive connection.
+    pub fn is_idle(&self) -> bool {
+        self.buf.is_empty() && self.head.is_none()
+    }
+}
+
+impl Conn {
+    pub fn new(id: u64, stream: TcpStream, peer: SocketAddr, deadline: Instant) -> Conn {
+        Conn {
+            id,
+            stream,
+            peer,
+            out: OutQueue::default(),
+            phase: Phase::Http(HttpConn::default()),
+            deadline,
+            dirty: false,
+        }
+    }
+
+    /// The WebSocket state and the wire tungstenite reads and writes
+    /// through (reads from the socket, writes into our queue), borrowed
+    /// together. `None` unless this is an open WebSocket.
+    pub fn ws_wire(&mut self) -> Option<(&mut WsConn, Wire<'_, TcpStream>)> {
+        match &mut self.phase {
+            Phase::Ws(ws) => Some((ws, Wire { sock: &mut self.stream, out: &mut self.out })),
+            _ => None,
+        }
+    }
+
+    /// The WebSocket state, if this is one.
+    pub fn ws(&self) -> Option<&WsConn> {
+        match &self.phase {
+            Phase::Ws(ws) => Some(ws),
+            _ => None,
+        }
+    }
+
+    /// Queues a close frame with `reason` (tungstenite tracks the close state).
+    pub fn send_close(&mut self, reason: Reason) {
+        let peer = self.peer;
+        if let Some((ws, mut wire)) = self.ws_wire() {
+            debug!("{peer} ({:?}) closing: {} {}", ws.sub, reason.code(), reason.text());
+            // A Pong tungstenite still owes goes first: nothing may follow our
+            // close frame (RFC 6455 §5.5.1).
+            let _ = ws.ctx.flush(&mut wire);
+            let _ = ws.ctx.close(&mut wire, Some(reason.close_frame()));
+        }
+    }
+}

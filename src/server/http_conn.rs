@@ -1,0 +1,200 @@
+//! The HTTP side of a connection: reading requests into the connection's
+//! buffer, answering each one in order (pipelining), and the upgrade to a
+//! WebSocket. What each request gets is decided by [`crate::api::route`];
+//! this module only carries it out.
+
+use std::io::{self, Read};
+use std::net::IpAddr;
+use std::time::Instant;
+
+use log::debug;
+use tungstenite::protocol::{Role, WebSocketContext};
+
+use super::conn::Phase;
+use super::{READ_BUDGET_BYTES, Server};
+use crate::api::{self, Action, Ctx};
+use crate::auth;
+use crate::http::{self, Head, Response};
+use crate::limits::TokenBucket;
+use crate::ws::{self, WsConn};
+
+/// An HTTP client with this much unread output gets no more requests
+/// parsed until it reads (pipelining without reading cannot grow memory).
+pub(super) const HTTP_OUT_HIGH_WATER: usize = 256 * 1024;
+
+impl Server {
+    pub(super) fn read_http(&mut self, key: usize) {
+        let limit = http::MAX_HEAD_BYTES + self.config.max_broadcast_bytes;
+        let mut total = 0;
+        let mut eof = false;
+        {
+            let conn = &mut self.conns[key];
+            let Phase::Http(h) = &mut conn.phase else {
+                return;
+            };
+            if h.paused {
+                return;
+            }
+            if h.consumed > 0 {
+                h.buf.drain(..h.consumed);
+                h.consumed = 0;
+            }
+            loop {
+                // Never hold more than one head + one body: parse_head
+                // rejects what would not fit, so stop reading past that.
+                if h.buf.len() >= limit || total >= READ_BUDGET_BYTES {
+                    self.again.push(key);
+                    break;
+                }
+                let want = (limit - h.buf.len()).min(self.scratch.len());
+                match conn.stream.read(&mut self.scratch[..want]) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        h.buf.extend_from_slice(&self.scratch[..n]);
+                        total += n;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return self.remove(key),
+                }
+            }
+        }
+        self.process_http(key);
+        if eof {
+            match self.conns.get(key).map(|c| &c.phase) {
+                // Half-close: answer what arrived whole, then close.
+                Some(Phase::Http(_)) => self.begin_close(key),
+                // The EOF came in the same read as an upgrade request: let
+                // the WebSocket read see it (edge-triggered: no new event).
+                Some(Phase::Ws(_)) => self.again.push(key),
+                _ => {}
+            }
+        }
+    }
+
+    /// Handles every complete request in the buffer, in order.
+    fn process_http(&mut self, key: usize) {
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            let Phase::Http(h) = &mut conn.phase else {
+                return;
+            };
+            if conn.out.bytes() >= HTTP_OUT_HIGH_WATER {
+                h.paused = true;
+                return;
+            }
+            let head = match h.head.take() {
+                Some(head) => head,
+                None => match http::parse_head(&h.buf[h.consumed..], self.config.max_broadcast_bytes) {
+                    Ok(Some(head)) => Box::new(head),
+                    Ok(None) => return,
+                    Err(reject) => {
+                        debug!("{} bad request: {} {}", conn.peer, reject.status, reject.message);
+                        // The framing is lost (or the body unwanted): answer and close.
+                        let resp = Response::error(reject.status, reject.message);
+                        conn.out.push_owned(resp.encode(false, h.pending_is_head()));
+                        h.buf = Vec::new();
+                        self.begin_close(key);
+                        return;
+                    }
+                },
+            };
+            let (start, end) = (h.consumed + head.head_len, h.consumed + head.head_len + head.content_length);
+            if h.buf.len() < end {
+                h.head = Some(head);
+                return;
+            }
+            let ip = http::client_ip(conn.peer.ip(), &head);
+            let ctx = Ctx { config: &self.config, verifier: &self.verifier, limits: &self.limits, ip };
+            let action = api::route(&head, &h.buf[start..end], &ctx);
+            if let Action::Upgrade { key: ws_key, claims } = action {
+                let leftover = h.buf.split_off(end);
+                return self.upgrade(key, &head, ip, &ws_key, claims, leftover);
+            }
+            h.consumed = end;
+            if h.consumed == h.buf.len() {
+                h.buf.clear();
+                h.consumed = 0;
+            }
+            let resp = match action {
+                Action::Respond(resp) => resp,
+                Action::Broadcast { kind, frame } => self.broadcast(&kind, frame),
+                Action::Upgrade { .. } => unreachable!("handled above"),
+            };
+            self.respond(key, &head, resp);
+            if !matches!(self.conns.get(key).map(|c| &c.phase), Some(Phase::Http(_))) {
+                return;
+            }
+        }
+    }
+
+    /// Queues the answer to one request; closes after it unless kept alive.
+    fn respond(&mut self, key: usize, head: &Head, resp: Response) {
+        let resp = api::with_cors(resp, head, &self.config.allowed_origins);
+        let conn = &mut self.conns[key];
+        // Log the path only: the query may hold a token.
+        debug!("{} {:?} {} -> {}", conn.peer, head.method(), head.path, resp.status);
+        let keep = head.keep_alive && self.shutdown_deadline.is_none();
+        conn.out.push_owned(resp.encode(keep, head.method() == http::Method::Head));
+        self.mark_dirty(key);
+        if !keep {
+            return self.begin_close(key);
+        }
+        // A request was served: the keep-alive idle clock restarts.
+        self.set_deadline(key, Instant::now() + self.config.request_timeout);
+    }
+
+    fn upgrade(&mut self, key: usize, head: &Head, ip: IpAddr, ws_key: &str, claims: auth::Claims, leftover: Vec<u8>) {
+        let now = Instant::now();
+        let expires_at = now + auth::time_left(claims.exp);
+        let sub = claims.sub.unwrap_or_default();
+        let conn = &mut self.conns[key];
+        conn.out.push_owned(ws::handshake_response(ws_key));
+        let has_leftover = !leftover.is_empty();
+        conn.phase = Phase::Ws(Box::new(WsConn {
+            ctx: WebSocketContext::from_partially_read(leftover, Role::Server, Some(self.ws_config)),
+            sub,
+            ip,
+            expires_at,
+            last_seen: now,
+            next_ping: now + self.config.ping_interval,
+            close_deadline: None,
+            bucket: TokenBucket::new(self.config.client_msg_burst, now),
+        }));
+        self.limits.add_client(ip);
+        debug!(
+            "{} connected as {:?} (origin {:?}); {} clients",
+            conn.peer,
+            conn.ws().map_or("", |w| w.sub.as_str()),
+            head.origin.as_deref().unwrap_or("-"),
+            self.limits.clients()
+        );
+        self.mark_dirty(key);
+        self.reschedule_ws(key);
+        if has_leftover {
+            // Frames that came in the same read as the request.
+            self.again.push(key);
+        }
+    }
+
+    /// An HTTP connection's deadline: idle keep-alive ends quietly; a
+    /// request still arriving gets 408 (slowloris guard).
+    pub(super) fn on_http_timer(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        let Phase::Http(h) = &mut conn.phase else {
+            return;
+        };
+        if h.is_idle() {
+            return self.remove(key);
+        }
+        debug!("{} request not completed in time: 408", conn.peer);
+        let resp = Response::error(408, "request not completed in time");
+        conn.out.push_owned(resp.encode(false, h.pending_is_head()));
+        self.begin_close(key);
+    }
+}

@@ -1,0 +1,208 @@
+//! The WebSocket side of a connection: reading frames through tungstenite,
+//! acting on client messages, our pings, and the close state machine
+//! (close frame → wait for the answer → FIN → linger).
+
+use std::io::{self, Read};
+use std::time::Instant;
+
+use log::debug;
+use tungstenite::protocol::Message;
+
+use super::conn::Phase;
+use super::{CLOSE_WAIT, READ_BUDGET_BYTES, READ_BUDGET_MESSAGES, Server};
+use crate::auth;
+use crate::limits;
+use crate::ws::{self, Inbound, Reason};
+
+impl Server {
+    pub(super) fn read_ws(&mut self, key: usize) {
+        let now = Instant::now();
+        for _ in 0..READ_BUDGET_MESSAGES {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            let Some((ws, mut wire)) = conn.ws_wire() else {
+                return;
+            };
+            let result = ws.ctx.read(&mut wire);
+            if !conn.out.is_empty() {
+                self.mark_dirty(key); // tungstenite may have queued a pong or close reply
+            }
+            let conn = &mut self.conns[key];
+            let peer = conn.peer;
+            let Phase::Ws(ws) = &mut conn.phase else {
+                return;
+            };
+            use tungstenite::Error as E;
+            match result {
+                Ok(msg) => {
+                    ws.last_seen = now;
+                    if !matches!(msg, Message::Close(_))
+                        && !limits::take_client_message(&mut ws.bucket, &self.config, now)
+                    {
+                        return self.fail_ws(key, Reason::RateLimited);
+                    }
+                    match msg {
+                        Message::Text(text) => self.on_client_text(key, text.as_str(), now),
+                        Message::Binary(_) => return self.fail_ws(key, Reason::Binary),
+                        // Pings are answered by tungstenite; pongs and the
+                        // peer's close only refresh `last_seen`.
+                        _ => {}
+                    }
+                }
+                Err(E::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(E::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The close handshake finished: send what is queued, then FIN.
+                Err(E::ConnectionClosed | E::AlreadyClosed) => return self.begin_close(key),
+                Err(E::Capacity(_)) => return self.fail_ws(key, Reason::TooBig),
+                Err(E::Utf8(_)) => return self.fail_ws(key, Reason::BadUtf8),
+                Err(E::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)) => {
+                    // FIN without a close frame. It may still read (a
+                    // half-close): send what is queued, then close.
+                    debug!("{peer} closed without a close frame");
+                    return self.begin_close(key);
+                }
+                Err(E::Protocol(e)) => {
+                    debug!("{peer} protocol error: {e}");
+                    return self.fail_ws(key, Reason::Protocol);
+                }
+                Err(e) => {
+                    debug!("{peer} read error: {e}");
+                    return self.remove(key);
+                }
+            }
+        }
+        self.again.push(key);
+    }
+
+    fn on_client_text(&mut self, key: usize, text: &str, now: Instant) {
+        match ws::on_text(text, self.config.max_message_bytes) {
+            Inbound::Ignore => debug!("{} sent an unhandled message", self.conns[key].peer),
+            Inbound::Reply(reply) => self.send_text(key, reply),
+            Inbound::Close(reason) => self.fail_ws(key, reason),
+            Inbound::Auth(token) => self.refresh_auth(key, &token, now),
+        }
+    }
+
+    /// In-band token refresh: the same user's fresh token extends the
+    /// connection; anything else closes it with 4003.
+    fn refresh_auth(&mut self, key: usize, token: &str, now: Instant) {
+        let conn = &mut self.conns[key];
+        let Phase::Ws(ws) = &mut conn.phase else {
+            return;
+        };
+        match self.verifier.verify(token) {
+            Ok(claims) if claims.sub.as_deref().unwrap_or("") == ws.sub => {
+                ws.expires_at = now + auth::time_left(claims.exp);
+                self.send_text(key, r#"{"type":"auth_ok"}"#.to_string());
+                self.reschedule_ws(key);
+            }
+            Ok(_) => {
+                debug!("{} refresh token is for another subject", conn.peer);
+                self.close_ws(key, Reason::AuthFailed, now);
+            }
+            Err(e) => {
+                debug!("{} refresh token refused: {}", conn.peer, e.message());
+                self.close_ws(key, Reason::AuthFailed, now);
+            }
+        }
+    }
+
+    /// Sends a text message through tungstenite (so it respects the close state).
+    pub(super) fn send_text(&mut self, key: usize, text: String) {
+        if let Some((ws, mut wire)) = self.conns[key].ws_wire()
+            && ws.ctx.can_write()
+        {
+            let _ = ws.ctx.write(&mut wire, Message::text(text));
+            self.mark_dirty(key);
+        }
+    }
+
+    /// Discards input from a closing connection until the peer closes.
+    pub(super) fn read_closing(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        let mut total = 0;
+        loop {
+            match conn.stream.read(&mut self.scratch) {
+                Ok(0) => return self.remove(key),
+                Ok(n) => {
+                    total += n;
+                    if total >= READ_BUDGET_BYTES {
+                        self.again.push(key);
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.remove(key),
+            }
+        }
+    }
+
+    /// Starts the close handshake (graceful): the client gets `reason`, and
+    /// CLOSE_WAIT to answer; messages already queued go first.
+    pub(super) fn close_ws(&mut self, key: usize, reason: Reason, now: Instant) {
+        let conn = &mut self.conns[key];
+        if !matches!(&conn.phase, Phase::Ws(ws) if ws.close_deadline.is_none()) {
+            return; // not a WebSocket, or closing already
+        }
+        // From here on it no longer counts as a connected client.
+        self.uncount(key, reason.text());
+        let conn = &mut self.conns[key];
+        conn.send_close(reason);
+        if let Phase::Ws(ws) = &mut conn.phase {
+            ws.close_deadline = Some(now + CLOSE_WAIT);
+        }
+        self.mark_dirty(key);
+        self.reschedule_ws(key);
+    }
+
+    /// Fails the connection (RFC 6455 §7.1.7): a close frame with `reason`,
+    /// then no more reading of what is presumably garbage.
+    pub(super) fn fail_ws(&mut self, key: usize, reason: Reason) {
+        self.conns[key].send_close(reason);
+        self.begin_close(key);
+    }
+
+    /// A WebSocket's next wake-up: the earliest of ping, silence limit,
+    /// token expiry and close deadline.
+    pub(super) fn reschedule_ws(&mut self, key: usize) {
+        let Some(ws) = self.conns[key].ws() else {
+            return;
+        };
+        let mut at = ws.next_ping.min(ws.last_seen + self.config.pong_wait).min(ws.expires_at);
+        if let Some(d) = ws.close_deadline {
+            at = at.min(d);
+        }
+        self.set_deadline(key, at);
+    }
+
+    /// A WebSocket's deadline: close handshake overdue, silent client,
+    /// expired token, or time to ping.
+    pub(super) fn on_ws_timer(&mut self, key: usize, now: Instant) {
+        let conn = &mut self.conns[key];
+        let peer = conn.peer;
+        let Some((ws, mut wire)) = conn.ws_wire() else {
+            return;
+        };
+        if ws.close_deadline.is_some_and(|d| now >= d) {
+            debug!("{peer} did not answer our close frame");
+            return self.remove(key);
+        }
+        if now >= ws.last_seen + self.config.pong_wait {
+            debug!("{peer} ({:?}) silent for {:?}: dropping", ws.sub, self.config.pong_wait);
+            return self.remove(key);
+        }
+        if now >= ws.expires_at {
+            return self.close_ws(key, Reason::TokenExpired, now);
+        }
+        if now >= ws.next_ping {
+            ws.next_ping = now + self.config.ping_interval;
+            if ws.ctx.can_write() {
+                let _ = ws.ctx.write(&mut wire, Message::Ping(Default::default()));
+                self.mark_dirty(key);
+            }
+        }
+        self.reschedule_ws(key);
+    }
+}
