@@ -5,11 +5,10 @@
 //! |---|---|---|
 //! | `/health` | GET, HEAD | `{"status":"ok","connectedClients":N}` |
 //! | `/ws` | GET + Upgrade | 101, or 400/401/403/426/503 before upgrading |
-//! | `/api/broadcast` | POST | `{"status":"ok","recipients":N}`, or 400/401/403/415 |
+//! | `/api/broadcast` | POST | `{"status":"ok","recipients":N}` (+ `channels` when targeted), or 400/401/403/415 |
 //! | any | OPTIONS | CORS preflight: 204 for allowed origins, else 403 |
 
 use std::net::IpAddr;
-use std::rc::Rc;
 
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -39,11 +38,9 @@ pub enum Action {
         key: String,
         claims: Claims,
     },
-    /// Fan this frame out, then answer with the recipient count.
-    Broadcast {
-        kind: String,
-        frame: Rc<[u8]>,
-    },
+    /// Fan this out (to everyone, or to its channels), then answer with
+    /// the recipient counts.
+    Broadcast(broadcast::Publish),
 }
 
 /// How long browsers may cache a preflight answer.
@@ -143,8 +140,8 @@ fn broadcast(head: &Head, body: &[u8], origin_ok: bool, ctx: &Ctx) -> Action {
             return Action::Respond(Response::error(415, "Content-Type must be application/json"));
         }
     }
-    match broadcast::parse(body) {
-        Ok((kind, frame)) => Action::Broadcast { kind, frame },
+    match broadcast::parse_publish(body, ctx.config.max_publish_channels) {
+        Ok(publish) => Action::Broadcast(publish),
         Err(msg) => Action::Respond(Response::error(400, &msg)),
     }
 }
@@ -170,9 +167,20 @@ fn publisher(head: &Head, ctx: &Ctx) -> Result<(), Response> {
     Err(Response::error(401, msg).header("WWW-Authenticate", "Bearer"))
 }
 
-/// The answer to an accepted broadcast.
+/// The answer to an accepted broadcast to everyone.
 pub fn broadcast_ok(recipients: usize) -> Response {
     Response::json(200, &json!({"status": "ok", "recipients": recipients}))
+}
+
+/// The answer to an accepted channel broadcast: per channel, the offset the
+/// message got and how many clients it was queued to.
+pub fn published_ok(per_channel: &[(&str, u64, usize)]) -> Response {
+    let recipients: usize = per_channel.iter().map(|(_, _, n)| n).sum();
+    let channels: serde_json::Map<String, serde_json::Value> = per_channel
+        .iter()
+        .map(|(name, offset, n)| (name.to_string(), json!({"offset": offset, "recipients": n})))
+        .collect();
+    Response::json(200, &json!({"status": "ok", "recipients": recipients, "channels": channels}))
 }
 
 /// Adds the CORS headers a response to `head` needs: an allowed origin is

@@ -37,6 +37,10 @@ pub struct Claims {
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// Every other claim (the channels claim, a subscription token's
+    /// `channel`, BetterAuth's user object, ...).
+    #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Why a token was refused (the text goes into the 401 body).
@@ -189,7 +193,7 @@ pub fn time_left(exp: u64) -> std::time::Duration {
 /// Signs an HS256 token for `sub`, valid for `ttl_secs`.
 pub fn mint(secret: &[u8], sub: &str, ttl_secs: u64) -> String {
     let now = now_secs();
-    let claims = Claims { sub: Some(sub.to_string()), exp: now + ttl_secs, iat: Some(now) };
+    let claims = Claims { sub: Some(sub.to_string()), exp: now + ttl_secs, iat: Some(now), extra: Default::default() };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))
         .expect("HS256 signing cannot fail")
 }

@@ -4,6 +4,12 @@
 //! `{"type": T, "payload": <data>}` once, and framed once; the resulting
 //! bytes are shared by every recipient's queue. `data` is carried as the raw
 //! JSON text the caller sent (validated, never re-serialized).
+//!
+//! A broadcast may name its recipients: `"channel"`, `"channels"` or
+//! `"users"` (sugar for `user:` channels). Without any of them it goes to
+//! every client, as in the original design. A channel message's envelope
+//! also carries its channel and offset, so it is framed once per channel
+//! (the offset differs), still shared by all of that channel's recipients.
 
 use std::borrow::Cow;
 use std::rc::Rc;
@@ -27,6 +33,30 @@ struct Body<'a> {
     /// `Some` even for `"data": null` (a plain Option would read null as absent).
     #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+    #[serde(default)]
+    users: Option<Vec<String>>,
+}
+
+/// Who a broadcast is for.
+#[derive(Debug)]
+pub enum Target {
+    /// Every connected client (no channel named): framed once, here.
+    All(Rc<[u8]>),
+    /// These channels (valid names, no duplicates, in the order given).
+    Channels(Vec<String>),
+}
+
+/// An accepted `/api/broadcast` body.
+#[derive(Debug)]
+pub struct Publish {
+    pub kind: String,
+    /// The raw JSON text of `data`, as sent (for channel envelopes).
+    pub payload: Box<str>,
+    pub target: Target,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -41,9 +71,20 @@ pub fn valid_type(t: &str) -> bool {
         && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
-/// Validates a broadcast body and returns `(type, framed envelope)`, or the
-/// message for a 400.
+/// Validates a broadcast to everyone and returns `(type, framed envelope)`,
+/// or the message for a 400 (a body naming channels is refused here: see
+/// [`parse_publish`]).
 pub fn parse(body: &[u8]) -> Result<(String, Rc<[u8]>), String> {
+    let p = parse_publish(body, usize::MAX)?;
+    match p.target {
+        Target::All(frame) => Ok((p.kind, frame)),
+        Target::Channels(_) => Err("a targeted broadcast is not a broadcast to everyone".into()),
+    }
+}
+
+/// Validates any `/api/broadcast` body (at most `max_channels` targets),
+/// or returns the message for a 400.
+pub fn parse_publish(body: &[u8], max_channels: usize) -> Result<Publish, String> {
     // serde's derived struct reader also accepts an array (`["t", data]`
     // fills the fields in order); only an object is a broadcast.
     if body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b != b'{')
@@ -65,7 +106,57 @@ pub fn parse(body: &[u8]) -> Result<(String, Rc<[u8]>), String> {
         Some(t) => t,
     };
     let data = parsed.data.ok_or("missing \"data\"")?;
-    Ok((kind.to_string(), frame(&envelope(&kind, data.get()))))
+    let targets = match (parsed.channel, parsed.channels, parsed.users) {
+        (None, None, None) => {
+            let frame = frame(&envelope(&kind, data.get()));
+            return Ok(Publish { kind: kind.into_owned(), payload: Box::from(""), target: Target::All(frame) });
+        }
+        (Some(c), None, None) => vec![c.into_owned()],
+        (None, Some(list), None) => list,
+        (None, None, Some(users)) => {
+            if users.iter().any(|u| !crate::channels::valid_id(u)) {
+                return Err(format!(
+                    "\"users\" must be user ids of letters, digits and _ . : - (at most {} bytes)",
+                    crate::channels::MAX_NAME_LEN - crate::channels::USER_PREFIX.len()
+                ));
+            }
+            users.iter().map(|u| format!("{}{u}", crate::channels::USER_PREFIX)).collect()
+        }
+        _ => return Err("give one of \"channel\", \"channels\" or \"users\", not several".into()),
+    };
+    if targets.is_empty() {
+        return Err("no channel named: \"channels\"/\"users\" must not be empty".into());
+    }
+    if targets.len() > max_channels {
+        return Err(format!("at most {max_channels} channels per broadcast (MAX_PUBLISH_CHANNELS)"));
+    }
+    let mut unique: Vec<String> = Vec::with_capacity(targets.len());
+    for name in targets {
+        if !crate::channels::valid_name(&name) {
+            return Err(format!("invalid channel name: {}", crate::channels::NAME_RULE));
+        }
+        if !unique.contains(&name) {
+            unique.push(name);
+        }
+    }
+    Ok(Publish { kind: kind.into_owned(), payload: data.get().into(), target: Target::Channels(unique) })
+}
+
+/// `{"type":"<kind>","payload":<payload>,"channel":"<channel>","offset":N}`:
+/// a channel message; `channel` must pass [`crate::channels::valid_name`].
+pub fn channel_envelope(kind: &str, payload: &str, channel: &str, offset: u64) -> Vec<u8> {
+    debug_assert!(valid_type(kind) && crate::channels::valid_name(channel));
+    let mut out = Vec::with_capacity(64 + kind.len() + payload.len() + channel.len());
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\",\"payload\":");
+    out.extend_from_slice(payload.as_bytes());
+    out.extend_from_slice(b",\"channel\":\"");
+    out.extend_from_slice(channel.as_bytes());
+    out.extend_from_slice(b"\",\"offset\":");
+    out.extend_from_slice(offset.to_string().as_bytes());
+    out.push(b'}');
+    out
 }
 
 /// `{"type":"<kind>","payload":<payload>}`; `kind` must pass [`valid_type`]
@@ -118,6 +209,35 @@ mod tests {
     }
 
     #[test]
+    fn targets() {
+        let p = parse_publish(br#"{"type":"t","data":{"a":1},"channel":"project:42"}"#, 10).unwrap();
+        assert!(matches!(&p.target, Target::Channels(c) if c == &["project:42"]));
+        assert_eq!(&*p.payload, r#"{"a":1}"#);
+        let p = parse_publish(br#"{"type":"t","data":1,"channels":["a:1","b:2","a:1"]}"#, 10).unwrap();
+        assert!(matches!(&p.target, Target::Channels(c) if c == &["a:1", "b:2"]));
+        let p = parse_publish(br#"{"type":"t","data":1,"users":["u1","u2"]}"#, 10).unwrap();
+        assert!(matches!(&p.target, Target::Channels(c) if c == &["user:u1", "user:u2"]));
+        let p = parse_publish(br#"{"type":"t","data":1}"#, 10).unwrap();
+        assert!(matches!(p.target, Target::All(_)));
+        let bad: &[(&[u8], &str)] = &[
+            (br#"{"type":"t","data":1,"channel":"nocolon"}"#, "invalid channel"),
+            (br#"{"type":"t","data":1,"channel":"a:b c"}"#, "invalid channel"),
+            (br#"{"type":"t","data":1,"channels":[]}"#, "must not be empty"),
+            (br#"{"type":"t","data":1,"channels":["a:1","a:2","a:3"]}"#, "at most 2"),
+            (br#"{"type":"t","data":1,"channel":"a:1","users":["u"]}"#, "not several"),
+            (br#"{"type":"t","data":1,"users":["a b"]}"#, "user ids"),
+            (br#"{"type":"t","data":1,"channel":7}"#, "body must be"),
+        ];
+        for (body, want) in bad {
+            let e = parse_publish(body, 2).unwrap_err();
+            assert!(e.contains(want), "{:?}: {e}", String::from_utf8_lossy(body));
+        }
+        let env = channel_envelope("task_updated", r#"{"id":1}"#, "project:42", 18);
+        let v: serde_json::Value = serde_json::from_slice(&env).unwrap();
+        assert_eq!(v, serde_json::json!({"type":"task_updated","payload":{"id":1},"channel":"project:42","offset":18}));
+    }
+
+    #[test]
     fn rejects() {
         let cases: &[(&[u8], &str)] = &[
             (b"", "invalid JSON"),
@@ -137,6 +257,7 @@ mod tests {
             assert!(e.contains(want), "{:?}: {e}", String::from_utf8_lossy(body));
         }
         let long = format!(r#"{{"type":"{}","data":1}}"#, "a".repeat(65));
+        assert!(parse(br#"{"type":"t","data":1,"channel":"project:1"}"#).is_err());
         assert!(parse(long.as_bytes()).is_err());
         assert!(parse(format!(r#"{{"type":"{}","data":null}}"#, "a".repeat(64)).as_bytes()).is_ok());
     }

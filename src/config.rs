@@ -121,6 +121,21 @@ pub struct Config {
     /// waiting for the previous segment's ACK (Nagle). Batching comes from
     /// one writev per loop turn either way.
     pub tcp_nodelay: bool,
+    /// CHANNELS_CLAIM: the JWT claim listing the channels a connection may
+    /// join (`project:42`, or `project:*` for a whole namespace).
+    pub channels_claim: String,
+    /// MAX_SUBSCRIPTIONS: channels one connection may be in (its own
+    /// `user:` channel included); more get `too_many_subscriptions`.
+    pub max_subscriptions: usize,
+    /// MAX_PUBLISH_CHANNELS: channels one broadcast may name.
+    pub max_publish_channels: usize,
+    /// HISTORY_SIZE: messages kept per channel for replay (0 = none).
+    pub history_size: usize,
+    /// HISTORY_TTL_SECS: how long a message stays replayable.
+    pub history_ttl: Duration,
+    /// HISTORY_MAX_BYTES: all channels' history together; past it the
+    /// oldest entries go first.
+    pub history_max_bytes: usize,
 }
 
 /// A bad configuration value: names the variable and says what was expected.
@@ -161,6 +176,14 @@ fn positive(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: u
     let v = parse_or(get, var, default, "a positive whole number")?;
     if v == 0 {
         return Err(err(var, "must be at least 1"));
+    }
+    Ok(v)
+}
+
+/// `v`, or an error naming `var` when it is over `max`.
+fn at_most(v: usize, var: &'static str, max: usize) -> Result<usize, ConfigError> {
+    if v > max {
+        return Err(err(var, format!("must be at most {max}")));
     }
     Ok(v)
 }
@@ -243,7 +266,25 @@ impl Config {
             return Err(err("BROADCAST_API_KEY", "must be at least 16 characters (use a long random string)"));
         }
 
+        let channels_claim = optional(&get, "CHANNELS_CLAIM").unwrap_or_else(|| "channels".into());
+        let max_subscriptions = at_most(positive(&get, "MAX_SUBSCRIPTIONS", 100)?, "MAX_SUBSCRIPTIONS", 10_000)?;
+        let max_publish_channels =
+            at_most(positive(&get, "MAX_PUBLISH_CHANNELS", 100)?, "MAX_PUBLISH_CHANNELS", 10_000)?;
+        let history_size =
+            at_most(parse_or(&get, "HISTORY_SIZE", 100, "a whole number (0 = no history)")?, "HISTORY_SIZE", 10_000)?;
+        let history_ttl = secs(&get, "HISTORY_TTL_SECS", 300)?;
+        if history_ttl > Duration::from_secs(7 * 24 * 3600) {
+            return Err(err("HISTORY_TTL_SECS", "must be at most 604800 (a week)"));
+        }
+        let history_max_bytes = at_most(positive(&get, "HISTORY_MAX_BYTES", 64 << 20)?, "HISTORY_MAX_BYTES", 1 << 40)?;
+
         Ok(Config {
+            channels_claim,
+            max_subscriptions,
+            max_publish_channels,
+            history_size,
+            history_ttl,
+            history_max_bytes,
             addr,
             allowed_origins,
             jwt_secret,

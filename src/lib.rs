@@ -15,7 +15,12 @@
 //! - [`http`]: request heads (httparse) and responses.
 //! - [`ws`]: the 101 handshake, per-client WebSocket state, client messages,
 //!   and every close code we send.
-//! - [`broadcast`]: validating a broadcast and framing it once.
+//! - [`broadcast`]: validating a broadcast (to everyone or to channels) and
+//!   framing it once.
+//! - [`channels`]: channel names, who may join which channel, and the JSON
+//!   of the channel protocol's answers (pure).
+//! - [`hub`]: channel state — subscribers per channel, offsets and epochs,
+//!   bounded history for replay after a reconnect.
 //! - [`outqueue`]: a connection's pending output, written with one writev.
 //! - [`timers`]: connection deadlines in a min-heap (pings, timeouts).
 //! - [`auth`]: JWT verification (which key checks which token) and minting.
@@ -28,8 +33,10 @@
 pub mod api;
 pub mod auth;
 pub mod broadcast;
+pub mod channels;
 pub mod config;
 pub mod http;
+pub mod hub;
 pub mod jwks;
 pub mod limits;
 pub mod outqueue;

@@ -38,6 +38,7 @@ use tungstenite::protocol::WebSocketConfig;
 use self::conn::{Conn, Phase};
 use crate::auth::Verifier;
 use crate::config::Config;
+use crate::hub::{HistoryLimits, Hub};
 use crate::limits::Limits;
 use crate::outqueue::Flush;
 use crate::timers::{Due, Timers};
@@ -99,6 +100,8 @@ pub struct Server {
     ws_config: WebSocketConfig,
     /// Client counts and rate limits (see [`crate::limits`]).
     limits: Limits,
+    /// Channels: subscribers, offsets, history (see [`crate::hub`]).
+    hub: Hub,
     next_id: u64,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
@@ -129,6 +132,11 @@ impl Server {
             verifier,
             ws_config: ws::config(&config),
             limits: Limits::new(&config, Instant::now()),
+            hub: Hub::new(HistoryLimits {
+                size: config.history_size,
+                ttl: config.history_ttl,
+                max_bytes: config.history_max_bytes,
+            }),
             config,
             next_id: 0,
             stop: Arc::new(AtomicBool::new(false)),
@@ -225,15 +233,19 @@ impl Server {
             for key in std::mem::take(&mut self.again) {
                 self.on_readable(key);
             }
-            self.run_timers(Instant::now());
+            let now = Instant::now();
+            self.run_timers(now);
+            self.hub.expire(now);
             self.flush_dirty();
         }
     }
 
     /// Time until the nearest timer (or the accept back-off / shutdown end).
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        let next =
-            [self.timers.next(), self.accept_paused_until, self.shutdown_deadline].into_iter().flatten().min()?;
+        let next = [self.timers.next(), self.accept_paused_until, self.shutdown_deadline, self.hub.next_expiry()]
+            .into_iter()
+            .flatten()
+            .min()?;
         // Round up to whole milliseconds: epoll's resolution; rounding down
         // would wake early and spin until the deadline.
         Some(next.saturating_duration_since(now) + Duration::from_micros(999))
@@ -406,6 +418,13 @@ impl Server {
         }
         self.limits.remove_client(ws.ip);
         debug!("{} ({:?}) {what}; {} clients", conn.peer, ws.sub, self.limits.clients());
+        // Out of every channel: nothing more is sent to it, and its slab
+        // key may be reused.
+        if let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) {
+            for s in std::mem::take(&mut ws.subs) {
+                self.hub.unsubscribe(s.channel, key);
+            }
+        }
     }
 
     // ---- timers ------------------------------------------------------------

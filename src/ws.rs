@@ -16,7 +16,9 @@ use serde::Deserialize;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{WebSocketConfig, WebSocketContext};
 
+use crate::channels::{self, Refusal};
 use crate::config::Config;
+use crate::hub::{ChannelId, Since};
 use crate::outqueue::OutQueue;
 
 /// tungstenite's read buffer per connection. Its default (128 KiB) would
@@ -146,6 +148,19 @@ pub struct WsConn {
     pub close_deadline: Option<Instant>,
     /// Inbound rate limit (a token bucket, refilled per second).
     pub bucket: crate::limits::TokenBucket,
+    /// What the connection token's channels claim grants.
+    pub grants: Box<[Box<str>]>,
+    /// The channels this connection is in (at most MAX_SUBSCRIPTIONS).
+    pub subs: Vec<Subscription>,
+}
+
+/// One channel a connection is in.
+#[derive(Debug, Clone, Copy)]
+pub struct Subscription {
+    pub channel: ChannelId,
+    /// Joined with a subscription token expiring then (seconds since the
+    /// epoch); `None`: granted by the connection token (or its own user).
+    pub token_exp: Option<u64>,
 }
 
 /// What a client text message asks of the server.
@@ -157,6 +172,13 @@ pub enum Inbound {
     Ignore,
     /// In-band token refresh.
     Auth(String),
+    /// Join a channel (maybe with a subscription token, maybe recovering
+    /// from a position). The name is not validated yet.
+    Subscribe { channel: String, token: Option<String>, since: Option<Since> },
+    /// Leave a channel.
+    Unsubscribe { channel: String },
+    /// A channel message that cannot be acted on: answer with this error.
+    Refuse(String),
     /// Close the connection.
     Close(Reason),
 }
@@ -167,6 +189,10 @@ struct ClientMessage<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     token: Option<Cow<'a, str>>,
+    #[serde(default)]
+    channel: Option<serde_json::Value>,
+    #[serde(default)]
+    since: Option<serde_json::Value>,
 }
 
 /// `{"type":"error","payload":{"message": ...}}`.
@@ -191,13 +217,47 @@ pub fn on_text(text: &str, max_bytes: usize) -> Inbound {
             None => Inbound::Reply(error_message("auth message needs a \"token\"")),
         };
     }
-    if text.len() > max_bytes {
+    // A subscribe may carry a subscription token: it gets the auth limit.
+    if text.len() > max_bytes && !(kind == "subscribe" && msg.token.is_some()) {
         return Inbound::Close(Reason::TooBig);
     }
     match kind {
         "ping" => Inbound::Reply(r#"{"type":"pong"}"#.to_string()),
+        "subscribe" | "unsubscribe" => {
+            let Some(serde_json::Value::String(channel)) = msg.channel else {
+                return Inbound::Refuse(channels::error(
+                    Refusal::InvalidChannel,
+                    &format!("{kind} needs a \"channel\": {}", channels::NAME_RULE),
+                    None,
+                ));
+            };
+            if kind == "unsubscribe" {
+                return Inbound::Unsubscribe { channel };
+            }
+            let since = match msg.since {
+                None | Some(serde_json::Value::Null) => None,
+                Some(v) => match parse_since(&v) {
+                    Some(s) => Some(s),
+                    None => {
+                        return Inbound::Refuse(channels::error(
+                            Refusal::BadRequest,
+                            "\"since\" must be {\"epoch\": string, \"offset\": whole number}",
+                            Some(&channel),
+                        ));
+                    }
+                },
+            };
+            Inbound::Subscribe { channel, token: msg.token.map(Cow::into_owned), since }
+        }
         _ => Inbound::Ignore,
     }
+}
+
+/// `{"epoch": "...", "offset": N}` (an epoch of at most 64 bytes).
+fn parse_since(v: &serde_json::Value) -> Option<Since> {
+    let epoch = v.get("epoch")?.as_str().filter(|e| e.len() <= 64)?;
+    let offset = v.get("offset")?.as_u64()?;
+    Some(Since { epoch: epoch.to_string(), offset })
 }
 
 #[cfg(test)]
@@ -225,6 +285,36 @@ mod tests {
         let big_auth = format!(r#"{{"type":"auth","token":"{}"}}"#, "x".repeat(1000));
         assert_eq!(on_text(&big_auth, 512), Inbound::Auth("x".repeat(1000)));
         assert_eq!(on_text(&"x".repeat(600), 512), Inbound::Close(Reason::TooBig));
+    }
+
+    #[test]
+    fn channel_messages() {
+        let sub = on_text(r#"{"type":"subscribe","channel":"project:1","since":{"epoch":"e1","offset":4}}"#, 512);
+        assert_eq!(
+            sub,
+            Inbound::Subscribe {
+                channel: "project:1".into(),
+                token: None,
+                since: Some(Since { epoch: "e1".into(), offset: 4 })
+            }
+        );
+        assert_eq!(
+            on_text(r#"{"type":"unsubscribe","channel":"x:1"}"#, 512),
+            Inbound::Unsubscribe { channel: "x:1".into() }
+        );
+        for bad in [
+            r#"{"type":"subscribe"}"#,
+            r#"{"type":"subscribe","channel":7}"#,
+            r#"{"type":"subscribe","channel":"p:1","since":{"epoch":"e","offset":-1}}"#,
+            r#"{"type":"subscribe","channel":"p:1","since":"yesterday"}"#,
+        ] {
+            assert!(matches!(on_text(bad, 512), Inbound::Refuse(_)), "{bad}");
+        }
+        // A subscription token may take a subscribe past the ordinary limit.
+        let big = format!(r#"{{"type":"subscribe","channel":"p:1","token":"{}"}}"#, "x".repeat(900));
+        assert!(matches!(on_text(&big, 512), Inbound::Subscribe { token: Some(_), .. }));
+        let big = format!(r#"{{"type":"subscribe","channel":"p:{}"}}"#, "x".repeat(900));
+        assert_eq!(on_text(&big, 512), Inbound::Close(Reason::TooBig));
     }
 
     #[test]

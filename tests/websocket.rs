@@ -141,8 +141,11 @@ fn app_ping_gets_pong_and_garbage_gets_error() {
     let e = next_json(&mut c);
     assert_eq!(e["type"], "error");
     assert!(e["payload"]["message"].as_str().unwrap().contains("invalid JSON"));
-    // Unknown but well-formed: ignored, connection stays.
+    // A subscribe without a channel is refused; the connection stays.
     c.send(Message::text(r#"{"type":"subscribe","board":1}"#)).unwrap();
+    assert_eq!(next_json(&mut c)["payload"]["code"], "invalid_channel");
+    // Unknown but well-formed: ignored, connection stays.
+    c.send(Message::text(r#"{"type":"hello","board":1}"#)).unwrap();
     c.send(Message::text(r#"{"type":"ping"}"#)).unwrap();
     assert_eq!(next_json(&mut c), json!({"type":"pong"}));
 }

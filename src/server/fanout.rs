@@ -1,4 +1,10 @@
-//! Accepted broadcasts, queued to their recipients.
+//! Accepted broadcasts, queued to their recipients: every client for a
+//! broadcast to everyone, a channel's subscribers (from the hub's index)
+//! for a channel message.
+//!
+//! Hot path: per recipient, one refcount bump and one queue push — no
+//! encoding, no copy, no syscall (writes happen in `flush_dirty`). A
+//! message is framed once (per channel: the offset is in the envelope).
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -6,53 +12,62 @@ use std::time::Instant;
 use log::{debug, warn};
 
 use super::Server;
-use super::conn::Phase;
+use super::conn::{Conn, Phase};
 use crate::api;
+use crate::broadcast::{Publish, Target};
 use crate::http::Response;
 use crate::ws::Reason;
 
 impl Server {
     /// An authenticated, validated broadcast: rate-limited, then queued to
-    /// every client. Returns the answer for the publisher.
-    pub(super) fn broadcast(&mut self, kind: &str, frame: Rc<[u8]>) -> Response {
-        if let Err(resp) = self.limits.take_broadcast(&self.config, Instant::now()) {
-            debug!("broadcast {kind} refused: over BROADCAST_RATE_PER_SEC");
+    /// its recipients. Returns the answer for the publisher.
+    pub(super) fn broadcast(&mut self, publish: Publish) -> Response {
+        let now = Instant::now();
+        if let Err(resp) = self.limits.take_broadcast(&self.config, now) {
+            debug!("broadcast {} refused: over BROADCAST_RATE_PER_SEC", publish.kind);
             return resp;
         }
-        let n = self.fan_out(frame);
-        debug!("broadcast {kind} to {n} clients");
-        api::broadcast_ok(n)
+        match publish.target {
+            Target::All(frame) => {
+                let n = self.fan_out(frame);
+                debug!("broadcast {} to {n} clients", publish.kind);
+                api::broadcast_ok(n)
+            }
+            Target::Channels(names) => {
+                let mut answers = Vec::with_capacity(names.len());
+                for name in &names {
+                    let published = self.hub.publish(name, &publish.kind, &publish.payload, now);
+                    let limit = self.config.send_queue_limit;
+                    let mut slow = Vec::new();
+                    let mut n = 0;
+                    for &key in self.hub.subscribers(name) {
+                        if let Some(conn) = self.conns.get_mut(key) {
+                            n += queue(key, conn, &mut self.dirty, &published.frame, &mut slow, limit);
+                        }
+                    }
+                    self.close_slow(slow, now);
+                    debug!("broadcast {} to {name} (offset {}): {n} clients", publish.kind, published.offset);
+                    answers.push((name.as_str(), published.offset, n));
+                }
+                api::published_ok(&answers)
+            }
+        }
     }
 
     /// Queues one framed broadcast to every open client; returns how many.
-    ///
-    /// Hot path: per client, one refcount bump and one queue push — no
-    /// encoding, no copy, no syscall (writes happen in `flush_dirty`).
     fn fan_out(&mut self, frame: Rc<[u8]>) -> usize {
         let limit = self.config.send_queue_limit;
         let mut sent = 0;
         let mut slow = Vec::new();
         for (key, conn) in self.conns.iter_mut() {
-            let Phase::Ws(ws) = &conn.phase else { continue };
-            if !ws.ctx.can_write() {
-                continue; // closing: no data after our close frame
-            }
-            if conn.out.len() >= limit {
-                // Maybe the socket has room now (a burst of broadcasts in one
-                // turn); only a client that truly is not reading is slow.
-                if conn.out.write_to(&mut crate::sys::Send(&conn.stream)).is_err() || conn.out.len() >= limit {
-                    slow.push(key);
-                    continue;
-                }
-            }
-            conn.out.push_shared(frame.clone());
-            sent += 1;
-            if !conn.dirty {
-                conn.dirty = true;
-                self.dirty.push(key);
-            }
+            sent += queue(key, conn, &mut self.dirty, &frame, &mut slow, limit);
         }
-        let now = Instant::now();
+        self.close_slow(slow, Instant::now());
+        sent
+    }
+
+    /// Closes clients that fell SEND_QUEUE_LIMIT messages behind (1013).
+    fn close_slow(&mut self, slow: Vec<usize>, now: Instant) {
         for key in slow {
             let c = &mut self.conns[key];
             let sub = c.ws().map_or("", |w| w.sub.as_str());
@@ -60,6 +75,36 @@ impl Server {
             c.out.drop_unstarted();
             self.close_ws(key, Reason::SlowConsumer, now);
         }
-        sent
     }
+}
+
+/// Queues `frame` to connection `key` if it is an open WebSocket; returns
+/// 1 if queued. A client already `limit` messages behind is first given a
+/// write (a burst of broadcasts in one turn may have filled the queue while
+/// the socket has room); if it is still behind it goes on `slow`.
+#[inline]
+fn queue(
+    key: usize,
+    conn: &mut Conn,
+    dirty: &mut Vec<usize>,
+    frame: &Rc<[u8]>,
+    slow: &mut Vec<usize>,
+    limit: usize,
+) -> usize {
+    let Phase::Ws(ws) = &conn.phase else { return 0 };
+    if !ws.ctx.can_write() {
+        return 0; // closing: no data after our close frame
+    }
+    if conn.out.len() >= limit
+        && (conn.out.write_to(&mut crate::sys::Send(&conn.stream)).is_err() || conn.out.len() >= limit)
+    {
+        slow.push(key);
+        return 0;
+    }
+    conn.out.push_shared(frame.clone());
+    if !conn.dirty {
+        conn.dirty = true;
+        dirty.push(key);
+    }
+    1
 }

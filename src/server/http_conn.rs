@@ -123,7 +123,7 @@ impl Server {
             }
             let resp = match action {
                 Action::Respond(resp) => resp,
-                Action::Broadcast { kind, frame } => self.broadcast(&kind, frame),
+                Action::Broadcast(publish) => self.broadcast(publish),
                 Action::Upgrade { .. } => unreachable!("handled above"),
             };
             self.respond(key, &head, resp);
@@ -152,7 +152,16 @@ impl Server {
     fn upgrade(&mut self, key: usize, head: &Head, ip: IpAddr, ws_key: &str, claims: auth::Claims, leftover: Vec<u8>) {
         let now = Instant::now();
         let expires_at = now + auth::time_left(claims.exp);
+        let grants = crate::channels::grants_from_claim(
+            claims.extra.get(&self.config.channels_claim),
+            self.config.max_subscriptions,
+        );
         let sub = claims.sub.unwrap_or_default();
+        // Every connection is in its own user's channel.
+        let mut subs = Vec::new();
+        if let Some(name) = crate::channels::user_channel(&sub) {
+            subs.push(ws::Subscription { channel: self.hub.subscribe(&name, key), token_exp: None });
+        }
         let conn = &mut self.conns[key];
         conn.out.push_owned(ws::handshake_response(ws_key));
         let has_leftover = !leftover.is_empty();
@@ -165,6 +174,8 @@ impl Server {
             next_ping: now + self.config.ping_interval,
             close_deadline: None,
             bucket: TokenBucket::new(self.config.client_msg_burst, now),
+            grants,
+            subs,
         }));
         self.limits.add_client(ip);
         debug!(

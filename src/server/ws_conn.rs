@@ -11,8 +11,10 @@ use tungstenite::protocol::Message;
 use super::conn::Phase;
 use super::{CLOSE_WAIT, READ_BUDGET_BYTES, READ_BUDGET_MESSAGES, Server};
 use crate::auth;
+use crate::channels::{self, Refusal};
+use crate::hub::Since;
 use crate::limits;
-use crate::ws::{self, Inbound, Reason};
+use crate::ws::{self, Inbound, Reason, Subscription, WsConn};
 
 impl Server {
     pub(super) fn read_ws(&mut self, key: usize) {
@@ -81,6 +83,127 @@ impl Server {
             Inbound::Reply(reply) => self.send_text(key, reply),
             Inbound::Close(reason) => self.fail_ws(key, reason),
             Inbound::Auth(token) => self.refresh_auth(key, &token, now),
+            Inbound::Refuse(error) => self.send_text(key, error),
+            Inbound::Subscribe { channel, token, since } => self.subscribe(key, &channel, token.as_deref(), since, now),
+            Inbound::Unsubscribe { channel } => self.unsubscribe(key, &channel),
+        }
+    }
+
+    /// `{"type":"subscribe"}`: checks the name, the limit and the grant,
+    /// joins, answers with the channel's position, then replays what the
+    /// client missed since `since` — all of it, or nothing and
+    /// `recovered: false`. One loop turn does all of this, so no message
+    /// published meanwhile can fall between the replay and live delivery.
+    fn subscribe(&mut self, key: usize, channel: &str, token: Option<&str>, since: Option<Since>, now: Instant) {
+        let refuse = |r: Refusal, m: &str| channels::error(r, m, Some(channel));
+        if !channels::valid_name(channel) {
+            return self.send_text(key, refuse(Refusal::InvalidChannel, channels::NAME_RULE));
+        }
+        let Some(ws) = self.conns[key].ws() else { return };
+        let existing = self.hub.find(channel).and_then(|id| ws.subs.iter().position(|s| s.channel == id));
+        if existing.is_none() && ws.subs.len() >= self.config.max_subscriptions {
+            let msg =
+                format!("at most {} subscriptions per connection (MAX_SUBSCRIPTIONS)", self.config.max_subscriptions);
+            return self.send_text(key, refuse(Refusal::TooManySubscriptions, &msg));
+        }
+        let token_exp = match self.grant(ws, channel, token) {
+            Ok(exp) => exp,
+            Err(error) => return self.send_text(key, error),
+        };
+        let id = self.hub.subscribe(channel, key);
+        if let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) {
+            match existing {
+                // Joined again (say, with a fresh subscription token): keep
+                // the longer-lived grant.
+                Some(i) => {
+                    let s = &mut ws.subs[i];
+                    s.token_exp =
+                        if s.token_exp.is_none() || token_exp.is_none() { None } else { s.token_exp.max(token_exp) };
+                }
+                None => ws.subs.push(Subscription { channel: id, token_exp }),
+            }
+        }
+        let replay = since.as_ref().and_then(|s| self.hub.replay(id, s, now));
+        let c = self.hub.channel(id);
+        let answer = channels::subscribed(channel, &c.epoch, c.offset, replay.is_some());
+        debug!(
+            "{} subscribed to {channel} (since {:?}: {:?} replayed)",
+            self.conns[key].peer,
+            since,
+            replay.as_ref().map(Vec::len)
+        );
+        self.send_text(key, answer);
+        let conn = &mut self.conns[key];
+        for frame in replay.into_iter().flatten() {
+            conn.out.push_shared(frame);
+        }
+        self.mark_dirty(key);
+    }
+
+    /// May this connection join `channel`? `Ok(Some(exp))` when only a
+    /// subscription token grants it; `Err` is the error message to send.
+    fn grant(&self, ws: &WsConn, channel: &str, token: Option<&str>) -> Result<Option<u64>, String> {
+        if channels::may_join_user(channel, &ws.sub) || channels::granted(channel, &ws.grants) {
+            return Ok(None);
+        }
+        let refuse = |r: Refusal, m: &str| Err(channels::error(r, m, Some(channel)));
+        let Some(token) = token else {
+            return refuse(
+                Refusal::Forbidden,
+                "not allowed to join this channel: no grant in the token, no subscription token",
+            );
+        };
+        match self.verifier.verify(token) {
+            Ok(claims) if claims.sub.as_deref().unwrap_or("") != ws.sub => {
+                refuse(Refusal::Forbidden, "the subscription token is for another user")
+            }
+            Ok(claims) if claims.extra.get("channel").and_then(|c| c.as_str()) != Some(channel) => {
+                refuse(Refusal::Forbidden, "the subscription token is for another channel")
+            }
+            Ok(claims) => Ok(Some(claims.exp)),
+            Err(e) => refuse(Refusal::InvalidToken, &format!("subscription token refused: {}", e.message())),
+        }
+    }
+
+    /// `{"type":"unsubscribe"}`: leaves the channel (answered even if the
+    /// connection was not in it, so the client's state converges).
+    fn unsubscribe(&mut self, key: usize, channel: &str) {
+        if !channels::valid_name(channel) {
+            let e = channels::error(Refusal::InvalidChannel, channels::NAME_RULE, Some(channel));
+            return self.send_text(key, e);
+        }
+        if let Some(id) = self.hub.find(channel)
+            && let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase)
+            && let Some(i) = ws.subs.iter().position(|s| s.channel == id)
+        {
+            ws.subs.swap_remove(i);
+            self.hub.unsubscribe(id, key);
+        }
+        self.send_text(key, channels::unsubscribed(channel, None));
+    }
+
+    /// After a token refresh: leaves every channel the new token no longer
+    /// grants (a subscription token that has not expired still does).
+    fn recheck_grants(&mut self, key: usize, grants: Box<[Box<str>]>) {
+        let now = auth::now_secs();
+        let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) else { return };
+        ws.grants = grants;
+        let mut left = Vec::new();
+        let hub = &mut self.hub;
+        ws.subs.retain(|s| {
+            let name = &hub.channel(s.channel).name;
+            let keep = channels::may_join_user(name, &ws.sub)
+                || channels::granted(name, &ws.grants)
+                || s.token_exp.is_some_and(|exp| exp > now);
+            if !keep {
+                left.push(s.channel);
+            }
+            keep
+        });
+        for id in left {
+            let msg = channels::unsubscribed(&self.hub.channel(id).name, Some("grant revoked"));
+            self.hub.unsubscribe(id, key);
+            self.send_text(key, msg);
         }
     }
 
@@ -94,7 +217,12 @@ impl Server {
         match self.verifier.verify(token) {
             Ok(claims) if claims.sub.as_deref().unwrap_or("") == ws.sub => {
                 ws.expires_at = now + auth::time_left(claims.exp);
+                let grants = channels::grants_from_claim(
+                    claims.extra.get(&self.config.channels_claim),
+                    self.config.max_subscriptions,
+                );
                 self.send_text(key, r#"{"type":"auth_ok"}"#.to_string());
+                self.recheck_grants(key, grants);
                 self.reschedule_ws(key);
             }
             Ok(_) => {
