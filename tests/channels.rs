@@ -417,3 +417,106 @@ fn a_slow_client_closed_with_1013_recovers_what_it_missed() {
     assert_eq!((ok["recovered"].as_bool(), ok["offset"].as_u64()), (Some(true), Some(sent)));
     assert_eq!(offsets(&mut again, (sent - last) as usize), (last + 1..=sent).collect::<Vec<_>>());
 }
+
+/// Property: random interleavings of publish / disconnect / reconnect-with-
+/// since never lose or duplicate a message that history still holds, and
+/// never replay part of a gap it does not hold.
+#[test]
+fn random_interleavings_never_lose_or_duplicate_what_history_holds() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Publish { channel: usize, n: u64 },
+        Disconnect(usize),
+        Reconnect(usize),
+    }
+    let op = prop_oneof![
+        3 => (0..2usize, 1..5u64).prop_map(|(channel, n)| Op::Publish { channel, n }),
+        1 => (0..2usize).prop_map(Op::Disconnect),
+        1 => (0..2usize).prop_map(Op::Reconnect),
+    ];
+    const HISTORY: u64 = 6;
+    const CHANNELS: [&str; 2] = ["project:0", "project:1"];
+
+    struct Client {
+        ws: Option<Ws>,
+        /// Per channel: (epoch, last offset seen).
+        pos: [(String, u64); 2],
+    }
+
+    let runner_config = ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() };
+    let result = TestRunner::new(runner_config).run(&proptest::collection::vec(op, 1..24), |ops| {
+        let mut cfg = config();
+        cfg.history_size = HISTORY as usize;
+        let s = start_with(cfg);
+        let t = token_with("u", &["project:*"]);
+        let mut latest = [0u64; 2];
+        let connect = |pos: &mut [(String, u64); 2], latest: &[u64; 2], first: bool| -> Result<Ws, TestCaseError> {
+            let mut c = ws(s.addr, &t);
+            for (i, ch) in CHANNELS.iter().enumerate() {
+                let (epoch, last) = pos[i].clone();
+                let ok = subscribe(&mut c, ch, (!first).then_some((epoch.as_str(), last)));
+                prop_assert_eq!(ok["type"].as_str(), Some("subscribed"));
+                prop_assert_eq!(ok["offset"].as_u64(), Some(latest[i]));
+                let missed = latest[i] - last;
+                let recovered = ok["recovered"].as_bool().unwrap();
+                if !first {
+                    prop_assert_eq!(recovered, missed <= HISTORY, "missed {} with history {}", missed, HISTORY);
+                }
+                pos[i].0 = ok["epoch"].as_str().unwrap().to_string();
+                if recovered {
+                    for want in last + 1..=latest[i] {
+                        prop_assert_eq!(next_json(&mut c)["offset"].as_u64(), Some(want));
+                    }
+                }
+                pos[i].1 = latest[i]; // replayed, or refetched by the app
+            }
+            Ok(c)
+        };
+        let mut clients: Vec<Client> = Vec::new();
+        for _ in 0..2 {
+            let mut pos = [(String::new(), 0), (String::new(), 0)];
+            let ws = connect(&mut pos, &latest, true)?;
+            clients.push(Client { ws: Some(ws), pos });
+        }
+        for op in ops {
+            match op {
+                Op::Publish { channel, n } => {
+                    for _ in 0..n {
+                        latest[channel] += 1;
+                        let r = publish(s.addr, json!({"channel": CHANNELS[channel]}), json!(latest[channel]));
+                        prop_assert_eq!(r["channels"][CHANNELS[channel]]["offset"].as_u64(), Some(latest[channel]));
+                    }
+                    for c in clients.iter_mut() {
+                        if let Some(ws) = &mut c.ws {
+                            for want in c.pos[channel].1 + 1..=latest[channel] {
+                                let m = next_json(ws);
+                                prop_assert_eq!(m["channel"].as_str(), Some(CHANNELS[channel]));
+                                prop_assert_eq!(m["offset"].as_u64(), Some(want));
+                            }
+                            c.pos[channel].1 = latest[channel];
+                        }
+                    }
+                }
+                Op::Disconnect(i) => clients[i].ws = None,
+                Op::Reconnect(i) => {
+                    clients[i].ws = None;
+                    let mut pos = clients[i].pos.clone();
+                    clients[i].ws = Some(connect(&mut pos, &latest, false)?);
+                    clients[i].pos = pos;
+                }
+            }
+        }
+        for c in clients.iter_mut() {
+            if let Some(ws) = &mut c.ws {
+                assert_nothing_before_sentinel(s.addr, ws);
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}

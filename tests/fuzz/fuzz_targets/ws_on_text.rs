@@ -1,5 +1,6 @@
 //! `ws::on_text` directly: replies are JSON, only oversized messages close
-//! (1009), and an `Auth` carries the message's own token.
+//! (1009), an `Auth` carries the message's own token, and channel
+//! messages carry what the message said (refusals are JSON errors).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -28,6 +29,24 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(v["type"], "auth");
                 assert_eq!(v["token"], Value::from(token));
             }
+        }
+        Inbound::Subscribe { channel, token, since } => {
+            let v = parsed.expect("a subscribe was parsed from JSON");
+            assert_eq!(v["type"], "subscribe");
+            assert_eq!(v["channel"], Value::from(channel));
+            assert_eq!(token.is_some(), v["token"].is_string());
+            if let Some(s) = since {
+                assert_eq!(v["since"]["offset"].as_u64(), Some(s.offset));
+            }
+        }
+        Inbound::Unsubscribe { channel } => {
+            let v = parsed.expect("an unsubscribe was parsed from JSON");
+            assert_eq!(v["channel"], Value::from(channel));
+        }
+        Inbound::Refuse(error) => {
+            let v: Value = serde_json::from_str(&error).expect("refusal is JSON");
+            assert_eq!(v["type"], "error");
+            assert!(v["payload"]["code"].is_string(), "{error}");
         }
         Inbound::Ignore => {}
     }
