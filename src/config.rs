@@ -136,6 +136,10 @@ pub struct Config {
     /// HISTORY_MAX_BYTES: all channels' history together; past it the
     /// oldest entries go first.
     pub history_max_bytes: usize,
+    /// FLUSH_DELAY_MICROS: when broadcasts come faster than this, a
+    /// subscriber's frames wait up to this long to leave in one write
+    /// (0 = write every turn). A lone broadcast is never delayed.
+    pub flush_delay: Duration,
 }
 
 /// A bad configuration value: names the variable and says what was expected.
@@ -278,7 +282,14 @@ impl Config {
         }
         let history_max_bytes = at_most(positive(&get, "HISTORY_MAX_BYTES", 64 << 20)?, "HISTORY_MAX_BYTES", 1 << 40)?;
 
+        let flush_delay = Duration::from_micros(at_most(
+            parse_or(&get, "FLUSH_DELAY_MICROS", 1000, "a whole number of microseconds")?,
+            "FLUSH_DELAY_MICROS",
+            100_000,
+        )? as u64);
+
         Ok(Config {
+            flush_delay,
             channels_claim,
             max_subscriptions,
             max_publish_channels,

@@ -91,6 +91,14 @@ pub struct Server {
     timers: Timers,
     /// Connections with output queued this turn, flushed before sleeping.
     dirty: Vec<usize>,
+    /// Connections with only broadcast frames queued: flushed before
+    /// sleeping too, unless broadcasts come faster than FLUSH_DELAY_MICROS
+    /// (see `flush_deferred`).
+    deferred: Vec<usize>,
+    /// When `deferred` was last flushed, and when it next must be (set only
+    /// while frames are being held back).
+    last_fanout_flush: Option<Instant>,
+    fanout_flush_at: Option<Instant>,
     /// Connections with input left over (budget spent, or bytes that arrived
     /// with the upgrade request): read again next turn without waiting.
     again: Vec<usize>,
@@ -127,6 +135,9 @@ impl Server {
             conns: Slab::with_capacity(1024),
             timers: Timers::new(),
             dirty: Vec::new(),
+            deferred: Vec::new(),
+            last_fanout_flush: None,
+            fanout_flush_at: None,
             again: Vec::new(),
             scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
             verifier,
@@ -237,15 +248,22 @@ impl Server {
             self.run_timers(now);
             self.hub.expire(now);
             self.flush_dirty();
+            self.flush_deferred(now);
         }
     }
 
     /// Time until the nearest timer (or the accept back-off / shutdown end).
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        let next = [self.timers.next(), self.accept_paused_until, self.shutdown_deadline, self.hub.next_expiry()]
-            .into_iter()
-            .flatten()
-            .min()?;
+        let next = [
+            self.timers.next(),
+            self.accept_paused_until,
+            self.shutdown_deadline,
+            self.hub.next_expiry(),
+            self.fanout_flush_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
         // Round up to whole milliseconds: epoll's resolution; rounding down
         // would wake early and spin until the deadline.
         Some(next.saturating_duration_since(now) + Duration::from_micros(999))
@@ -355,29 +373,68 @@ impl Server {
     /// "Before sleep": one write attempt per connection with output.
     fn flush_dirty(&mut self) {
         for key in std::mem::take(&mut self.dirty) {
-            let Some(conn) = self.conns.get_mut(key) else {
-                continue;
-            };
-            conn.dirty = false;
-            match conn.out.write_to(&mut crate::sys::Send(&conn.stream)) {
-                Ok(Flush::Blocked) => {}
-                Ok(Flush::Done) => match &mut conn.phase {
-                    Phase::Closing { fin_sent } if !*fin_sent => {
-                        *fin_sent = true;
-                        if conn.stream.shutdown(Shutdown::Write).is_err() {
-                            self.remove(key);
-                        }
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.dirty = false;
+                self.flush_conn(key);
+            }
+        }
+    }
+
+    /// Writes connections that only have broadcast frames waiting — at once
+    /// when broadcasts are sparse, at most FLUSH_DELAY_MICROS after the
+    /// previous such flush when they come faster: then each write carries
+    /// every frame that arrived meanwhile (fewer syscalls per delivery, the
+    /// loop's main cost). HTTP answers, control and close frames never wait
+    /// here (they go through `dirty`).
+    fn flush_deferred(&mut self, now: Instant) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let delay = self.config.flush_delay;
+        let due = match self.fanout_flush_at {
+            Some(at) => now >= at,
+            None => self.last_fanout_flush.is_none_or(|last| now.saturating_duration_since(last) >= delay),
+        };
+        if !due {
+            if self.fanout_flush_at.is_none() {
+                self.fanout_flush_at = self.last_fanout_flush.map(|last| last + delay);
+            }
+            return;
+        }
+        self.fanout_flush_at = None;
+        self.last_fanout_flush = Some(now);
+        for key in std::mem::take(&mut self.deferred) {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.deferred = false;
+                self.flush_conn(key);
+            }
+        }
+    }
+
+    /// One write attempt for one connection; after its last byte, FIN (if
+    /// closing) or resumed parsing (if paused).
+    pub(super) fn flush_conn(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        match conn.out.write_to(&mut crate::sys::Send(&conn.stream)) {
+            Ok(Flush::Blocked) => {}
+            Ok(Flush::Done) => match &mut conn.phase {
+                Phase::Closing { fin_sent } if !*fin_sent => {
+                    *fin_sent = true;
+                    if conn.stream.shutdown(Shutdown::Write).is_err() {
+                        self.remove(key);
                     }
-                    Phase::Http(h) if h.paused => {
-                        h.paused = false;
-                        self.again.push(key);
-                    }
-                    _ => {}
-                },
-                Err(e) => {
-                    debug!("{} write: {e}", conn.peer);
-                    self.remove(key);
                 }
+                Phase::Http(h) if h.paused => {
+                    h.paused = false;
+                    self.again.push(key);
+                }
+                _ => {}
+            },
+            Err(e) => {
+                debug!("{} write: {e}", conn.peer);
+                self.remove(key);
             }
         }
     }

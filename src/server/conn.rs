@@ -24,6 +24,8 @@ pub(super) struct Conn {
     pub deadline: Instant,
     /// Already listed in `Server::dirty` for this turn's flush.
     pub dirty: bool,
+    /// Already listed in `Server::deferred` (broadcast frames only).
+    pub deferred: bool,
 }
 
 /// A connection's life: HTTP requests, maybe an upgrade, then closing.
@@ -76,6 +78,7 @@ impl Conn {
             phase: Phase::Http(HttpConn::default()),
             deadline,
             dirty: false,
+            deferred: false,
         }
     }
 

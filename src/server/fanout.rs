@@ -40,9 +40,11 @@ impl Server {
                     let limit = self.config.send_queue_limit;
                     let mut slow = Vec::new();
                     let mut n = 0;
+                    let coalesce = !self.config.flush_delay.is_zero();
+                    let list = if coalesce { &mut self.deferred } else { &mut self.dirty };
                     for &key in self.hub.subscribers(name) {
                         if let Some(conn) = self.conns.get_mut(key) {
-                            n += queue(key, conn, &mut self.dirty, &published.frame, &mut slow, limit);
+                            n += queue(key, conn, list, coalesce, &published.frame, &mut slow, limit);
                         }
                     }
                     self.close_slow(slow, now);
@@ -59,8 +61,10 @@ impl Server {
         let limit = self.config.send_queue_limit;
         let mut sent = 0;
         let mut slow = Vec::new();
+        let coalesce = !self.config.flush_delay.is_zero();
+        let list = if coalesce { &mut self.deferred } else { &mut self.dirty };
         for (key, conn) in self.conns.iter_mut() {
-            sent += queue(key, conn, &mut self.dirty, &frame, &mut slow, limit);
+            sent += queue(key, conn, list, coalesce, &frame, &mut slow, limit);
         }
         self.close_slow(slow, Instant::now());
         sent
@@ -78,15 +82,17 @@ impl Server {
     }
 }
 
-/// Queues `frame` to connection `key` if it is an open WebSocket; returns
-/// 1 if queued. A client already `limit` messages behind is first given a
+/// Queues `frame` to connection `key` if it is an open WebSocket, and lists
+/// the connection for a flush (`list`: `dirty`, or `deferred` when
+/// coalescing); returns 1 if queued. A client already `limit` messages behind is first given a
 /// write (a burst of broadcasts in one turn may have filled the queue while
 /// the socket has room); if it is still behind it goes on `slow`.
 #[inline]
 fn queue(
     key: usize,
     conn: &mut Conn,
-    dirty: &mut Vec<usize>,
+    list: &mut Vec<usize>,
+    coalesce: bool,
     frame: &Rc<[u8]>,
     slow: &mut Vec<usize>,
     limit: usize,
@@ -102,9 +108,15 @@ fn queue(
         return 0;
     }
     conn.out.push_shared(frame.clone());
-    if !conn.dirty {
-        conn.dirty = true;
-        dirty.push(key);
+    // Already listed for this turn's flush (an answer or control frame is
+    // waiting): the frame goes with it.
+    if !conn.dirty && !conn.deferred {
+        if coalesce {
+            conn.deferred = true;
+        } else {
+            conn.dirty = true;
+        }
+        list.push(key);
     }
     1
 }

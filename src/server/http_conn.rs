@@ -62,7 +62,12 @@ impl Server {
                 }
             }
         }
-        self.process_http(key);
+        if self.process_http(key) {
+            // Publishers first: a Server Action waits for this answer, so it
+            // leaves now, before the loop writes to any subscriber or reads
+            // another socket (subscribers still get broadcasts in order).
+            self.flush_conn(key);
+        }
         if eof {
             match self.conns.get(key).map(|c| &c.phase) {
                 // Half-close: answer what arrived whole, then close.
@@ -75,24 +80,26 @@ impl Server {
         }
     }
 
-    /// Handles every complete request in the buffer, in order.
-    fn process_http(&mut self, key: usize) {
+    /// Handles every complete request in the buffer, in order. True if one
+    /// of them was a broadcast (its answer should leave at once).
+    fn process_http(&mut self, key: usize) -> bool {
+        let mut published = false;
         loop {
             let Some(conn) = self.conns.get_mut(key) else {
-                return;
+                return published;
             };
             let Phase::Http(h) = &mut conn.phase else {
-                return;
+                return published;
             };
             if conn.out.bytes() >= HTTP_OUT_HIGH_WATER {
                 h.paused = true;
-                return;
+                return published;
             }
             let head = match h.head.take() {
                 Some(head) => head,
                 None => match http::parse_head(&h.buf[h.consumed..], self.config.max_broadcast_bytes) {
                     Ok(Some(head)) => Box::new(head),
-                    Ok(None) => return,
+                    Ok(None) => return published,
                     Err(reject) => {
                         debug!("{} bad request: {} {}", conn.peer, reject.status, reject.message);
                         // The framing is lost (or the body unwanted): answer and close.
@@ -100,21 +107,22 @@ impl Server {
                         conn.out.push_owned(resp.encode(false, h.pending_is_head()));
                         h.buf = Vec::new();
                         self.begin_close(key);
-                        return;
+                        return published;
                     }
                 },
             };
             let (start, end) = (h.consumed + head.head_len, h.consumed + head.head_len + head.content_length);
             if h.buf.len() < end {
                 h.head = Some(head);
-                return;
+                return published;
             }
             let ip = http::client_ip(conn.peer.ip(), &head);
             let ctx = Ctx { config: &self.config, verifier: &self.verifier, limits: &self.limits, ip };
             let action = api::route(&head, &h.buf[start..end], &ctx);
             if let Action::Upgrade { key: ws_key, claims } = action {
                 let leftover = h.buf.split_off(end);
-                return self.upgrade(key, &head, ip, &ws_key, claims, leftover);
+                self.upgrade(key, &head, ip, &ws_key, claims, leftover);
+                return published;
             }
             h.consumed = end;
             if h.consumed == h.buf.len() {
@@ -123,12 +131,15 @@ impl Server {
             }
             let resp = match action {
                 Action::Respond(resp) => resp,
-                Action::Broadcast(publish) => self.broadcast(publish),
+                Action::Broadcast(publish) => {
+                    published = true;
+                    self.broadcast(publish)
+                }
                 Action::Upgrade { .. } => unreachable!("handled above"),
             };
             self.respond(key, &head, resp);
             if !matches!(self.conns.get(key).map(|c| &c.phase), Some(Phase::Http(_))) {
-                return;
+                return published;
             }
         }
     }
