@@ -71,7 +71,7 @@ pub struct Reservoir {
     pub samples: Vec<u32>,
     pub seen: u64,
     pub max: u32,
-    rng: crate::taskcast_load::ws::XorShift,
+    rng: crate::ws::XorShift,
 }
 
 impl Reservoir {
@@ -81,7 +81,7 @@ impl Reservoir {
             samples: Vec::with_capacity(cap.min(1 << 16)),
             seen: 0,
             max: 0,
-            rng: crate::taskcast_load::ws::XorShift::new(seed),
+            rng: crate::ws::XorShift::new(seed),
         }
     }
 

@@ -33,7 +33,7 @@
 //! while it was connected, in order; that server RSS stays flat after
 //! warm-up; that its fds and `/health` return to baseline when everyone has
 //! left; that it logged no errors; and that misbehaving clients got the
-//! close codes the README promises (module `taskcast_load::soak`).
+//! close codes the README promises (module `soak`).
 //!
 //! Common flags: `--url http://127.0.0.1:8080` (http only), `--secret S`
 //! (mint HS256 tokens, `sub` = `load-<i>`, exp 1 h; defaults to
@@ -56,7 +56,16 @@
 //! Linux's port search gets slow once ~14,000 ports toward one destination
 //! are in use.
 
-mod taskcast_load;
+mod args;
+mod engine;
+mod http;
+mod roles;
+mod serverproc;
+mod soak;
+mod stats;
+mod sysinfo;
+mod verdict;
+mod ws;
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -67,11 +76,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
-use taskcast_load::args::{self, Auth, Config, Mode};
-use taskcast_load::engine::{ClientAuth, Engine, EngineOptions};
-use taskcast_load::http::{self, SendShared, SenderPlan};
-use taskcast_load::stats::{Summary, round3};
-use taskcast_load::sysinfo;
+use crate::args::{Auth, Config, Mode};
+use crate::engine::{ClientAuth, Engine, EngineOptions};
+use crate::http::{SendShared, SenderPlan};
+use crate::stats::{Summary, round3};
 
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -86,7 +94,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let result = if cfg.mode == Mode::Soak { taskcast_load::soak::run(&cfg) } else { run(&cfg) };
+    let result = if cfg.mode == Mode::Soak { crate::soak::run(&cfg) } else { run(&cfg) };
     let code = match result {
         Ok(c) => c,
         Err(e) => {
@@ -200,7 +208,7 @@ fn run(cfg: &Config) -> Result<i32, String> {
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
             return Err(format!("connection refused by {addr}: is the taskcast server running at {}?", cfg.url));
         }
-        Err(e) if taskcast_load::engine::is_fd_limit(&e) => {
+        Err(e) if crate::engine::is_fd_limit(&e) => {
             return Err(format!("out of file descriptors ({e}); raise `ulimit -n`"));
         }
         Err(e) => {
@@ -229,7 +237,7 @@ fn run(cfg: &Config) -> Result<i32, String> {
         Auth::Token(t) => ClientAuth::Token(t.clone()),
         Auth::Random => return Err("need --secret or --token".into()),
     };
-    let source_ips = cfg.source_ips.unwrap_or_else(|| taskcast_load::engine::auto_source_ips(addr, cfg.conns));
+    let source_ips = cfg.source_ips.unwrap_or_else(|| crate::engine::auto_source_ips(addr, cfg.conns));
     let mut engine = Engine::new(EngineOptions {
         conns: cfg.conns,
         addr,

@@ -23,12 +23,10 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::taskcast_load::http::{ST_ACCEPTED, SendShared};
-use crate::taskcast_load::roles::{Life, Outcome, ROLES, Role, Stall};
-use crate::taskcast_load::stats::Reservoir;
-use crate::taskcast_load::ws::{
-    self, FrameParse, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, Upgrade, XorShift,
-};
+use crate::http::{ST_ACCEPTED, SendShared};
+use crate::roles::{Life, Outcome, ROLES, Role, Stall};
+use crate::stats::Reservoir;
+use crate::ws::{self, FrameParse, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, Upgrade, XorShift};
 
 /// Largest message the client accepts (server frames are small JSON).
 const MAX_MESSAGE: u64 = 16 * 1024 * 1024;
@@ -452,7 +450,7 @@ impl Engine {
     fn token_for(&self, id: usize) -> Result<String, String> {
         match &self.auth {
             ClientAuth::Token(t) => Ok(t.clone()),
-            ClientAuth::Secret(s) => crate::taskcast_load::http::mint_token(s, &format!("load-{id}")),
+            ClientAuth::Secret(s) => crate::http::mint_token(s, &format!("load-{id}")),
         }
     }
 

@@ -26,14 +26,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::taskcast_load::args::{Auth, Config, SoakArgs};
-use crate::taskcast_load::engine::{ClientAuth, Engine, EngineOptions, SoakTrack};
-use crate::taskcast_load::http::{self, SendShared, SenderPlan};
-use crate::taskcast_load::roles::{INVALID_KINDS, Life, Outcome, ROLES, Role, SeqLog};
-use crate::taskcast_load::serverproc::ServerProc;
-use crate::taskcast_load::stats::Reservoir;
-use crate::taskcast_load::sysinfo;
-use crate::taskcast_load::verdict;
+use crate::args::{Auth, Config, SoakArgs};
+use crate::engine::{ClientAuth, Engine, EngineOptions, SoakTrack};
+use crate::http::{self, SendShared, SenderPlan};
+use crate::roles::{INVALID_KINDS, Life, Outcome, ROLES, Role, SeqLog};
+use crate::serverproc::ServerProc;
+use crate::stats::Reservoir;
+use crate::sysinfo;
+use crate::verdict;
 
 mod report;
 use report::{ReportInputs, SoakReport};
@@ -262,7 +262,7 @@ struct Run<'a> {
     next_sample: Instant,
     next_progress: Instant,
     next_slow_watch: Instant,
-    rng: crate::taskcast_load::ws::XorShift,
+    rng: crate::ws::XorShift,
     health: HealthPoller,
     /// When the last engine slice began, and the longest time between two
     /// (normally SLICE plus bookkeeping; more means this process stalled).
@@ -382,7 +382,7 @@ pub fn run(cfg: &Config) -> Result<i32, String> {
         next_sample: now,
         next_progress: now + PROGRESS_EVERY,
         next_slow_watch: now,
-        rng: crate::taskcast_load::ws::XorShift::new(seed ^ 0xA5A5),
+        rng: crate::ws::XorShift::new(seed ^ 0xA5A5),
         health: HealthPoller::start(addr, addr.to_string(), PROGRESS_EVERY),
         last_step: None,
         longest_turn: Duration::ZERO,

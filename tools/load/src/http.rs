@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::taskcast_load::ws::find_uint_after;
+use crate::ws::find_uint_after;
 
 #[derive(serde::Serialize)]
 struct Claims<'a> {
@@ -467,7 +467,7 @@ mod tests {
             if want >= 30 {
                 assert_eq!(d.len(), want);
             }
-            assert_eq!(crate::taskcast_load::ws::find_seq(d.as_bytes()), Some(seq));
+            assert_eq!(crate::ws::find_seq(d.as_bytes()), Some(seq));
         }
     }
 

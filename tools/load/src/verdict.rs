@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::taskcast_load::roles::SeqLog;
+use crate::roles::SeqLog;
 
 /// First index in `0..n` for which `pred` is false, assuming `pred` is
 /// true on a prefix and false after it.

@@ -7,11 +7,11 @@ use std::time::Instant;
 use serde_json::{Map, Value, json};
 
 use super::{Run, Settle, mib, warmup_secs};
-use crate::taskcast_load::http::{self, ST_ACCEPTED};
-use crate::taskcast_load::roles::{ROLES, Role};
-use crate::taskcast_load::stats::round3;
-use crate::taskcast_load::sysinfo;
-use crate::taskcast_load::verdict::{self, Check};
+use crate::http::{self, ST_ACCEPTED};
+use crate::roles::{ROLES, Role};
+use crate::stats::round3;
+use crate::sysinfo;
+use crate::verdict::{self, Check};
 
 /// What the run measured besides the clients' records.
 pub(super) struct ReportInputs {
