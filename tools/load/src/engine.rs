@@ -25,7 +25,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::http::{ST_ACCEPTED, SendShared};
 use crate::roles::{Life, Outcome, ROLES, Role, Stall};
-use crate::stats::Reservoir;
+use crate::stats::Hist;
 use crate::ws::{self, FrameParse, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, Upgrade, XorShift};
 
 /// Largest message the client accepts (server frames are small JSON).
@@ -104,7 +104,7 @@ pub struct Stats {
     /// Open connections that were later closed, by reason.
     pub closed: BTreeMap<String, u64>,
     pub closed_examples: BTreeMap<String, String>,
-    pub handshake_us: Vec<u32>,
+    pub handshake: Hist,
     pub pings: u64,
     pub pongs: u64,
     pub fd_exhausted: bool,
@@ -139,7 +139,7 @@ pub struct Tracker {
     seen: Vec<u64>,
     /// Per (client, sender): index of the last message seen from that sender.
     last_idx: Vec<u32>,
-    pub lat_us: Vec<u32>,
+    pub lat: Hist,
     pub raw: u64,
     pub uniq_total: u64,
     pub dup: u64,
@@ -178,7 +178,7 @@ impl Tracker {
         let sent = self.shared.send_ns[s].load(Ordering::Acquire);
         if sent != 0 {
             let us = (now_ns + 1).saturating_sub(sent) / 1000;
-            self.lat_us.push(us.min(u32::MAX as u64) as u32);
+            self.lat.record_us(us);
         }
         let k = s % self.senders;
         let idx = (s / self.senders) as u32;
@@ -236,7 +236,7 @@ pub struct SoakTrack {
     /// Send/answer times per seq (latency, accepted count for slow readers).
     pub shared: Arc<SendShared>,
     /// Healthy clients' delivery latency: POST written → message read.
-    pub latency: Reservoir,
+    pub latency: Hist,
     /// Messages healthy clients received.
     pub delivered: u64,
     /// Messages without a readable seq.
@@ -939,14 +939,13 @@ impl Engine {
         let words = msgs.div_ceil(64);
         let n = self.clients.len();
         let tracked: Vec<bool> = self.clients.iter().map(|c| c.st == St::Open).collect();
-        let expected: usize = tracked.iter().filter(|&&t| t).count() * msgs;
         self.tracker = Some(Tracker {
             msgs,
             senders,
             words,
             seen: vec![0u64; n * words],
             last_idx: vec![u32::MAX; n * senders],
-            lat_us: Vec::with_capacity(expected.min(64 << 20)),
+            lat: Hist::new(),
             raw: 0,
             uniq_total: 0,
             dup: 0,
@@ -1047,7 +1046,7 @@ fn process(id: usize, c: &mut Client, buf: &[u8], now: Instant, ctx: &mut Ctx<'_
                 stats.opened_total += 1;
                 stats.first_open.get_or_insert(now);
                 stats.last_open = Some(now);
-                stats.handshake_us.push(now.duration_since(c.started).as_micros().min(u32::MAX as u128) as u32);
+                stats.handshake.record_between(c.started, now);
                 off = consumed;
                 if let Some(life) = c.life.as_deref_mut() {
                     on_soak_open(id, c.epoch, life, &mut c.out, now, ctx);
@@ -1175,7 +1174,7 @@ fn on_message(id: usize, c: &mut Client, msg: &[u8], now: Instant, now_ns: u64, 
                 && sent != 0
             {
                 let now_ns = now.saturating_duration_since(soak.shared.base).as_nanos() as u64 + 1;
-                soak.latency.add((now_ns.saturating_sub(sent) / 1000).min(u32::MAX as u64) as u32);
+                soak.latency.record_us(now_ns.saturating_sub(sent) / 1000);
             }
         }
     } else if let Some(t) = ctx.tracker.as_deref_mut() {

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::stats::Hist;
 use crate::ws::find_uint_after;
 
 #[derive(serde::Serialize)]
@@ -225,8 +226,8 @@ impl SenderPlan {
 
 #[derive(Default)]
 pub struct SenderResult {
-    /// POST → response times in microseconds.
-    pub ack_us: Vec<u32>,
+    /// POST answer times: request written → its response read.
+    pub ack: Hist,
     pub statuses: BTreeMap<u16, u64>,
     /// First body seen for each non-200 status.
     pub bodies: BTreeMap<u16, String>,
@@ -253,7 +254,6 @@ fn connect_sender(plan: &SenderPlan) -> Result<TcpStream, String> {
 pub fn run_sender(plan: SenderPlan, sh: Arc<SendShared>) -> SenderResult {
     let mut res = SenderResult::default();
     let count = plan.count();
-    res.ack_us.reserve(count);
     let head = format!(
         "POST /api/broadcast HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: ",
         plan.host_header, plan.token
@@ -413,7 +413,7 @@ pub fn run_sender(plan: SenderPlan, sh: Arc<SendShared>) -> SenderResult {
                 reconnect_needed = true;
                 break;
             };
-            res.ack_us.push(got.duration_since(sent_at).as_micros().min(u32::MAX as u128) as u32);
+            res.ack.record_between(sent_at, got);
             sh.ack_ns[seq].store(got_ns, Ordering::Release);
             *res.statuses.entry(r.status).or_default() += 1;
             if r.status == 200 {

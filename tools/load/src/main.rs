@@ -79,18 +79,16 @@ use serde_json::{Map, Value, json};
 use crate::args::{Auth, Config, Mode};
 use crate::engine::{ClientAuth, Engine, EngineOptions};
 use crate::http::{SendShared, SenderPlan};
-use crate::stats::{Summary, round3};
+use crate::stats::{Hist, round3};
 
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let cfg = match args::parse(&argv, std::env::var("JWT_SECRET").ok()) {
-        Ok(Some(c)) => c,
-        Ok(None) => {
-            print!("{}", args::USAGE);
-            return;
-        }
-        Err(e) => {
-            eprintln!("taskcast-load: {e}\n\n{}", args::USAGE);
+        Ok(c) => c,
+        // prints help (exit 0) or the syntax error with usage (exit 2)
+        Err(args::ParseError::Syntax(e)) => e.exit(),
+        Err(args::ParseError::Invalid(e)) => {
+            eprintln!("taskcast-load: {e}\n(see taskcast-load <mode> --help)");
             std::process::exit(2);
         }
     };
@@ -311,7 +309,7 @@ fn run(cfg: &Config) -> Result<i32, String> {
         failed_json.insert(k.clone(), json!(v));
     }
     rep.add("conns_failed", "connections failed", Value::Object(failed_json), counts_str(&failed_display));
-    if let Some(s) = Summary::from_us(&mut engine.stats.handshake_us) {
+    if let Some(s) = engine.stats.handshake.summary() {
         rep.add("handshake", "handshake latency", s.to_json(), s.line());
     }
     if let (Some(b), Some(a)) = (overflows_before, sysinfo::listen_overflows()) {
@@ -579,7 +577,7 @@ fn send_phase(
     let unknown = shared.unknown.load(Ordering::Relaxed);
     let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
     let mut bodies: BTreeMap<u16, String> = BTreeMap::new();
-    let mut ack_us: Vec<u32> = Vec::with_capacity(sent as usize);
+    let mut ack = Hist::new();
     let mut sender_errors: Vec<String> = Vec::new();
     let mut reconnects = 0;
     for r in results {
@@ -589,7 +587,7 @@ fn send_phase(
         for (s, b) in r.bodies {
             bodies.entry(s).or_insert(b);
         }
-        ack_us.extend_from_slice(&r.ack_us);
+        ack.merge(&r.ack);
         sender_errors.extend(r.errors);
         reconnects += r.reconnects;
     }
@@ -624,7 +622,7 @@ fn send_phase(
             tracked as u64 * accepted
         ),
     );
-    if let Some(s) = Summary::from_us(&mut ack_us) {
+    if let Some(s) = ack.summary() {
         rep.add("post_ack", "POST response time", s.to_json(), s.line());
     }
     for (s, b) in &bodies {
@@ -753,8 +751,7 @@ fn send_phase(
         rep.problem(format!("{} out-of-order deliveries", t.ooo));
     }
 
-    let mut lat = std::mem::take(&mut engine.tracker.as_mut().expect("tracking").lat_us);
-    if let Some(s) = Summary::from_us(&mut lat) {
+    if let Some(s) = engine.tracker.as_ref().expect("tracking").lat.summary() {
         rep.add("latency", "delivery latency", s.to_json(), s.line());
     }
 

@@ -31,7 +31,7 @@ use crate::engine::{ClientAuth, Engine, EngineOptions, SoakTrack};
 use crate::http::{self, SendShared, SenderPlan};
 use crate::roles::{INVALID_KINDS, Life, Outcome, ROLES, Role, SeqLog};
 use crate::serverproc::ServerProc;
-use crate::stats::Reservoir;
+use crate::stats::Hist;
 use crate::sysinfo;
 use crate::verdict;
 
@@ -51,8 +51,6 @@ const MISBEHAVE_BOUND: Duration = Duration::from_secs(10);
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Progress line interval.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-/// Delivery latencies kept for percentiles (exact count and max).
-const LATENCY_SAMPLES: usize = 1 << 20;
 
 /// Where the run stands, for progress lines.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -344,7 +342,7 @@ pub fn run(cfg: &Config) -> Result<i32, String> {
     let seed = t0.elapsed().as_nanos() as u64 ^ std::process::id() as u64;
     engine.soak = Some(SoakTrack {
         shared: shared.clone(),
-        latency: Reservoir::new(LATENCY_SAMPLES, seed),
+        latency: Hist::new(),
         delivered: 0,
         unexpected: 0,
         max_message_bytes: sa.max_message_bytes,
