@@ -403,7 +403,7 @@ impl Run<'_> {
                     eprintln!("taskcast-load: server log: {l}");
                 }
                 let unexpected_w = log.unexpected_warnings();
-                let slow_warns: u64 = log.warnings.iter().filter(|(t, _)| t.contains("too slow")).map(|(_, n)| n).sum();
+                let slow_warns = log.server_warnings_containing("too slow");
                 let mut d = format!(
                     "error lines {} (expected: none), unexpected output lines {}; warn {} ({slow_warns} slow-consumer, expected)",
                     log.count("ERROR"),
