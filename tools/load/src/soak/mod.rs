@@ -26,14 +26,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::taskcast_load::args::{Auth, Config, SoakArgs};
-use crate::taskcast_load::engine::{ClientAuth, Engine, EngineOptions, SoakTrack};
-use crate::taskcast_load::http::{self, SendShared, SenderPlan};
-use crate::taskcast_load::roles::{INVALID_KINDS, Life, Outcome, ROLES, Role, SeqLog};
-use crate::taskcast_load::serverproc::ServerProc;
-use crate::taskcast_load::stats::Reservoir;
-use crate::taskcast_load::sysinfo;
-use crate::taskcast_load::verdict;
+use crate::args::{Auth, Config, SoakArgs};
+use crate::engine::{ClientAuth, Engine, EngineOptions, SoakTrack};
+use crate::http::{self, SendShared, SenderPlan};
+use crate::roles::{INVALID_KINDS, Life, Outcome, ROLES, Role, SeqLog};
+use crate::serverproc::ServerProc;
+use crate::stats::Hist;
+use crate::sysinfo;
+use crate::verdict;
 
 mod report;
 use report::{ReportInputs, SoakReport};
@@ -51,8 +51,6 @@ const MISBEHAVE_BOUND: Duration = Duration::from_secs(10);
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Progress line interval.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-/// Delivery latencies kept for percentiles (exact count and max).
-const LATENCY_SAMPLES: usize = 1 << 20;
 
 /// Where the run stands, for progress lines.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -262,7 +260,7 @@ struct Run<'a> {
     next_sample: Instant,
     next_progress: Instant,
     next_slow_watch: Instant,
-    rng: crate::taskcast_load::ws::XorShift,
+    rng: crate::ws::XorShift,
     health: HealthPoller,
     /// When the last engine slice began, and the longest time between two
     /// (normally SLICE plus bookkeeping; more means this process stalled).
@@ -274,8 +272,62 @@ pub fn run(cfg: &Config) -> Result<i32, String> {
     let sa = cfg.soak.as_ref().ok_or("soak settings missing")?;
     sysinfo::raise_nofile_limit();
     let t0 = Instant::now();
+    let creds = credentials(cfg, sa)?;
+    let (mut server, addr, url) = start_or_attach(cfg, sa, &creds)?;
+    let host_header = addr.to_string();
+    wait_health(addr, &host_header, &mut server, Duration::from_secs(10))?;
+    let fd_baseline = baseline_fds(&server).ok_or("cannot read the server's /proc/PID/fd")?;
+    let rss_start = server.rss_kib();
 
-    // ---- the server ----
+    let horizon = sa.duration + wind_down_bound(sa).as_secs_f64() + 30.0;
+    let shared = Arc::new(SendShared::new((cfg.rate * horizon).ceil() as usize + 1000));
+    let Credentials { secret, client_auth, api_key } = creds;
+    let engine = soak_engine(cfg, sa, addr, &host_header, client_auth, &shared)?;
+    let seed = t0.elapsed().as_nanos() as u64 ^ std::process::id() as u64;
+    let mut r = Run::new(cfg, engine, server, shared, addr, t0, seed);
+    r.samples.last_fds = Some(fd_baseline);
+    let cost_start = CostMark::now(r.server.pid);
+
+    let sender_result = r.drive(&url, api_key, secret.as_deref())?;
+    let main_end_secs = r.secs();
+    r.leave_all();
+    r.health.stop();
+    let settle = r.settle(fd_baseline);
+    let cost = cost_start.since(r.server.pid);
+    let exit = r.server.stop(Duration::from_secs(15));
+    let log = r.server.log_book();
+
+    let mut rep = SoakReport::default();
+    r.report(
+        &mut rep,
+        ReportInputs {
+            fd_baseline,
+            rss_start,
+            settle,
+            exit,
+            log,
+            sender: sender_result,
+            main_end_secs,
+            cpu: cost.server_cpu_ms,
+            own_cpu_ms: cost.own_cpu_ms,
+            server_cpu_wait: cost.server_wait,
+            own_cpu_wait: cost.own_wait,
+        },
+    );
+    let ok = rep.ok();
+    rep.print(cfg.json);
+    Ok(if ok { 0 } else { 1 })
+}
+
+/// The JWT secret (for minting and for a started server), what the clients
+/// authenticate with, and the publisher key.
+struct Credentials {
+    secret: Option<String>,
+    client_auth: ClientAuth,
+    api_key: Option<String>,
+}
+
+fn credentials(cfg: &Config, sa: &SoakArgs) -> Result<Credentials, String> {
     let (secret, client_auth) = match &cfg.auth {
         Auth::Secret(s) => (Some(s.clone()), ClientAuth::Secret(s.clone())),
         Auth::Random => {
@@ -293,64 +345,74 @@ pub fn run(cfg: &Config) -> Result<i32, String> {
         (None, Some(_)) => Some(sysinfo::random_hex(24)?),
         (None, None) => None,
     };
-    let (mut server, addr, url) = match &sa.spawn_server {
-        Some(path) => {
-            let workdir = std::env::temp_dir().join(format!("taskcast-soak-{}", std::process::id()));
-            std::fs::create_dir_all(&workdir).map_err(|e| format!("cannot create {}: {e}", workdir.display()))?;
-            let env = server_env(sa, secret.as_deref().unwrap_or_default(), api_key.as_deref());
-            let mut server = ServerProc::spawn(path, &env, &workdir)?;
-            let listening = server.wait_listening(Duration::from_secs(10))?;
-            let addr: SocketAddr =
-                listening.parse().map_err(|_| format!("cannot read the server's address from `{listening}`"))?;
-            eprintln!(
-                "taskcast-load: started {path} (pid {}) on {addr}; its log: {}",
-                server.pid,
-                server.log_path.as_ref().map_or(String::new(), |p| p.display().to_string())
-            );
-            (server, addr, format!("http://{addr}"))
-        }
-        None => {
-            let pid = cfg.server_pid.ok_or("--server-pid is needed with --url")?;
-            let host = cfg.host.trim_start_matches('[').trim_end_matches(']');
-            let addr = (host, cfg.port)
-                .to_socket_addrs()
-                .map_err(|e| format!("cannot resolve {}: {e}", cfg.host))?
-                .find(SocketAddr::is_ipv4)
-                .ok_or_else(|| format!("{} has no IPv4 address", cfg.host))?;
-            (ServerProc::attach(pid)?, addr, cfg.url.clone())
-        }
-    };
-    let host_header = addr.to_string();
-    wait_health(addr, &host_header, &mut server, Duration::from_secs(10))?;
-    let fd_baseline = baseline_fds(&server).ok_or("cannot read the server's /proc/PID/fd")?;
-    let rss_start = server.rss_kib();
+    Ok(Credentials { secret, client_auth, api_key })
+}
 
-    // ---- the clients ----
-    let horizon = sa.duration + wind_down_bound(sa).as_secs_f64() + 30.0;
-    let msgs_cap = (cfg.rate * horizon).ceil() as usize + 1000;
-    let shared = Arc::new(SendShared::new(msgs_cap));
-    let source_ips = cfg.source_ips.unwrap_or(4);
+/// Starts the server (`--spawn-server`) or attaches to `--url` +
+/// `--server-pid`. Returns it, its address and its base URL.
+fn start_or_attach(
+    cfg: &Config,
+    sa: &SoakArgs,
+    creds: &Credentials,
+) -> Result<(ServerProc, SocketAddr, String), String> {
+    let Some(path) = &sa.spawn_server else {
+        let pid = cfg.server_pid.ok_or("--server-pid is needed with --url")?;
+        let host = cfg.host.trim_start_matches('[').trim_end_matches(']');
+        let addr = (host, cfg.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {}: {e}", cfg.host))?
+            .find(SocketAddr::is_ipv4)
+            .ok_or_else(|| format!("{} has no IPv4 address", cfg.host))?;
+        return Ok((ServerProc::attach(pid)?, addr, cfg.url.clone()));
+    };
+    let workdir = std::env::temp_dir().join(format!("taskcast-soak-{}", std::process::id()));
+    std::fs::create_dir_all(&workdir).map_err(|e| format!("cannot create {}: {e}", workdir.display()))?;
+    let env = server_env(sa, creds.secret.as_deref().unwrap_or_default(), creds.api_key.as_deref());
+    let mut server = ServerProc::spawn(path, &env, &workdir)?;
+    let listening = server.wait_listening(Duration::from_secs(10))?;
+    let addr: SocketAddr =
+        listening.parse().map_err(|_| format!("cannot read the server's address from `{listening}`"))?;
+    eprintln!(
+        "taskcast-load: started {path} (pid {}) on {addr}; its log: {}",
+        server.pid,
+        server.log_path.as_ref().map_or(String::new(), |p| p.display().to_string())
+    );
+    Ok((server, addr, format!("http://{addr}")))
+}
+
+/// The client loop, with soak bookkeeping and no clients yet.
+fn soak_engine(
+    cfg: &Config,
+    sa: &SoakArgs,
+    addr: SocketAddr,
+    host_header: &str,
+    auth: ClientAuth,
+    shared: &Arc<SendShared>,
+) -> Result<Engine, String> {
     let mut engine = Engine::new(EngineOptions {
         conns: 0,
         addr,
-        host_header: host_header.clone(),
-        auth: client_auth,
+        host_header: host_header.to_string(),
+        auth,
         query_token: cfg.query_token,
         concurrency: cfg.concurrency,
         connect_timeout: Duration::from_secs_f64(cfg.connect_timeout),
-        source_ips,
+        source_ips: cfg.source_ips.unwrap_or(4),
     })
     .map_err(|e| format!("cannot create the poll: {e}"))?;
-    let seed = t0.elapsed().as_nanos() as u64 ^ std::process::id() as u64;
     engine.soak = Some(SoakTrack {
         shared: shared.clone(),
-        latency: Reservoir::new(LATENCY_SAMPLES, seed),
+        latency: Hist::new(),
         delivered: 0,
         unexpected: 0,
         max_message_bytes: sa.max_message_bytes,
         leave_timeout: LEAVE_TIMEOUT,
     });
-    let now = Instant::now();
+    Ok(engine)
+}
+
+/// One slot per misbehaving client kept alive at once.
+fn misbehaver_slots(sa: &SoakArgs, now: Instant) -> Vec<Slot> {
     let mut slots = Vec::new();
     for (role, n) in [(Role::Slow, sa.slow), (Role::Silent, sa.silent), (Role::Oversized, sa.oversized)] {
         slots.extend((0..n).map(|_| Slot { role, busy: false, next_start: now, spawns: 0 }));
@@ -360,90 +422,120 @@ pub fn run(cfg: &Config) -> Result<i32, String> {
         // actually used cycles; each slot starts on a different one.
         slots.push(Slot { role: INVALID_KINDS[0], busy: false, next_start: now, spawns: i as u64 });
     }
-    let mut r = Run {
-        cfg,
-        sa,
-        engine,
-        server,
-        shared,
-        addr,
-        host_header,
-        book: Book::default(),
-        slots,
-        samples: Samples::default(),
-        t0,
-        main_start: now,
-        phase: Phase::Connect,
-        abort: None,
-        server_died: false,
-        base_added: 0,
-        churn_started: 0,
-        peak_clients: 0,
-        next_sample: now,
-        next_progress: now + PROGRESS_EVERY,
-        next_slow_watch: now,
-        rng: crate::taskcast_load::ws::XorShift::new(seed ^ 0xA5A5),
-        health: HealthPoller::start(addr, addr.to_string(), PROGRESS_EVERY),
-        last_step: None,
-        longest_turn: Duration::ZERO,
-    };
-    r.samples.last_fds = Some(fd_baseline);
-    let cpu_start = sysinfo::cpu_ticks(r.server.pid);
-    let own_cpu_start = sysinfo::own_cpu_ms();
-    let sched_start = (sysinfo::sched_ns(Some(r.server.pid)), sysinfo::sched_ns(None));
+    slots
+}
 
-    r.connect_base();
-    let sender = if r.abort.is_none() { Some(r.start_sender(&url, api_key, secret.as_deref())?) } else { None };
-    r.main_start = Instant::now();
-    if r.abort.is_none() {
-        r.main_phase();
-    }
-    if r.abort.is_none() {
-        r.wind_down();
-    }
-    // Stop posting (cleanly: answers to posts in flight are awaited).
-    r.shared.drain.store(true, Ordering::SeqCst);
-    if r.abort.is_some() {
-        r.shared.stop.store(true, Ordering::SeqCst);
-    }
-    let until = Instant::now() + Duration::from_secs(15);
-    let shared = r.shared.clone();
-    let _ = r.engine.run(until, &mut |_| shared.senders_done.load(Ordering::SeqCst) >= 1, &mut |_| {});
-    let sender_result = sender.map(|h| h.join().map_err(|_| "the sender thread panicked".to_string())).transpose()?;
-    let main_end_secs = r.secs();
-    r.leave_all();
-    r.health.stop();
-    let settle = r.settle(fd_baseline);
-    let cpu_end = sysinfo::cpu_ticks(r.server.pid);
-    let own_cpu_ms = sysinfo::own_cpu_ms() - own_cpu_start;
-    let sched_end = (sysinfo::sched_ns(Some(r.server.pid)), sysinfo::sched_ns(None));
-    let waited = |a: Option<(u64, u64)>, b: Option<(u64, u64)>| Some(b?.1.saturating_sub(a?.1) as f64 / 1e9);
-    let exit = r.server.stop(Duration::from_secs(15));
-    let log = r.server.log_book();
+/// CPU time and CPU wait of the server and of this process, at one moment.
+struct CostMark {
+    server_ticks: Option<u64>,
+    own_ms: f64,
+    /// `sysinfo::sched_ns` of the server and of this process.
+    server_sched: Option<(u64, u64)>,
+    own_sched: Option<(u64, u64)>,
+}
 
-    // ---- verdicts ----
-    let mut rep = SoakReport::default();
-    r.report(
-        &mut rep,
-        ReportInputs {
-            fd_baseline,
-            rss_start,
-            settle,
-            exit,
-            log,
-            sender: sender_result,
-            main_end_secs,
-            cpu: cpu_start
-                .zip(cpu_end)
-                .map(|(a, b)| b.saturating_sub(a) as f64 * 1000.0 / sysinfo::clock_ticks_per_sec() as f64),
-            own_cpu_ms,
-            server_cpu_wait: waited(sched_start.0, sched_end.0),
-            own_cpu_wait: waited(sched_start.1, sched_end.1),
-        },
-    );
-    let ok = rep.ok();
-    rep.print(cfg.json);
-    Ok(if ok { 0 } else { 1 })
+/// What the run cost between two marks.
+struct Cost {
+    server_cpu_ms: Option<f64>,
+    own_cpu_ms: f64,
+    server_wait: Option<f64>,
+    own_wait: Option<f64>,
+}
+
+impl CostMark {
+    fn now(pid: u32) -> CostMark {
+        CostMark {
+            server_ticks: sysinfo::cpu_ticks(pid),
+            own_ms: sysinfo::own_cpu_ms(),
+            server_sched: sysinfo::sched_ns(Some(pid)),
+            own_sched: sysinfo::sched_ns(None),
+        }
+    }
+
+    fn since(&self, pid: u32) -> Cost {
+        let end = CostMark::now(pid);
+        let waited = |a: Option<(u64, u64)>, b: Option<(u64, u64)>| Some(b?.1.saturating_sub(a?.1) as f64 / 1e9);
+        let hz = sysinfo::clock_ticks_per_sec() as f64;
+        Cost {
+            server_cpu_ms: self
+                .server_ticks
+                .zip(end.server_ticks)
+                .map(|(a, b)| b.saturating_sub(a) as f64 * 1000.0 / hz),
+            own_cpu_ms: end.own_ms - self.own_ms,
+            server_wait: waited(self.server_sched, end.server_sched),
+            own_wait: waited(self.own_sched, end.own_sched),
+        }
+    }
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        cfg: &'a Config,
+        engine: Engine,
+        server: ServerProc,
+        shared: Arc<SendShared>,
+        addr: SocketAddr,
+        t0: Instant,
+        seed: u64,
+    ) -> Run<'a> {
+        let sa = cfg.soak.as_ref().expect("soak settings");
+        let now = Instant::now();
+        Run {
+            cfg,
+            sa,
+            engine,
+            server,
+            shared,
+            addr,
+            host_header: addr.to_string(),
+            book: Book::default(),
+            slots: misbehaver_slots(sa, now),
+            samples: Samples::default(),
+            t0,
+            main_start: now,
+            phase: Phase::Connect,
+            abort: None,
+            server_died: false,
+            base_added: 0,
+            churn_started: 0,
+            peak_clients: 0,
+            next_sample: now,
+            next_progress: now + PROGRESS_EVERY,
+            next_slow_watch: now,
+            rng: crate::ws::XorShift::new(seed ^ 0xA5A5),
+            health: HealthPoller::start(addr, addr.to_string(), PROGRESS_EVERY),
+            last_step: None,
+            longest_turn: Duration::ZERO,
+        }
+    }
+
+    /// Base clients, then the sender, the main phase and the wind-down;
+    /// then posting stops (cleanly: answers to posts in flight are
+    /// awaited, bounded). Returns the sender's result if it ran.
+    fn drive(
+        &mut self,
+        url: &str,
+        api_key: Option<String>,
+        secret: Option<&str>,
+    ) -> Result<Option<http::SenderResult>, String> {
+        self.connect_base();
+        let sender = if self.abort.is_none() { Some(self.start_sender(url, api_key, secret)?) } else { None };
+        self.main_start = Instant::now();
+        if self.abort.is_none() {
+            self.main_phase();
+        }
+        if self.abort.is_none() {
+            self.wind_down();
+        }
+        self.shared.drain.store(true, Ordering::SeqCst);
+        if self.abort.is_some() {
+            self.shared.stop.store(true, Ordering::SeqCst);
+        }
+        let until = Instant::now() + Duration::from_secs(15);
+        let shared = self.shared.clone();
+        let _ = self.engine.run(until, &mut |_| shared.senders_done.load(Ordering::SeqCst) >= 1, &mut |_| {});
+        sender.map(|h| h.join().map_err(|_| "the sender thread panicked".to_string())).transpose()
+    }
 }
 
 /// The started server's whole environment: soak-friendly heartbeat and

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::taskcast_load::sysinfo;
-use crate::taskcast_load::verdict::LogBook;
+use crate::sysinfo;
+use crate::verdict::LogBook;
 
 pub struct ServerProc {
     pub pid: u32,

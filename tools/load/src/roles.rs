@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::taskcast_load::ws::{self, OP_BINARY, OP_TEXT};
+use crate::ws::{self, OP_BINARY, OP_TEXT};
 
 /// What a soak client does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -302,7 +302,7 @@ impl Life {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::taskcast_load::ws::{FrameParse, parse_frame};
+    use crate::ws::{FrameParse, parse_frame};
 
     /// Unmasks a client frame (the server's view), for checking what we send.
     fn unmask(frame: &[u8]) -> (u8, bool, Vec<u8>) {

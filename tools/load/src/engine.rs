@@ -23,12 +23,10 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::taskcast_load::http::{ST_ACCEPTED, SendShared};
-use crate::taskcast_load::roles::{Life, Outcome, ROLES, Role, Stall};
-use crate::taskcast_load::stats::Reservoir;
-use crate::taskcast_load::ws::{
-    self, FrameParse, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, Upgrade, XorShift,
-};
+use crate::http::{ST_ACCEPTED, SendShared};
+use crate::roles::{Life, Outcome, ROLES, Role, Stall};
+use crate::stats::Hist;
+use crate::ws::{self, FrameParse, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, Upgrade, XorShift};
 
 /// Largest message the client accepts (server frames are small JSON).
 const MAX_MESSAGE: u64 = 16 * 1024 * 1024;
@@ -106,7 +104,7 @@ pub struct Stats {
     /// Open connections that were later closed, by reason.
     pub closed: BTreeMap<String, u64>,
     pub closed_examples: BTreeMap<String, String>,
-    pub handshake_us: Vec<u32>,
+    pub handshake: Hist,
     pub pings: u64,
     pub pongs: u64,
     pub fd_exhausted: bool,
@@ -141,7 +139,7 @@ pub struct Tracker {
     seen: Vec<u64>,
     /// Per (client, sender): index of the last message seen from that sender.
     last_idx: Vec<u32>,
-    pub lat_us: Vec<u32>,
+    pub lat: Hist,
     pub raw: u64,
     pub uniq_total: u64,
     pub dup: u64,
@@ -180,7 +178,7 @@ impl Tracker {
         let sent = self.shared.send_ns[s].load(Ordering::Acquire);
         if sent != 0 {
             let us = (now_ns + 1).saturating_sub(sent) / 1000;
-            self.lat_us.push(us.min(u32::MAX as u64) as u32);
+            self.lat.record_us(us);
         }
         let k = s % self.senders;
         let idx = (s / self.senders) as u32;
@@ -238,7 +236,7 @@ pub struct SoakTrack {
     /// Send/answer times per seq (latency, accepted count for slow readers).
     pub shared: Arc<SendShared>,
     /// Healthy clients' delivery latency: POST written → message read.
-    pub latency: Reservoir,
+    pub latency: Hist,
     /// Messages healthy clients received.
     pub delivered: u64,
     /// Messages without a readable seq.
@@ -452,7 +450,7 @@ impl Engine {
     fn token_for(&self, id: usize) -> Result<String, String> {
         match &self.auth {
             ClientAuth::Token(t) => Ok(t.clone()),
-            ClientAuth::Secret(s) => crate::taskcast_load::http::mint_token(s, &format!("load-{id}")),
+            ClientAuth::Secret(s) => crate::http::mint_token(s, &format!("load-{id}")),
         }
     }
 
@@ -941,14 +939,13 @@ impl Engine {
         let words = msgs.div_ceil(64);
         let n = self.clients.len();
         let tracked: Vec<bool> = self.clients.iter().map(|c| c.st == St::Open).collect();
-        let expected: usize = tracked.iter().filter(|&&t| t).count() * msgs;
         self.tracker = Some(Tracker {
             msgs,
             senders,
             words,
             seen: vec![0u64; n * words],
             last_idx: vec![u32::MAX; n * senders],
-            lat_us: Vec::with_capacity(expected.min(64 << 20)),
+            lat: Hist::new(),
             raw: 0,
             uniq_total: 0,
             dup: 0,
@@ -1039,33 +1036,9 @@ struct Ctx<'a> {
 fn process(id: usize, c: &mut Client, buf: &[u8], now: Instant, ctx: &mut Ctx<'_>) -> ProcResult {
     let mut off = 0;
     if c.st == St::Handshaking {
-        match ws::parse_upgrade_response(buf, &c.accept) {
-            Upgrade::Incomplete => return Ok(0),
-            Upgrade::Upgraded { consumed } => {
-                c.st = St::Open;
-                let stats = &mut *ctx.stats;
-                stats.in_flight -= 1;
-                stats.open += 1;
-                stats.opened_total += 1;
-                stats.first_open.get_or_insert(now);
-                stats.last_open = Some(now);
-                stats.handshake_us.push(now.duration_since(c.started).as_micros().min(u32::MAX as u128) as u32);
-                off = consumed;
-                if let Some(life) = c.life.as_deref_mut() {
-                    on_soak_open(id, c.epoch, life, &mut c.out, now, ctx);
-                }
-            }
-            Upgrade::Rejected { status, body } => {
-                let cause = match status {
-                    401 => "http_401",
-                    403 => "http_403",
-                    429 => "http_429",
-                    503 => "http_503",
-                    _ => "http_other",
-                };
-                return Err((cause, format!("HTTP {status}: {body}")));
-            }
-            Upgrade::Invalid(msg) => return Err(("bad_handshake", msg)),
+        match read_upgrade(id, c, buf, now, ctx)? {
+            None => return Ok(0),
+            Some(consumed) => off = consumed,
         }
     }
     let now_ns = ctx.tracker.as_ref().map_or(0, |t| now.duration_since(t.shared.base).as_nanos() as u64);
@@ -1076,66 +1049,118 @@ fn process(id: usize, c: &mut Client, buf: &[u8], now: Instant, ctx: &mut Ctx<'_
             FrameParse::Frame(f, n) => (f, n),
         };
         off += used;
-        match frame.opcode {
-            OP_TEXT | OP_BINARY => {
-                if c.frag.is_some() {
-                    return Err(("protocol_error", "new message inside a fragmented one".into()));
-                }
-                if frame.fin {
-                    on_message(id, c, frame.payload, now, now_ns, ctx);
-                } else {
-                    c.frag = Some(frame.payload.to_vec());
-                }
-            }
-            OP_CONT => {
-                let Some(f) = c.frag.as_mut() else {
-                    return Err(("protocol_error", "continuation without a start".into()));
-                };
-                if (f.len() + frame.payload.len()) as u64 > MAX_MESSAGE {
-                    return Err(("protocol_error", "fragmented message too large".into()));
-                }
-                f.extend_from_slice(frame.payload);
-                if frame.fin {
-                    let msg = c.frag.take().unwrap_or_default();
-                    on_message(id, c, &msg, now, now_ns, ctx);
-                }
-            }
-            OP_PING => {
-                ctx.stats.pings += 1;
-                if let Some(life) = c.life.as_deref_mut().filter(|l| l.role == Role::Silent) {
-                    life.pings += 1; // and no answer: that is the point
-                } else if c.st == St::Open {
-                    ctx.stats.pongs += 1;
-                    ws::encode_client_frame(&mut c.out, OP_PONG, frame.payload, ctx.rng.mask());
-                }
-            }
-            OP_PONG => {}
-            OP_CLOSE => {
-                let code = if frame.payload.len() >= 2 {
-                    u16::from_be_bytes([frame.payload[0], frame.payload[1]])
-                } else {
-                    1005
-                };
-                let reason = String::from_utf8_lossy(frame.payload.get(2..).unwrap_or(&[])).into_owned();
-                if c.st == St::Leaving {
-                    // The answer to our close frame: the handshake is done.
-                    if let Some(life) = c.life.as_deref_mut()
-                        && code != 1000
-                    {
-                        life.outcome = Some(Outcome::Closed(code));
-                    }
-                    return Err(("left", format!("close answered with {code} {reason}")));
-                }
-                if let Some(life) = c.life.as_deref_mut() {
-                    life.outcome = Some(Outcome::Closed(code));
-                }
-                let echo: &[u8] = if frame.payload.len() >= 2 { &frame.payload[..2] } else { &[] };
-                ws::encode_client_frame(&mut c.out, OP_CLOSE, echo, ctx.rng.mask());
-                return Err(("server_close", format!("close frame code {code} {reason}")));
-            }
-            _ => return Err(("protocol_error", "unexpected opcode".into())),
-        }
+        on_frame(id, c, &frame, now, now_ns, ctx)?;
     }
+}
+
+/// The server's answer to the upgrade request: Ok(None) while incomplete,
+/// Ok(Some(bytes it took)) once upgraded, Err(cause) when refused.
+fn read_upgrade(
+    id: usize,
+    c: &mut Client,
+    buf: &[u8],
+    now: Instant,
+    ctx: &mut Ctx<'_>,
+) -> Result<Option<usize>, (&'static str, String)> {
+    match ws::parse_upgrade_response(buf, &c.accept) {
+        Upgrade::Incomplete => Ok(None),
+        Upgrade::Upgraded { consumed } => {
+            c.st = St::Open;
+            let stats = &mut *ctx.stats;
+            stats.in_flight -= 1;
+            stats.open += 1;
+            stats.opened_total += 1;
+            stats.first_open.get_or_insert(now);
+            stats.last_open = Some(now);
+            stats.handshake.record_between(c.started, now);
+            if let Some(life) = c.life.as_deref_mut() {
+                on_soak_open(id, c.epoch, life, &mut c.out, now, ctx);
+            }
+            Ok(Some(consumed))
+        }
+        Upgrade::Rejected { status, body } => {
+            let cause = match status {
+                401 => "http_401",
+                403 => "http_403",
+                429 => "http_429",
+                503 => "http_503",
+                _ => "http_other",
+            };
+            Err((cause, format!("HTTP {status}: {body}")))
+        }
+        Upgrade::Invalid(msg) => Err(("bad_handshake", msg)),
+    }
+}
+
+/// One frame from the server; Err ends the connection with that cause.
+fn on_frame(
+    id: usize,
+    c: &mut Client,
+    frame: &ws::Frame<'_>,
+    now: Instant,
+    now_ns: u64,
+    ctx: &mut Ctx<'_>,
+) -> Result<(), (&'static str, String)> {
+    match frame.opcode {
+        OP_TEXT | OP_BINARY => {
+            if c.frag.is_some() {
+                return Err(("protocol_error", "new message inside a fragmented one".into()));
+            }
+            if frame.fin {
+                on_message(id, c, frame.payload, now, now_ns, ctx);
+            } else {
+                c.frag = Some(frame.payload.to_vec());
+            }
+        }
+        OP_CONT => {
+            let Some(f) = c.frag.as_mut() else {
+                return Err(("protocol_error", "continuation without a start".into()));
+            };
+            if (f.len() + frame.payload.len()) as u64 > MAX_MESSAGE {
+                return Err(("protocol_error", "fragmented message too large".into()));
+            }
+            f.extend_from_slice(frame.payload);
+            if frame.fin {
+                let msg = c.frag.take().unwrap_or_default();
+                on_message(id, c, &msg, now, now_ns, ctx);
+            }
+        }
+        OP_PING => {
+            ctx.stats.pings += 1;
+            if let Some(life) = c.life.as_deref_mut().filter(|l| l.role == Role::Silent) {
+                life.pings += 1; // and no answer: that is the point
+            } else if c.st == St::Open {
+                ctx.stats.pongs += 1;
+                ws::encode_client_frame(&mut c.out, OP_PONG, frame.payload, ctx.rng.mask());
+            }
+        }
+        OP_PONG => {}
+        OP_CLOSE => return Err(on_close(c, frame.payload, ctx)),
+        _ => return Err(("protocol_error", "unexpected opcode".into())),
+    }
+    Ok(())
+}
+
+/// A close frame from the server: the answer to ours (`left`), or the
+/// server closing (echoed, `server_close`). Either way the connection ends.
+fn on_close(c: &mut Client, payload: &[u8], ctx: &mut Ctx<'_>) -> (&'static str, String) {
+    let code = if payload.len() >= 2 { u16::from_be_bytes([payload[0], payload[1]]) } else { 1005 };
+    let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or(&[])).into_owned();
+    if c.st == St::Leaving {
+        // The answer to our close frame: the handshake is done.
+        if let Some(life) = c.life.as_deref_mut()
+            && code != 1000
+        {
+            life.outcome = Some(Outcome::Closed(code));
+        }
+        return ("left", format!("close answered with {code} {reason}"));
+    }
+    if let Some(life) = c.life.as_deref_mut() {
+        life.outcome = Some(Outcome::Closed(code));
+    }
+    let echo: &[u8] = if payload.len() >= 2 { &payload[..2] } else { &[] };
+    ws::encode_client_frame(&mut c.out, OP_CLOSE, echo, ctx.rng.mask());
+    ("server_close", format!("close frame code {code} {reason}"))
 }
 
 /// A soak client just read its 101: start its behaviour.
@@ -1177,7 +1202,7 @@ fn on_message(id: usize, c: &mut Client, msg: &[u8], now: Instant, now_ns: u64, 
                 && sent != 0
             {
                 let now_ns = now.saturating_duration_since(soak.shared.base).as_nanos() as u64 + 1;
-                soak.latency.add((now_ns.saturating_sub(sent) / 1000).min(u32::MAX as u64) as u32);
+                soak.latency.record_us(now_ns.saturating_sub(sent) / 1000);
             }
         }
     } else if let Some(t) = ctx.tracker.as_deref_mut() {

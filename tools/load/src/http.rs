@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::taskcast_load::ws::find_uint_after;
+use crate::stats::Hist;
+use crate::ws::find_uint_after;
 
 #[derive(serde::Serialize)]
 struct Claims<'a> {
@@ -225,8 +226,8 @@ impl SenderPlan {
 
 #[derive(Default)]
 pub struct SenderResult {
-    /// POST → response times in microseconds.
-    pub ack_us: Vec<u32>,
+    /// POST answer times: request written → its response read.
+    pub ack: Hist,
     pub statuses: BTreeMap<u16, u64>,
     /// First body seen for each non-200 status.
     pub bodies: BTreeMap<u16, String>,
@@ -251,200 +252,276 @@ fn connect_sender(plan: &SenderPlan) -> Result<TcpStream, String> {
 
 /// Runs one sender to completion (or until stop/deadline).
 pub fn run_sender(plan: SenderPlan, sh: Arc<SendShared>) -> SenderResult {
-    let mut res = SenderResult::default();
-    let count = plan.count();
-    res.ack_us.reserve(count);
-    let head = format!(
-        "POST /api/broadcast HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: ",
-        plan.host_header, plan.token
-    );
-    let mut stream = match connect_sender(&plan) {
+    let stream = match connect_sender(&plan) {
         Ok(s) => s,
         Err(e) => {
             sh.set_fatal(e);
             sh.senders_done.fetch_add(1, Ordering::SeqCst);
-            return res;
+            return SenderResult::default();
         }
     };
-    let start = Instant::now();
-    let mut next = 0usize;
-    let mut inflight: VecDeque<(usize, Instant)> = VecDeque::with_capacity(plan.pipeline);
-    let mut out: Vec<u8> = Vec::with_capacity(plan.pipeline * (head.len() + plan.payload + 128));
-    let mut rbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let mut chunk = vec![0u8; 16 * 1024];
-    let mut cur_timeout: Option<Duration> = None;
-    let mut reconnect_needed = false;
+    let mut s = Sender::new(plan, sh, stream);
+    s.run();
+    s.mark_unknown();
+    s.sh.senders_done.fetch_add(1, Ordering::SeqCst);
+    s.res
+}
 
-    let mark_unknown = |inflight: &mut VecDeque<(usize, Instant)>| {
-        let now_ns = sh.base.elapsed().as_nanos() as u64 + 1;
-        for (seq, _) in inflight.drain(..) {
-            sh.ack_ns[seq].store(now_ns, Ordering::Release);
-            sh.status[seq].store(ST_UNKNOWN, Ordering::Relaxed);
-            sh.unknown.fetch_add(1, Ordering::Relaxed);
-        }
-    };
+/// One sender's connection and its requests in flight. Each turn writes
+/// every request that is due and fits in the pipeline window, then reads
+/// answers until the next one is due (bounded, for the stop checks).
+struct Sender {
+    plan: SenderPlan,
+    sh: Arc<SendShared>,
+    stream: TcpStream,
+    res: SenderResult,
+    /// Request head up to the Content-Length value.
+    head: String,
+    start: Instant,
+    /// Index (not seq) of this sender's next request, and how many to post.
+    next: usize,
+    count: usize,
+    /// (seq, when it was written), oldest first: answers come in this order.
+    inflight: VecDeque<(usize, Instant)>,
+    out: Vec<u8>,
+    rbuf: Vec<u8>,
+    chunk: Vec<u8>,
+    cur_timeout: Option<Duration>,
+    reconnect_needed: bool,
+}
 
-    let mut count = count;
-    while next < count || !inflight.is_empty() {
-        if sh.drain.load(Ordering::Relaxed) {
-            count = next; // post nothing more; finish what is in flight
+impl Sender {
+    fn new(plan: SenderPlan, sh: Arc<SendShared>, stream: TcpStream) -> Sender {
+        let head = format!(
+            "POST /api/broadcast HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: ",
+            plan.host_header, plan.token
+        );
+        let out = Vec::with_capacity(plan.pipeline * (head.len() + plan.payload + 128));
+        Sender {
+            count: plan.count(),
+            inflight: VecDeque::with_capacity(plan.pipeline),
+            plan,
+            sh,
+            stream,
+            res: SenderResult::default(),
+            head,
+            start: Instant::now(),
+            next: 0,
+            out,
+            rbuf: Vec::with_capacity(16 * 1024),
+            chunk: vec![0u8; 16 * 1024],
+            cur_timeout: None,
+            reconnect_needed: false,
         }
-        if sh.stop.load(Ordering::Relaxed) {
-            break;
-        }
-        if Instant::now() >= plan.deadline {
-            res.errors.push(format!("sender {}: phase timeout with {} of {} posts sent", plan.id, next, count));
-            break;
-        }
-        if reconnect_needed {
-            mark_unknown(&mut inflight);
-            rbuf.clear();
-            if res.reconnects >= MAX_RECONNECTS {
-                sh.set_fatal(format!(
-                    "sender {}: keep-alive connection lost {} times; giving up",
-                    plan.id, res.reconnects
-                ));
+    }
+
+    fn run(&mut self) {
+        while self.next < self.count || !self.inflight.is_empty() {
+            if self.sh.drain.load(Ordering::Relaxed) {
+                self.count = self.next; // post nothing more; finish what is in flight
+            }
+            if self.sh.stop.load(Ordering::Relaxed) {
                 break;
             }
-            res.reconnects += 1;
-            std::thread::sleep(Duration::from_millis(50));
-            match connect_sender(&plan) {
-                Ok(s) => stream = s,
-                Err(e) => {
-                    sh.set_fatal(e);
+            if Instant::now() >= self.plan.deadline {
+                let (id, next, count) = (self.plan.id, self.next, self.count);
+                self.res.errors.push(format!("sender {id}: phase timeout with {next} of {count} posts sent"));
+                break;
+            }
+            if self.reconnect_needed {
+                if !self.reconnect() {
                     break;
                 }
+                continue;
             }
-            cur_timeout = None;
-            reconnect_needed = false;
-            continue;
+            let next_due = self.write_due();
+            if self.reconnect_needed {
+                continue;
+            }
+            if self.inflight.is_empty() {
+                // Rate mode, waiting for the next due time.
+                if let Some(due) = next_due {
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()).min(Duration::from_millis(100)));
+                }
+                continue;
+            }
+            if self.read_some(next_due) {
+                self.take_answers();
+            }
         }
+    }
 
-        // Write every request that is due and fits in the pipeline window.
-        out.clear();
+    /// Resolves every request in flight as unanswered.
+    fn mark_unknown(&mut self) {
+        let now_ns = self.sh.base.elapsed().as_nanos() as u64 + 1;
+        for (seq, _) in self.inflight.drain(..) {
+            self.sh.ack_ns[seq].store(now_ns, Ordering::Release);
+            self.sh.status[seq].store(ST_UNKNOWN, Ordering::Relaxed);
+            self.sh.unknown.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A new keep-alive connection after the old one failed; false when it
+    /// is time to give up (the failure is then fatal for the run).
+    fn reconnect(&mut self) -> bool {
+        self.mark_unknown();
+        self.rbuf.clear();
+        if self.res.reconnects >= MAX_RECONNECTS {
+            self.sh.set_fatal(format!(
+                "sender {}: keep-alive connection lost {} times; giving up",
+                self.plan.id, self.res.reconnects
+            ));
+            return false;
+        }
+        self.res.reconnects += 1;
+        // a pause before reconnecting to a server that just dropped us
+        std::thread::sleep(Duration::from_millis(50));
+        match connect_sender(&self.plan) {
+            Ok(s) => self.stream = s,
+            Err(e) => {
+                self.sh.set_fatal(e);
+                return false;
+            }
+        }
+        self.cur_timeout = None;
+        self.reconnect_needed = false;
+        true
+    }
+
+    /// Writes every request that is due and fits in the pipeline window, in
+    /// one write. Returns when the next one is due (rate mode).
+    fn write_due(&mut self) -> Option<Instant> {
+        self.out.clear();
         let now = Instant::now();
-        let now_ns = now.duration_since(sh.base).as_nanos() as u64 + 1;
-        let mut next_due: Option<Instant> = None;
+        let now_ns = now.duration_since(self.sh.base).as_nanos() as u64 + 1;
+        let mut next_due = None;
         let mut batch = 0u64;
-        while next < count && inflight.len() < plan.pipeline {
-            if let Some(r) = plan.rate {
-                let due = start + Duration::from_secs_f64(next as f64 / r);
+        while self.next < self.count && self.inflight.len() < self.plan.pipeline {
+            if let Some(r) = self.plan.rate {
+                let due = self.start + Duration::from_secs_f64(self.next as f64 / r);
                 if due > now {
                     next_due = Some(due);
                     break;
                 }
             }
-            let seq = plan.id + plan.senders * next;
-            append_request(&mut out, &head, seq as u64, plan.payload);
-            sh.send_ns[seq].store(now_ns, Ordering::Release);
-            sh.status[seq].store(ST_SENT, Ordering::Relaxed);
-            inflight.push_back((seq, now));
-            next += 1;
+            let seq = self.plan.id + self.plan.senders * self.next;
+            append_request(&mut self.out, &self.head, seq as u64, self.plan.payload);
+            self.sh.send_ns[seq].store(now_ns, Ordering::Release);
+            self.sh.status[seq].store(ST_SENT, Ordering::Relaxed);
+            self.inflight.push_back((seq, now));
+            self.next += 1;
             batch += 1;
         }
-        if !out.is_empty() {
-            sh.sent.fetch_add(batch, Ordering::Relaxed);
-            if let Err(e) = stream.write_all(&out) {
-                res.errors.push(format!("sender {}: write failed: {e}; reconnecting", plan.id));
-                reconnect_needed = true;
-                continue;
+        if !self.out.is_empty() {
+            self.sh.sent.fetch_add(batch, Ordering::Relaxed);
+            if let Err(e) = self.stream.write_all(&self.out) {
+                self.res.errors.push(format!("sender {}: write failed: {e}; reconnecting", self.plan.id));
+                self.reconnect_needed = true;
             }
         }
+        next_due
+    }
 
-        if inflight.is_empty() {
-            // Rate mode, waiting for the next due time.
-            if let Some(due) = next_due {
-                let wait = due.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
-                std::thread::sleep(wait);
-            }
-            continue;
-        }
-
-        // Read responses until the next send is due (bounded for stop checks).
+    /// One read, waiting at most until `next_due` (and 100 ms). True when
+    /// bytes arrived.
+    fn read_some(&mut self, next_due: Option<Instant>) -> bool {
         let mut wait = Duration::from_millis(100);
         if let Some(due) = next_due {
             wait = wait.min(due.saturating_duration_since(Instant::now()));
         }
         let wait = wait.max(Duration::from_millis(1));
-        if cur_timeout != Some(wait) {
-            let _ = stream.set_read_timeout(Some(wait));
-            cur_timeout = Some(wait);
+        if self.cur_timeout != Some(wait) {
+            let _ = self.stream.set_read_timeout(Some(wait));
+            self.cur_timeout = Some(wait);
         }
-        match stream.read(&mut chunk) {
+        match self.stream.read(&mut self.chunk) {
             Ok(0) => {
-                res.errors.push(format!(
+                self.res.errors.push(format!(
                     "sender {}: server closed the keep-alive connection with {} requests unanswered",
-                    plan.id,
-                    inflight.len()
+                    self.plan.id,
+                    self.inflight.len()
                 ));
-                reconnect_needed = true;
-                continue;
+                self.reconnect_needed = true;
+                false
             }
-            Ok(n) => rbuf.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                self.rbuf.extend_from_slice(&self.chunk[..n]);
+                true
+            }
             Err(e)
                 if e.kind() == io::ErrorKind::WouldBlock
                     || e.kind() == io::ErrorKind::TimedOut
                     || e.kind() == io::ErrorKind::Interrupted =>
             {
-                continue;
+                false
             }
             Err(e) => {
-                res.errors.push(format!("sender {}: read failed: {e}; reconnecting", plan.id));
-                reconnect_needed = true;
-                continue;
+                self.res.errors.push(format!("sender {}: read failed: {e}; reconnecting", self.plan.id));
+                self.reconnect_needed = true;
+                false
             }
         }
+    }
+
+    /// Matches every complete answer in the buffer to the oldest request in
+    /// flight, and records its answer time and outcome.
+    fn take_answers(&mut self) {
         let got = Instant::now();
-        let got_ns = got.duration_since(sh.base).as_nanos() as u64 + 1;
+        let got_ns = got.duration_since(self.sh.base).as_nanos() as u64 + 1;
         let mut off = 0;
         loop {
-            let r = match parse_http_response(&rbuf[off..]) {
+            let r = match parse_http_response(&self.rbuf[off..]) {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(e) => {
-                    res.errors.push(format!("sender {}: {e}; reconnecting", plan.id));
-                    reconnect_needed = true;
+                    self.res.errors.push(format!("sender {}: {e}; reconnecting", self.plan.id));
+                    self.reconnect_needed = true;
                     break;
                 }
             };
-            let body = &rbuf[off + r.body_start..off + r.consumed];
-            let Some((seq, sent_at)) = inflight.pop_front() else {
-                res.errors.push(format!("sender {}: response without a request", plan.id));
-                reconnect_needed = true;
+            let Some((seq, sent_at)) = self.inflight.pop_front() else {
+                self.res.errors.push(format!("sender {}: response without a request", self.plan.id));
+                self.reconnect_needed = true;
                 break;
             };
-            res.ack_us.push(got.duration_since(sent_at).as_micros().min(u32::MAX as u128) as u32);
-            sh.ack_ns[seq].store(got_ns, Ordering::Release);
-            *res.statuses.entry(r.status).or_default() += 1;
-            if r.status == 200 {
-                sh.status[seq].store(ST_ACCEPTED, Ordering::Relaxed);
-                sh.accepted.fetch_add(1, Ordering::Relaxed);
-                if let Some(n) = find_uint_after(body, b"\"recipients\":") {
-                    sh.recipients.fetch_add(n, Ordering::Relaxed);
-                }
-            } else {
-                sh.status[seq].store(ST_REJECTED, Ordering::Relaxed);
-                sh.rejected.fetch_add(1, Ordering::Relaxed);
-                let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
-                res.bodies.entry(r.status).or_insert_with(|| text.clone());
-                if r.status == 401 {
-                    sh.set_fatal(format!(
-                        "POST /api/broadcast was refused with HTTP 401 ({text}): the --secret does not match the server's JWT_SECRET, or the --token is invalid or expired"
-                    ));
-                }
-            }
+            self.res.ack.record_between(sent_at, got);
+            self.sh.ack_ns[seq].store(got_ns, Ordering::Release);
+            let body = &self.rbuf[off + r.body_start..off + r.consumed];
+            record_outcome(&self.sh, &mut self.res, seq, r.status, body);
             off += r.consumed;
             if r.close {
-                res.errors.push(format!("sender {}: server answered `Connection: close`; reconnecting", plan.id));
-                reconnect_needed = true;
+                self.res
+                    .errors
+                    .push(format!("sender {}: server answered `Connection: close`; reconnecting", self.plan.id));
+                self.reconnect_needed = true;
                 break;
             }
         }
-        rbuf.drain(..off);
+        self.rbuf.drain(..off);
     }
-    mark_unknown(&mut inflight);
-    sh.senders_done.fetch_add(1, Ordering::SeqCst);
-    res
+}
+
+/// Counts one answer: accepted (with its `recipients`) or rejected (with
+/// the first body per status; a 401 ends the run).
+fn record_outcome(sh: &SendShared, res: &mut SenderResult, seq: usize, status: u16, body: &[u8]) {
+    *res.statuses.entry(status).or_default() += 1;
+    if status == 200 {
+        sh.status[seq].store(ST_ACCEPTED, Ordering::Relaxed);
+        sh.accepted.fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = find_uint_after(body, b"\"recipients\":") {
+            sh.recipients.fetch_add(n, Ordering::Relaxed);
+        }
+        return;
+    }
+    sh.status[seq].store(ST_REJECTED, Ordering::Relaxed);
+    sh.rejected.fetch_add(1, Ordering::Relaxed);
+    let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+    res.bodies.entry(status).or_insert_with(|| text.clone());
+    if status == 401 {
+        sh.set_fatal(format!(
+            "POST /api/broadcast was refused with HTTP 401 ({text}): the --secret does not match the server's JWT_SECRET, or the --token is invalid or expired"
+        ));
+    }
 }
 
 /// Number of requests in a buffer of whole requests written by this module.
@@ -467,7 +544,7 @@ mod tests {
             if want >= 30 {
                 assert_eq!(d.len(), want);
             }
-            assert_eq!(crate::taskcast_load::ws::find_seq(d.as_bytes()), Some(seq));
+            assert_eq!(crate::ws::find_seq(d.as_bytes()), Some(seq));
         }
     }
 

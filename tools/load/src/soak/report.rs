@@ -7,11 +7,11 @@ use std::time::Instant;
 use serde_json::{Map, Value, json};
 
 use super::{Run, Settle, mib, warmup_secs};
-use crate::taskcast_load::http::{self, ST_ACCEPTED};
-use crate::taskcast_load::roles::{ROLES, Role};
-use crate::taskcast_load::stats::round3;
-use crate::taskcast_load::sysinfo;
-use crate::taskcast_load::verdict::{self, Check};
+use crate::http::{self, ST_ACCEPTED};
+use crate::roles::{ROLES, Role};
+use crate::stats::round3;
+use crate::sysinfo;
+use crate::verdict::{self, Check};
 
 /// What the run measured besides the clients' records.
 pub(super) struct ReportInputs {
@@ -27,6 +27,21 @@ pub(super) struct ReportInputs {
     /// Seconds the server's / the load tool's main thread waited for a CPU.
     pub(super) server_cpu_wait: Option<f64>,
     pub(super) own_cpu_wait: Option<f64>,
+}
+
+/// Totals of the healthy clients' scores.
+#[derive(Default)]
+struct HealthyScore {
+    expected: u64,
+    delivered: u64,
+    /// Broadcasts missing or skipped.
+    failures: u64,
+    gaps: u64,
+    /// Duplicates and out-of-order deliveries.
+    disorder: u64,
+    failed_clients: u64,
+    /// The first few incomplete clients, described.
+    examples: Vec<String>,
 }
 
 /// The summary: information rows, then the checks.
@@ -89,12 +104,27 @@ impl SoakReport {
 }
 
 impl Run<'_> {
+    /// The whole summary, in the order it is printed.
     pub(super) fn report(&mut self, rep: &mut SoakReport, inp: ReportInputs) {
-        let sa = self.sa;
-        let spawned = self.server.spawned();
         if let Some(a) = &self.abort {
             eprintln!("taskcast-load: soak aborted: {a}");
         }
+        self.report_run(rep, &inp);
+        self.report_connections(rep);
+        self.report_broadcasts(rep, &inp);
+        self.report_deliveries(rep);
+        self.report_rss(rep, &inp);
+        self.report_settle(rep, &inp);
+        self.report_log(rep, &inp);
+        self.report_misbehaving(rep);
+        self.report_exit(rep, &inp);
+        self.report_cost(rep, &inp);
+    }
+
+    /// The server, its settings and the run's length.
+    fn report_run(&mut self, rep: &mut SoakReport, inp: &ReportInputs) {
+        let sa = self.sa;
+        let spawned = self.server.spawned();
         rep.info(
             "server",
             "server",
@@ -133,8 +163,11 @@ impl Run<'_> {
                 self.t0.elapsed().as_secs_f64()
             ),
         );
+    }
 
-        // ---- connections ----
+    /// The connections made, by kind; the healthy clients among them.
+    fn report_connections(&mut self, rep: &mut SoakReport) {
+        let sa = self.sa;
         let b = &self.book;
         let mut per_role = Map::new();
         let mut parts = Vec::new();
@@ -176,8 +209,10 @@ impl Run<'_> {
                 b.healthy.len()
             ),
         );
+    }
 
-        // ---- broadcasts ----
+    /// What the one sender posted and how the server answered.
+    fn report_broadcasts(&mut self, rep: &mut SoakReport, inp: &ReportInputs) {
         let sh = &self.shared;
         let sent = sh.sent.load(Ordering::Relaxed);
         let accepted = sh.accepted.load(Ordering::Relaxed);
@@ -206,45 +241,18 @@ impl Run<'_> {
                 eprintln!("taskcast-load: {e}");
             }
         }
+    }
 
-        // ---- 1. deliveries ----
-        let n = sh.send_ns.len();
-        let mut rejected_seqs: Vec<u64> = (0..n)
-            .filter(|&s| {
-                let st = sh.status[s].load(Ordering::Relaxed);
-                st != ST_ACCEPTED && sh.send_ns[s].load(Ordering::Relaxed) != 0
-            })
-            .map(|s| s as u64)
-            .collect();
-        rejected_seqs.sort_unstable();
-        let ns = |t: Instant| t.saturating_duration_since(sh.base).as_nanos() as u64 + 1;
-        let send = |s: usize| sh.send_ns[s].load(Ordering::Relaxed);
-        let ack = |s: usize| sh.ack_ns[s].load(Ordering::Relaxed);
-        let (mut expected, mut delivered, mut failures, mut gaps, mut disorder) = (0u64, 0u64, 0u64, 0u64, 0u64);
-        let mut failed_clients = 0u64;
-        let mut examples = Vec::new();
-        for h in &b.healthy {
-            let w = verdict::expected_window(n, send, ack, ns(h.opened), ns(h.until));
-            let s = verdict::score(&h.seqs, w, &rejected_seqs);
-            expected += s.expected;
-            delivered += s.delivered;
-            failures += s.failures;
-            gaps += s.gaps;
-            disorder += s.disorder;
-            if s.failures > 0 || s.disorder > 0 {
-                failed_clients += 1;
-                if examples.len() < 5 {
-                    examples.push(format!(
-                        "window {}..{}, received {:?}..{} ({} msgs), holes {:?}, {} failures",
-                        w.0, w.1, h.seqs.first, h.seqs.last, h.seqs.count, h.seqs.gaps, s.failures
-                    ));
-                }
-            }
-        }
+    /// Check 1: every healthy client got every broadcast of its window, in order, in time.
+    fn report_deliveries(&mut self, rep: &mut SoakReport) {
+        let sa = self.sa;
+        let b = &self.book;
+        let HealthyScore { expected, delivered, failures, gaps, disorder, failed_clients, examples } =
+            self.score_healthy();
         for e in &examples {
             eprintln!("taskcast-load: incomplete healthy client: {e}");
         }
-        let soak = self.engine.soak.as_mut().expect("soak track");
+        let soak = self.engine.soak.as_ref().expect("soak track");
         let raw = soak.delivered;
         let unexpected = soak.unexpected;
         let lat = soak.latency.summary();
@@ -270,6 +278,59 @@ impl Run<'_> {
                 b.healthy.len()
             ),
         ));
+        self.report_kept(rep);
+        let p99 = lat.as_ref().map(|l| l.p99);
+        rep.check(Check::new(
+            "no one delayed (healthy p99 latency)",
+            p99.is_some_and(|p| p <= sa.latency_limit_ms),
+            match &lat {
+                Some(l) => format!("p99 {:.1} ms, max {:.1} ms; limit p99 {} ms", l.p99, l.max, sa.latency_limit_ms),
+                None => "no deliveries".into(),
+            },
+        ));
+    }
+
+    /// Scores every healthy client's record against the broadcasts sent
+    /// while it was connected (module `verdict`).
+    fn score_healthy(&self) -> HealthyScore {
+        let sh = &self.shared;
+        let n = sh.send_ns.len();
+        let mut rejected_seqs: Vec<u64> = (0..n)
+            .filter(|&s| {
+                let st = sh.status[s].load(Ordering::Relaxed);
+                st != ST_ACCEPTED && sh.send_ns[s].load(Ordering::Relaxed) != 0
+            })
+            .map(|s| s as u64)
+            .collect();
+        rejected_seqs.sort_unstable();
+        let ns = |t: Instant| t.saturating_duration_since(sh.base).as_nanos() as u64 + 1;
+        let send = |s: usize| sh.send_ns[s].load(Ordering::Relaxed);
+        let ack = |s: usize| sh.ack_ns[s].load(Ordering::Relaxed);
+        let mut t = HealthyScore::default();
+        for h in &self.book.healthy {
+            let w = verdict::expected_window(n, send, ack, ns(h.opened), ns(h.until));
+            let s = verdict::score(&h.seqs, w, &rejected_seqs);
+            t.expected += s.expected;
+            t.delivered += s.delivered;
+            t.failures += s.failures;
+            t.gaps += s.gaps;
+            t.disorder += s.disorder;
+            if s.failures > 0 || s.disorder > 0 {
+                t.failed_clients += 1;
+                if t.examples.len() < 5 {
+                    t.examples.push(format!(
+                        "window {}..{}, received {:?}..{} ({} msgs), holes {:?}, {} failures",
+                        w.0, w.1, h.seqs.first, h.seqs.last, h.seqs.count, h.seqs.gaps, s.failures
+                    ));
+                }
+            }
+        }
+        t
+    }
+
+    /// Every client connected, and no healthy one was dropped.
+    fn report_kept(&self, rep: &mut SoakReport) {
+        let b = &self.book;
         let lost = b.healthy.iter().filter(|h| h.lost).count();
         let hs_fail: u64 = b.handshake_failures.values().sum();
         let mut lost_detail = format!(
@@ -285,18 +346,11 @@ impl Run<'_> {
             lost_detail += &format!(" {:?}", b.handshake_failures);
         }
         rep.check(Check::new("every client connected; healthy ones were kept", lost == 0 && hs_fail == 0, lost_detail));
+    }
 
-        let p99 = lat.as_ref().map(|l| l.p99);
-        rep.check(Check::new(
-            "no one delayed (healthy p99 latency)",
-            p99.is_some_and(|p| p <= sa.latency_limit_ms),
-            match &lat {
-                Some(l) => format!("p99 {:.1} ms, max {:.1} ms; limit p99 {} ms", l.p99, l.max, sa.latency_limit_ms),
-                None => "no deliveries".into(),
-            },
-        ));
-
-        // ---- 2. RSS ----
+    /// Check 2: server RSS flat after the warm-up.
+    fn report_rss(&mut self, rep: &mut SoakReport, inp: &ReportInputs) {
+        let sa = self.sa;
         let warm = warmup_secs(sa);
         match verdict::rss_flat(&self.samples.rss, warm, sa.duration, sa.rss_tol_pct, sa.rss_tol_kib) {
             Some(v) => {
@@ -336,8 +390,11 @@ impl Run<'_> {
                 format!("no RSS samples after the warm-up ({warm:.0} s)"),
             )),
         }
+    }
 
-        // ---- 3. fds / 4. health ----
+    /// Checks 3 and 4: fds and /health back to their baseline.
+    fn report_settle(&mut self, rep: &mut SoakReport, inp: &ReportInputs) {
+        let sa = self.sa;
         let st = &inp.settle;
         rep.info(
             "fds",
@@ -377,8 +434,10 @@ impl Run<'_> {
                 (None, _) => "no answer from /health".into(),
             },
         ));
+    }
 
-        // ---- 5. log ----
+    /// Check 5: no error-level server log lines.
+    fn report_log(&mut self, rep: &mut SoakReport, inp: &ReportInputs) {
         match &inp.log {
             Some(log) => {
                 let warn_parts: Vec<String> = log.warnings.iter().map(|(t, n)| format!("{n}× {t}")).collect();
@@ -403,7 +462,7 @@ impl Run<'_> {
                     eprintln!("taskcast-load: server log: {l}");
                 }
                 let unexpected_w = log.unexpected_warnings();
-                let slow_warns: u64 = log.warnings.iter().filter(|(t, _)| t.contains("too slow")).map(|(_, n)| n).sum();
+                let slow_warns = log.server_warnings_containing("too slow");
                 let mut d = format!(
                     "error lines {} (expected: none), unexpected output lines {}; warn {} ({slow_warns} slow-consumer, expected)",
                     log.count("ERROR"),
@@ -420,8 +479,12 @@ impl Run<'_> {
                 "the log is only captured with --spawn-server".into(),
             )),
         }
+    }
 
-        // ---- 6. misbehaving clients ----
+    /// Check 6: each misbehaving client got the close the README promises.
+    fn report_misbehaving(&mut self, rep: &mut SoakReport) {
+        let sa = self.sa;
+        let b = &self.book;
         let mut mis = Map::new();
         let mut lines = Vec::new();
         let mut all_ok = true;
@@ -478,8 +541,11 @@ impl Run<'_> {
             detail += &format!(" [{}]", extra.join("; "));
         }
         rep.check(Check::new("misbehaving clients got the expected close", all_ok, detail));
+    }
 
-        // ---- 7. the server itself ----
+    /// Check 7: the server stayed up, and exited cleanly on SIGTERM if started here.
+    fn report_exit(&mut self, rep: &mut SoakReport, inp: &ReportInputs) {
+        let spawned = self.server.spawned();
         let completed = self.abort.is_none();
         let up = self.abort.as_deref().map_or("up for the whole run".to_string(), |a| format!("ABORTED: {a}"));
         let (pass, detail) = match &inp.exit {
@@ -489,8 +555,10 @@ impl Run<'_> {
             _ => (completed, up),
         };
         rep.check(Check::new("server stayed up (and exited cleanly)", pass, detail));
+    }
 
-        // ---- cost ----
+    /// CPU time, memory and how starved the machine was.
+    fn report_cost(&mut self, rep: &mut SoakReport, inp: &ReportInputs) {
         if let Some(ms) = inp.cpu {
             rep.info(
                 "server_cpu_ms",

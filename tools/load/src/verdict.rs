@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::taskcast_load::roles::SeqLog;
+use crate::roles::SeqLog;
 
 /// First index in `0..n` for which `pred` is false, assuming `pred` is
 /// true on a prefix and false after it.
@@ -163,7 +163,8 @@ pub fn slope(points: &[(f64, u64)]) -> f64 {
     if sxx == 0.0 { 0.0 } else { sxy / sxx }
 }
 
-/// One env_logger line: `[2026-01-02T03:04:05Z WARN  taskcast::server] msg`.
+/// One env_logger line: `[2026-01-02T03:04:05Z WARN  taskcast::server] msg`
+/// (the target is any module path; see `is_server_target`).
 /// Returns (level, target, message).
 pub fn parse_log_line(line: &str) -> Option<(&str, &str, &str)> {
     let rest = line.strip_prefix('[')?;
@@ -208,6 +209,25 @@ pub fn template(msg: &str) -> String {
     if t.chars().count() > 80 { t.chars().take(80).collect::<String>() + "…" } else { t }
 }
 
+/// Whether a log record is the server's own. Its targets are `taskcast` and
+/// `taskcast::<module path>`, and which module logs a message moves as the
+/// server is refactored (`taskcast::server` today, `taskcast::server::ws_conn`
+/// or `taskcast::conn` tomorrow), so the verdict goes by this prefix and by
+/// message text, never by module.
+pub fn is_server_target(target: &str) -> bool {
+    target == "taskcast" || target.starts_with("taskcast::")
+}
+
+/// Prefix of the counting key of a record from another target (a dependency
+/// logging through `log`): never an expected kind, whatever its text.
+const FOREIGN: &str = "(from ";
+
+/// Counting key of a record: its template, marked with the target when the
+/// record is not the server's own.
+fn kind_key(target: &str, msg: &str) -> String {
+    if is_server_target(target) { template(msg) } else { format!("{FOREIGN}{target}) {}", template(msg)) }
+}
+
 /// Warning kinds a soak provokes on purpose.
 pub const EXPECTED_WARNINGS: &[&str] = &["too slow"];
 /// Error kinds a soak provokes on purpose: none.
@@ -243,7 +263,7 @@ impl LogBook {
             self.tail.pop_front();
         }
         self.tail.push_back(line.to_string());
-        let Some((level, _target, msg)) = parse_log_line(line) else {
+        let Some((level, target, msg)) = parse_log_line(line) else {
             self.other += 1;
             if self.other_lines.len() < KEEP_LINES {
                 self.other_lines.push(line.to_string());
@@ -253,13 +273,14 @@ impl LogBook {
         *self.by_level.entry(level.to_string()).or_default() += 1;
         match level {
             "ERROR" => {
-                *self.errors.entry(template(msg)).or_default() += 1;
-                if !is_expected(msg, EXPECTED_ERRORS) && self.error_lines.len() < KEEP_LINES {
+                let key = kind_key(target, msg);
+                if !is_expected(&key, EXPECTED_ERRORS) && self.error_lines.len() < KEEP_LINES {
                     self.error_lines.push(line.to_string());
                 }
+                *self.errors.entry(key).or_default() += 1;
             }
-            "WARN" => *self.warnings.entry(template(msg)).or_default() += 1,
-            "INFO" => {
+            "WARN" => *self.warnings.entry(kind_key(target, msg)).or_default() += 1,
+            "INFO" if is_server_target(target) => {
                 if let Some(rest) = msg.strip_prefix("taskcast listening on ") {
                     self.listening = rest.split_whitespace().next().map(str::to_string);
                 }
@@ -282,10 +303,16 @@ impl LogBook {
     pub fn unexpected_warnings(&self) -> Vec<(String, u64)> {
         self.warnings.iter().filter(|(t, _)| !is_expected(t, EXPECTED_WARNINGS)).map(|(t, n)| (t.clone(), *n)).collect()
     }
+
+    /// The server's own warnings whose text contains `text`.
+    pub fn server_warnings_containing(&self, text: &str) -> u64 {
+        self.warnings.iter().filter(|(t, _)| is_expected(t, &[text])).map(|(_, n)| n).sum()
+    }
 }
 
-fn is_expected(msg: &str, kinds: &[&str]) -> bool {
-    kinds.iter().any(|k| msg.contains(k))
+/// Whether a counting key is one of `kinds` (by text) from the server itself.
+fn is_expected(key: &str, kinds: &[&str]) -> bool {
+    !key.starts_with(FOREIGN) && kinds.iter().any(|k| key.contains(k))
 }
 
 /// Whether a silent client was dropped on time. The server drops a client
@@ -500,6 +527,36 @@ mod tests {
         assert_eq!(b.unexpected_errors(), 2);
         assert_eq!(b.error_lines.len(), 1);
         assert_eq!(b.tail.len(), 6);
+    }
+
+    #[test]
+    fn server_targets_by_prefix_not_module() {
+        assert!(is_server_target("taskcast"));
+        assert!(is_server_target("taskcast::server"));
+        assert!(is_server_target("taskcast::server::ws_conn"));
+        assert!(is_server_target("taskcast::conn"));
+        assert!(!is_server_target("taskcastle"));
+        assert!(!is_server_target("tungstenite::protocol"));
+        assert!(!is_server_target(""));
+
+        let mut b = LogBook::default();
+        // the same messages from the modules the server is being split into
+        b.add("[t INFO  taskcast::server::run] taskcast listening on 127.0.0.1:4343 | origins x");
+        b.add(
+            r#"[t WARN  taskcast::server::ws_conn] 127.0.0.1:1 ("a") too slow: 64 messages queued; closing with 1013"#,
+        );
+        b.add(r#"[t WARN  taskcast::conn] 127.0.0.1:2 ("b") too slow: 64 messages queued; closing with 1013"#);
+        // another crate's lines: never expected, never the listening line
+        b.add(r#"[t WARN  tungstenite::protocol] 127.0.0.1:3 too slow: 64 messages queued; closing with 1013"#);
+        b.add("[t INFO  mio::poll] taskcast listening on 10.0.0.1:1");
+        b.add("[t ERROR hyperthing] boom");
+        assert_eq!(b.listening.as_deref(), Some("127.0.0.1:4343"));
+        assert_eq!(b.server_warnings_containing("too slow"), 2);
+        let unexpected = b.unexpected_warnings();
+        assert_eq!(unexpected.len(), 1, "{unexpected:?}");
+        assert!(unexpected[0].0.starts_with("(from tungstenite::protocol) "), "{unexpected:?}");
+        assert_eq!(b.unexpected_errors(), 1);
+        assert_eq!(b.error_lines, vec!["[t ERROR hyperthing] boom".to_string()]);
     }
 
     #[test]
