@@ -586,9 +586,10 @@ fn refreshes_on_the_interval_and_keeps_the_last_good_keys() {
 // ---- hostile endpoints ----------------------------------------------------------
 //
 // Regressions for the hand-written client ureq replaced (issue 10): it
-// recursed once per `1xx` answer (enough of them overflowed the fetch
-// thread's stack and aborted the server), and a 16-hex-digit chunk size
-// overflowed its arithmetic. Each hostile answer must end the fetch with a
+// recursed once per `1xx` answer (`Continues` overflowed the stack and
+// aborted the process), and a 16-hex-digit chunk size after a first chunk
+// overflowed its arithmetic (`ChunkSize16` panicked). Both checked against
+// the old code (ba2cb68). Each hostile answer must end the fetch with a
 // logged failure within the fetch timeout, and the server keep serving with
 // the keys it had.
 
@@ -601,7 +602,8 @@ enum Hostile {
     Continues,
     /// A chunk size of 17 hex digits (more than 64 bits).
     ChunkSize17,
-    /// A chunk size of 16 hex digits (2^64 - 1), then data until the close.
+    /// A 1-byte chunk, then a chunk size of 16 hex digits (2^64 - 1) and
+    /// data until the close (the old decoder's `len + size` overflowed).
     ChunkSize16,
     /// 200 without framing, then JSON-ish bytes without end (up to 64 MiB).
     EndlessBody,
@@ -700,8 +702,9 @@ fn answer_hostile(mut conn: TcpStream, mode: Hostile, stop: &AtomicBool) {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n{\"keys\":[]}\r\n0\r\n\r\n",
         ),
         Hostile::ChunkSize16 => {
-            let _ =
-                conn.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n{\"keys\":[");
+            let _ = conn.write_all(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\nffffffffffffffff\r\n\"keys\":[",
+            );
             endless(&mut conn, 4 << 20);
             Ok(())
         }
