@@ -125,6 +125,12 @@ impl Verifier {
         })
     }
 
+    /// The key fetcher's state (see [`jwks::JwksHealth`] for each field), or
+    /// `None` when no JWKS is configured. Cheap: for `/ready` and metrics.
+    pub fn jwks_health(&self) -> Option<jwks::JwksHealth> {
+        self.jwks.as_ref().map(jwks::Keys::health)
+    }
+
     /// Verifies a compact JWT and returns its claims. Never blocks: an
     /// unknown `kid` only asks the fetch thread for a refetch.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {

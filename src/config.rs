@@ -9,8 +9,6 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::jwks::HttpUrl;
-
 /// Fds kept back from the open-file limit when MAX_CONNECTIONS is derived:
 /// the listener, epoll, the waker, signal pipes, log files and HTTP callers
 /// (broadcasts, health checks) that arrive while the WebSocket count is full.
@@ -19,6 +17,60 @@ pub const FD_RESERVE: usize = 256;
 /// JWKS_REFRESH_SECS at most: a removed (revoked) key stops being accepted
 /// within a day at the latest.
 pub const MAX_JWKS_REFRESH: Duration = Duration::from_secs(24 * 3600);
+
+/// JWKS_URL, checked at start-up: an `http://` or `https://` URL with a
+/// host. Parsed by the HTTP client's own URI type (`http::Uri`, re-exported
+/// by ureq), so what is accepted here is exactly what the fetcher can request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksUrl(String);
+
+impl JwksUrl {
+    /// Validates JWKS_URL; the error says what is wrong (for a [`ConfigError`]).
+    pub fn parse(s: &str) -> Result<JwksUrl, String> {
+        let s = s.trim();
+        let example = "like https://app.example.com/api/auth/jwks or http://localhost:3000/api/auth/jwks";
+        // A fragment never reaches the server (RFC 9110 §4.2.4); `Uri` refuses one.
+        let s = s.split('#').next().unwrap_or("");
+        let uri: ureq::http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL ({e}), {example}"))?;
+        let scheme = uri.scheme_str().map(str::to_ascii_lowercase);
+        if !matches!(scheme.as_deref(), Some("http" | "https")) {
+            return Err(format!("{s:?} is not an http:// or https:// URL, {example}"));
+        }
+        let Some(authority) = uri.authority() else { return Err(format!("{s:?} names no host")) };
+        if authority.as_str().contains('@') {
+            return Err("credentials in the URL are not supported".into());
+        }
+        if authority.host().is_empty() {
+            return Err(format!("{s:?} names no host"));
+        }
+        // `Uri` leaves a port it cannot read as a number to the caller.
+        if let Some((_, port)) = authority.as_str().rsplit_once(':').filter(|(_, p)| !p.contains(']'))
+            && !port.parse::<u16>().is_ok_and(|p| p != 0)
+        {
+            return Err(format!("{s:?}: {port:?} is not a port (1-65535)"));
+        }
+        // `Uri` keeps the scheme and host as written; lower-case them so logs
+        // and comparisons see one spelling.
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+        Ok(JwksUrl(format!("{}://{}{path}", scheme.unwrap(), authority.as_str().to_ascii_lowercase())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// True for `https://` (the only case in which SSL_CERT_FILE is read).
+    pub fn is_https(&self) -> bool {
+        self.0.starts_with("https://")
+    }
+}
+
+impl fmt::Display for JwksUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// Which `Origin` headers may talk to us (browsers always send one; servers
 /// and CLI tools usually do not, and are allowed).
@@ -107,9 +159,13 @@ pub struct Config {
     /// ...and in a burst; past that `/api/broadcast` answers 429.
     pub broadcast_burst: u32,
     /// JWKS_URL: where the front end publishes its public keys (BetterAuth:
-    /// `<app>/api/auth/jwks`). Plain http only: the JWKS comes from the
-    /// co-located app, not across the internet.
-    pub jwks_url: Option<HttpUrl>,
+    /// `<app>/api/auth/jwks`), over http or https.
+    pub jwks_url: Option<JwksUrl>,
+    /// SSL_CERT_FILE: a PEM bundle of the CA certificates an https JWKS_URL
+    /// is checked against, instead of the built-in (Mozilla/webpki) roots;
+    /// for an app whose certificate comes from a private CA. Read only when
+    /// JWKS_URL is https.
+    pub ssl_cert_file: Option<PathBuf>,
     /// JWKS_FILE: a JWKS on disk (written by the app, or pasted), re-read at
     /// every refresh; works without any HTTP, and keeps start-up possible
     /// while JWKS_URL is down.
@@ -220,10 +276,11 @@ impl Config {
         let allowed_origins = parse_origins(&origins)?;
 
         let jwks_url = match optional(&get, "JWKS_URL") {
-            Some(u) => Some(HttpUrl::parse(&u).map_err(|m| err("JWKS_URL", m))?),
+            Some(u) => Some(JwksUrl::parse(&u).map_err(|m| err("JWKS_URL", m))?),
             None => None,
         };
         let jwks_file = optional(&get, "JWKS_FILE").map(PathBuf::from);
+        let ssl_cert_file = optional(&get, "SSL_CERT_FILE").map(PathBuf::from);
         let jwks_refresh = secs(&get, "JWKS_REFRESH_SECS", 600)?;
         if jwks_refresh > MAX_JWKS_REFRESH {
             return Err(err("JWKS_REFRESH_SECS", format!("must be at most {} (a day)", MAX_JWKS_REFRESH.as_secs())));
@@ -319,6 +376,7 @@ impl Config {
             broadcast_burst,
             jwks_url,
             jwks_file,
+            ssl_cert_file,
             jwks_refresh,
             tcp_nodelay: parse_or(&get, "TCP_NODELAY", true, "true or false")?,
         })
@@ -423,7 +481,10 @@ mod tests {
             (&[("BROADCAST_RATE_PER_SEC", "fast")], "BROADCAST_RATE_PER_SEC"),
             (&[("BROADCAST_BURST", "0")], "BROADCAST_BURST"),
             (&[("TCP_NODELAY", "yes")], "TCP_NODELAY"),
-            (&[("JWKS_URL", "https://app.example.com/api/auth/jwks")], "JWKS_URL"),
+            (&[("JWKS_URL", "ftp://app.example.com/api/auth/jwks")], "JWKS_URL"),
+            (&[("JWKS_URL", "https:///api/auth/jwks")], "JWKS_URL"),
+            (&[("JWKS_URL", "/api/auth/jwks")], "JWKS_URL"),
+            (&[("JWKS_URL", "http://localhost:0/jwks")], "JWKS_URL"),
             (&[("JWKS_URL", "localhost:3000/api/auth/jwks")], "JWKS_URL"),
             (&[("JWKS_URL", "http://:3000/jwks")], "JWKS_URL"),
             (&[("JWKS_URL", "http://localhost:99999/jwks")], "JWKS_URL"),
@@ -480,7 +541,40 @@ mod tests {
         assert_eq!(c.jwt_secret.as_deref(), Some(&b"s3cret"[..]));
         assert!(!c.jwt_secret_generated);
 
-        let e = cfg(&[("JWKS_URL", "https://app.example.com/api/auth/jwks")]).unwrap_err();
-        assert!(e.message.contains("JWKS_FILE"), "the https refusal says what to do instead: {e}");
+        let c =
+            cfg(&[("JWKS_URL", "https://App.Example.com/api/auth/jwks"), ("SSL_CERT_FILE", "/etc/ca.pem")]).unwrap();
+        let url = c.jwks_url.unwrap();
+        assert_eq!(url.as_str(), "https://app.example.com/api/auth/jwks");
+        assert!(url.is_https());
+        assert_eq!(c.ssl_cert_file.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
+    }
+
+    #[test]
+    fn jwks_urls() {
+        for (given, shown) in [
+            ("http://localhost:3000/api/auth/jwks", "http://localhost:3000/api/auth/jwks"),
+            ("HTTP://App.Local/jwks?v=1#frag", "http://app.local/jwks?v=1"),
+            ("http://127.0.0.1:8000", "http://127.0.0.1:8000/"),
+            ("https://[::1]:3000/jwks", "https://[::1]:3000/jwks"),
+            ("http://host?x=1", "http://host/?x=1"),
+        ] {
+            let u = JwksUrl::parse(given).unwrap_or_else(|e| panic!("{given}: {e}"));
+            assert_eq!(u.as_str(), shown, "{given}");
+        }
+        for bad in [
+            "ftp://app/jwks",
+            "localhost:3000",
+            "http://",
+            "http://:80/",
+            "http://host:0/",
+            "http://host:x/",
+            "http://host:65536/",
+            "http://[::1/jwks",
+            "http://u:p@host/",
+            "http://host/a b",
+            "http://host/a\r\nX: y",
+        ] {
+            assert!(JwksUrl::parse(bad).is_err(), "{bad:?} should be refused");
+        }
     }
 }

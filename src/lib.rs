@@ -24,8 +24,10 @@
 //! - [`outqueue`]: a connection's pending output, written with one writev.
 //! - [`timers`]: connection deadlines in a min-heap (pings, timeouts).
 //! - [`auth`]: JWT verification (which key checks which token) and minting.
-//! - [`jwks`]: the front end's public keys (JWKS_URL / JWKS_FILE), parsed,
-//!   and refreshed by one helper thread so the loop never waits on a fetch.
+//! - [`jwks`]: the front end's public keys (JWKS_URL / JWKS_FILE), refreshed
+//!   by one helper thread so the loop never waits on a fetch, with its
+//!   health; [`jwks::keyset`] parses a JWK Set, [`jwks::fetch`] gets one
+//!   (ureq: http or https) and merges the sources.
 //! - [`config`]: environment variables, validated at start-up.
 //! - [`sys`]: OS calls std lacks: open-file limit, listen backlog,
 //!   socket writes with send/sendmsg, randomness.

@@ -17,8 +17,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use keys::*;
 use serde_json::{Value, json};
 use taskcast::auth::{AuthError, Verifier};
-use taskcast::config::ConfigError;
-use taskcast::jwks::{HttpUrl, REFETCH_MIN_INTERVAL};
+use taskcast::config::{ConfigError, JwksUrl};
+use taskcast::jwks::REFETCH_MIN_INTERVAL;
 use taskcast::{Config, Server};
 
 /// BetterAuth sets both `iss` and `aud` to the app's base URL.
@@ -193,7 +193,7 @@ fn hs_token(secret: &[u8], kid: Option<&str>, claims: &Value) -> String {
 fn jwks_config(url: &str) -> Config {
     let mut c = Config::for_tests(SECRET);
     c.jwt_secret = None;
-    c.jwks_url = Some(HttpUrl::parse(url).unwrap());
+    c.jwks_url = Some(JwksUrl::parse(url).unwrap());
     c.jwt_issuer = Some(APP.into());
     c.jwt_audience = Some(APP.into());
     c
@@ -513,10 +513,9 @@ fn binary_exits_2_naming_jwks_url() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("JWKS_URL") && stderr.contains(&url), "{stderr}");
 
-    let (code, stderr) =
-        run_binary(&[base.as_slice(), &[("JWKS_URL", "https://app.example.com/api/auth/jwks")]].concat());
+    let (code, stderr) = run_binary(&[base.as_slice(), &[("JWKS_URL", "ftp://127.0.0.1/api/auth/jwks")]].concat());
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("invalid JWKS_URL") && stderr.contains("https"), "{stderr}");
+    assert!(stderr.contains("invalid JWKS_URL") && stderr.contains("https://"), "{stderr}");
 
     let (code, stderr) = run_binary(&[base.as_slice(), &[("JWKS_FILE", "/nonexistent/jwks.json")]].concat());
     assert_eq!(code, Some(2), "{stderr}");
@@ -582,4 +581,251 @@ fn refreshes_on_the_interval_and_keeps_the_last_good_keys() {
     let stopped_at = jwks.hits();
     std::thread::sleep(Duration::from_millis(1300)); // more than one JWKS_REFRESH_SECS
     assert_eq!(jwks.hits(), stopped_at, "the JWKS thread outlived its server");
+}
+
+// ---- hostile endpoints ----------------------------------------------------------
+//
+// Regressions for the hand-written client ureq replaced (issue 10): it
+// recursed once per `1xx` answer (`Continues` overflowed the stack and
+// aborted the process), and a 16-hex-digit chunk size after a first chunk
+// overflowed its arithmetic (`ChunkSize16` panicked). Both checked against
+// the old code (ba2cb68). Each hostile answer must end the fetch with a
+// logged failure within the fetch timeout, and the server keep serving with
+// the keys it had.
+
+/// How the hostile endpoint answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hostile {
+    /// A good JWKS (key A).
+    Good,
+    /// `HTTP/1.1 100 Continue` 100,000 times (2.5 MB), then the close.
+    Continues,
+    /// A chunk size of 17 hex digits (more than 64 bits).
+    ChunkSize17,
+    /// A 1-byte chunk, then a chunk size of 16 hex digits (2^64 - 1) and
+    /// data until the close (the old decoder's `len + size` overflowed).
+    ChunkSize16,
+    /// 200 without framing, then JSON-ish bytes without end (up to 64 MiB).
+    EndlessBody,
+    /// A Content-Length of 10 GB, then the same endless bytes.
+    HugeLength,
+    /// A good head, then one body byte per 100 ms, forever.
+    Trickle,
+}
+
+/// A raw TCP endpoint answering every request as `mode` says.
+struct HostileServer {
+    url: String,
+    mode: Arc<Mutex<Hostile>>,
+    /// Requests answered with something other than [`Hostile::Good`].
+    hostile_hits: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    addr: SocketAddr,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HostileServer {
+    fn start(mode: Hostile) -> HostileServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mode = Arc::new(Mutex::new(mode));
+        let hostile_hits = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, h, st) = (mode.clone(), hostile_hits.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let mode = *m.lock().unwrap();
+                if mode != Hostile::Good {
+                    h.fetch_add(1, Ordering::SeqCst);
+                }
+                // One thread per answer: a trickle must not hold up the next request.
+                let st = st.clone();
+                std::thread::spawn(move || answer_hostile(conn, mode, &st));
+            }
+        });
+        HostileServer { url: format!("http://{addr}{JWKS_PATH}"), mode, hostile_hits, stop, addr, thread: Some(thread) }
+    }
+
+    fn set(&self, mode: Hostile) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    fn hostile_hits(&self) -> usize {
+        self.hostile_hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HostileServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads the request head, then misbehaves. Every write loop is bounded
+/// in bytes and ends when the client goes away or the server stops.
+fn answer_hostile(mut conn: TcpStream, mode: Hostile, stop: &AtomicBool) {
+    conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    conn.set_write_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let endless = |conn: &mut TcpStream, limit: usize| {
+        let filler = [b' '; 16384];
+        let mut sent = 0;
+        while sent < limit && !stop.load(Ordering::SeqCst) && conn.write_all(&filler).is_ok() {
+            sent += filler.len();
+        }
+    };
+    let _ = match mode {
+        Hostile::Good => {
+            let body = jwks_doc(&[ed_jwk("key-a", ED_A_X)]);
+            conn.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes())
+        }
+        Hostile::Continues => {
+            let many = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(100_000);
+            conn.write_all(&many)
+        }
+        Hostile::ChunkSize17 => conn.write_all(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n{\"keys\":[]}\r\n0\r\n\r\n",
+        ),
+        Hostile::ChunkSize16 => {
+            let _ = conn.write_all(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\nffffffffffffffff\r\n\"keys\":[",
+            );
+            endless(&mut conn, 4 << 20);
+            Ok(())
+        }
+        Hostile::EndlessBody => {
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"keys\":[");
+            endless(&mut conn, 64 << 20);
+            Ok(())
+        }
+        Hostile::HugeLength => {
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000000\r\n\r\n{\"keys\":[");
+            endless(&mut conn, 64 << 20);
+            Ok(())
+        }
+        Hostile::Trickle => {
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n");
+            for _ in 0..300 {
+                if stop.load(Ordering::SeqCst) || conn.write_all(b" ").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(())
+        }
+    };
+}
+
+const HOSTILE: [Hostile; 5] =
+    [Hostile::Continues, Hostile::ChunkSize17, Hostile::ChunkSize16, Hostile::EndlessBody, Hostile::HugeLength];
+
+/// What the failure of each hostile answer must say (ureq's words, or ours).
+fn failure_says(mode: Hostile) -> &'static str {
+    match mode {
+        Hostile::ChunkSize16 | Hostile::EndlessBody | Hostile::HugeLength => "larger than 1048576 bytes",
+        Hostile::Trickle => "within 10s",
+        // ureq counts interim answers into its 64 KiB response-head limit.
+        Hostile::Continues => "header is too big",
+        Hostile::ChunkSize17 => "chunk length",
+        Hostile::Good => unreachable!("not hostile"),
+    }
+}
+
+/// At start-up every hostile answer is a clean config error naming
+/// JWKS_URL, within the fetch timeout; the trickle runs into it.
+#[test]
+fn hostile_jwks_endpoint_at_start_is_a_bounded_config_error() {
+    let hostile = HostileServer::start(Hostile::Good);
+    for mode in HOSTILE.into_iter().chain([Hostile::Trickle]) {
+        hostile.set(mode);
+        let started = Instant::now();
+        let e = Verifier::new(&jwks_config(&hostile.url)).err().unwrap_or_else(|| panic!("{mode:?}: accepted"));
+        let took = started.elapsed();
+        assert_eq!(e.var, "JWKS_URL", "{mode:?}: {e}");
+        assert!(e.message.contains(failure_says(mode)), "{mode:?}: {e}");
+        assert!(took < Duration::from_secs(12), "{mode:?}: took {took:?}");
+        if mode != Hostile::Trickle {
+            assert!(took < Duration::from_secs(5), "{mode:?} should fail fast, took {took:?}: {e}");
+        }
+    }
+}
+
+/// The endpoint turns hostile after start-up: each kind of answer is a
+/// counted failure in `jwks_health`, the keys stay, the thread lives.
+#[test]
+fn hostile_refreshes_are_failures_in_jwks_health() {
+    let hostile = HostileServer::start(Hostile::Good);
+    let mut config = jwks_config(&hostile.url);
+    config.jwks_refresh = Duration::from_secs(1);
+    let verifier = Verifier::new(&config).unwrap();
+    let h = verifier.jwks_health().expect("JWKS is configured");
+    assert_eq!((h.keys, h.fetches, h.failures, h.thread_alive, h.last_error.clone()), (1, 1, 0, true, None), "{h:?}");
+    let token = ed_token(ED_A_PRIVATE, "key-a", &claims("user-1"));
+    for mode in HOSTILE {
+        hostile.set(mode);
+        let failures = verifier.jwks_health().unwrap().failures;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while verifier.jwks_health().unwrap().failures == failures {
+            assert!(Instant::now() < deadline, "{mode:?}: no failure recorded: {:?}", verifier.jwks_health());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let h = verifier.jwks_health().unwrap();
+        assert!(h.thread_alive && h.keys == 1, "{mode:?}: {h:?}");
+        let error = h.last_error.unwrap_or_default();
+        assert!(error.contains("JWKS_URL") && error.contains(failure_says(mode)), "{mode:?}: {error}");
+        assert!(verifier.verify(&token).is_ok(), "{mode:?}: the last good key still verifies");
+    }
+    hostile.set(Hostile::Good);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while verifier.jwks_health().unwrap().last_error.is_some() {
+        assert!(Instant::now() < deadline, "never recovered: {:?}", verifier.jwks_health());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(verifier.jwks_health().unwrap().secs_since_success.is_some_and(|s| s <= 2));
+}
+
+/// The real binary against an endpoint that turns hostile: every failure
+/// is logged (warn), the process does not crash, and it keeps serving.
+#[test]
+fn binary_survives_a_hostile_jwks_endpoint() {
+    let hostile = HostileServer::start(Hostile::Good);
+    let mut cmd = taskcast_cmd();
+    cmd.env("JWKS_URL", &hostile.url).env("JWKS_REFRESH_SECS", "1").stdout(std::process::Stdio::null());
+    let mut bin = start_binary(&mut cmd);
+    let token = ed_token(ED_A_PRIVATE, "key-a", &claims("user-1"));
+    let warned = |log: &str| log.matches("; keeping its last good keys").count();
+    for mode in HOSTILE {
+        hostile.set(mode);
+        let hits = hostile.hostile_hits();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        // Every hostile answer so far (at least one of this kind) logged as a failure.
+        while hostile.hostile_hits() <= hits || warned(&bin.log()) < hostile.hostile_hits() {
+            assert!(Instant::now() < deadline, "{mode:?}: failure not logged: {}", bin.log());
+            assert!(bin.child.try_wait().unwrap().is_none(), "{mode:?}: taskcast died: {}", bin.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(get(bin.addr, "/health").status, 200, "{mode:?}");
+        drop(ws(bin.addr, &token));
+    }
+    let log = bin.log();
+    assert!(log.contains("WARN") && log.contains(&format!("JWKS_URL {}", hostile.url)), "{log}");
+    assert!(log.contains("larger than 1048576 bytes"), "{log}");
+    assert!(bin.child.try_wait().unwrap().is_none(), "taskcast died: {log}");
+    bin.signal(libc::SIGTERM);
+    assert!(bin.wait_exit(WAIT).success(), "{}", bin.log());
 }
