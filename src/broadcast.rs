@@ -54,7 +54,8 @@ pub enum Target {
 #[derive(Debug)]
 pub struct Publish {
     pub kind: String,
-    /// The raw JSON text of `data`, as sent (for channel envelopes).
+    /// The raw JSON text of `data`, as sent (for channel envelopes, and for
+    /// Redis in cluster mode).
     pub payload: Box<str>,
     pub target: Target,
 }
@@ -109,7 +110,7 @@ pub fn parse_publish(body: &[u8], max_channels: usize) -> Result<Publish, String
     let targets = match (parsed.channel, parsed.channels, parsed.users) {
         (None, None, None) => {
             let frame = frame(&envelope(&kind, data.get()));
-            return Ok(Publish { kind: kind.into_owned(), payload: Box::from(""), target: Target::All(frame) });
+            return Ok(Publish { kind: kind.into_owned(), payload: data.get().into(), target: Target::All(frame) });
         }
         (Some(c), None, None) => vec![c.into_owned()],
         (None, Some(list), None) => list,

@@ -80,6 +80,8 @@ pub enum Refusal {
     TooManySubscriptions,
     InvalidToken,
     BadRequest,
+    /// Cluster mode, Redis unreachable: retry.
+    Unavailable,
 }
 
 impl Refusal {
@@ -90,6 +92,7 @@ impl Refusal {
             Refusal::TooManySubscriptions => "too_many_subscriptions",
             Refusal::InvalidToken => "invalid_token",
             Refusal::BadRequest => "bad_request",
+            Refusal::Unavailable => "unavailable",
         }
     }
 }

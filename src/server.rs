@@ -18,6 +18,7 @@
 //! `http_conn` (requests, the upgrade), `ws_conn` (frames, client messages,
 //! pings, the close handshake), `fanout` (broadcasts to recipients).
 
+mod cluster;
 mod conn;
 mod fanout;
 mod http_conn;
@@ -110,6 +111,10 @@ pub struct Server {
     limits: Limits,
     /// Channels: subscribers, offsets, history (see [`crate::hub`]).
     hub: Hub,
+    /// Cluster mode (REDIS_URL): the Redis link and what waits on it.
+    cluster: Option<cluster::Cluster>,
+    /// The link had more events than one turn takes: drain again next turn.
+    cluster_again: bool,
     next_id: u64,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
@@ -129,6 +134,13 @@ impl Server {
         let mut listener = TcpListener::from_std(crate::sys::listen(config.addr, LISTEN_BACKLOG)?);
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let cluster = match &config.redis {
+            Some(redis) => {
+                let history = crate::cluster::HistorySettings { size: config.history_size.max(1), ttl: config.history_ttl };
+                Some(cluster::Cluster::new(crate::cluster::RedisLink::start(redis, history, waker.clone())?))
+            }
+            None => None,
+        };
         Ok(Server {
             local_addr: listener.local_addr()?,
             listener: Some(listener),
@@ -143,11 +155,15 @@ impl Server {
             verifier,
             ws_config: ws::config(&config),
             limits: Limits::new(&config, Instant::now()),
+            // In cluster mode history lives in Redis; the hub only indexes
+            // who is subscribed where.
             hub: Hub::new(HistoryLimits {
-                size: config.history_size,
+                size: if config.redis.is_some() { 0 } else { config.history_size },
                 ttl: config.history_ttl,
                 max_bytes: config.history_max_bytes,
             }),
+            cluster,
+            cluster_again: false,
             config,
             next_id: 0,
             stop: Arc::new(AtomicBool::new(false)),
@@ -218,7 +234,11 @@ impl Server {
                 return Ok(());
             }
 
-            let timeout = if self.again.is_empty() { self.poll_timeout(now) } else { Some(Duration::ZERO) };
+            let busy = !self.again.is_empty() || std::mem::take(&mut self.cluster_again);
+            if busy && self.cluster.is_some() {
+                self.on_cluster_events();
+            }
+            let timeout = if busy { Some(Duration::ZERO) } else { self.poll_timeout(now) };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -229,7 +249,7 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
-                    WAKER => {}
+                    WAKER => self.on_cluster_events(),
                     SIGNALS => self.drain_signals(),
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
@@ -479,7 +499,11 @@ impl Server {
         // key may be reused.
         if let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) {
             for s in std::mem::take(&mut ws.subs) {
+                let name = self.cluster.as_ref().map(|_| self.hub.channel(s.channel).name.to_string());
                 self.hub.unsubscribe(s.channel, key);
+                if let Some(name) = name {
+                    self.maybe_unsubscribe_remote(&name);
+                }
             }
         }
     }

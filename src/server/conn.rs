@@ -53,6 +53,9 @@ pub(super) struct HttpConn {
     pub head: Option<Box<Head>>,
     /// Parsing stopped until the client reads its responses.
     pub paused: bool,
+    /// A publish is waiting for Redis (cluster mode); requests behind it
+    /// wait for its answer.
+    pub parked: bool,
 }
 
 impl HttpConn {
@@ -64,7 +67,7 @@ impl HttpConn {
 
     /// No request has started arriving: an idle keep-alive connection.
     pub fn is_idle(&self) -> bool {
-        self.buf.is_empty() && self.head.is_none()
+        self.buf.is_empty() && self.head.is_none() && !self.parked
     }
 }
 

@@ -15,21 +15,30 @@ use super::Server;
 use super::conn::{Conn, Phase};
 use crate::api;
 use crate::broadcast::{Publish, Target};
-use crate::http::Response;
+use crate::http::{Head, Response};
 use crate::ws::Reason;
 
 impl Server {
-    /// An authenticated, validated broadcast: rate-limited, then queued to
-    /// its recipients. Returns the answer for the publisher.
-    pub(super) fn broadcast(&mut self, publish: Publish) -> Response {
+    /// An authenticated, validated broadcast from connection `key`:
+    /// rate-limited, then queued to its recipients — or, in cluster mode,
+    /// sent to Redis (`None`: the answer comes when Redis has it).
+    pub(super) fn broadcast(&mut self, key: usize, head: &Head, publish: Publish) -> Option<Response> {
         let now = Instant::now();
         if let Err(resp) = self.limits.take_broadcast(&self.config, now) {
             debug!("broadcast {} refused: over BROADCAST_RATE_PER_SEC", publish.kind);
-            return resp;
+            return Some(resp);
         }
+        if self.cluster.is_some() {
+            return self.cluster_publish(key, head, publish);
+        }
+        Some(self.publish_local(publish, now))
+    }
+
+    /// Single-process mode: offsets and history from the hub, delivery now.
+    fn publish_local(&mut self, publish: Publish, now: Instant) -> Response {
         match publish.target {
             Target::All(frame) => {
-                let n = self.fan_out(frame);
+                let n = self.fan_out_all(frame);
                 debug!("broadcast {} to {n} clients", publish.kind);
                 api::broadcast_ok(n)
             }
@@ -56,8 +65,24 @@ impl Server {
         }
     }
 
+    /// Queues a channel frame to these connections; returns how many.
+    pub(super) fn fan_out_keys(&mut self, keys: &[usize], frame: &Rc<[u8]>) -> usize {
+        let limit = self.config.send_queue_limit;
+        let mut slow = Vec::new();
+        let mut n = 0;
+        let coalesce = !self.config.flush_delay.is_zero();
+        let list = if coalesce { &mut self.deferred } else { &mut self.dirty };
+        for &key in keys {
+            if let Some(conn) = self.conns.get_mut(key) {
+                n += queue(key, conn, list, coalesce, frame, &mut slow, limit);
+            }
+        }
+        self.close_slow(slow, Instant::now());
+        n
+    }
+
     /// Queues one framed broadcast to every open client; returns how many.
-    fn fan_out(&mut self, frame: Rc<[u8]>) -> usize {
+    pub(super) fn fan_out_all(&mut self, frame: Rc<[u8]>) -> usize {
         let limit = self.config.send_queue_limit;
         let mut sent = 0;
         let mut slow = Vec::new();

@@ -95,6 +95,11 @@ impl Server {
                 h.paused = true;
                 return published;
             }
+            // A publish waiting for Redis: answers go out in request order,
+            // so the requests behind it wait too.
+            if h.parked {
+                return published;
+            }
             let head = match h.head.take() {
                 Some(head) => head,
                 None => match http::parse_head(&h.buf[h.consumed..], self.config.max_broadcast_bytes) {
@@ -133,7 +138,10 @@ impl Server {
                 Action::Respond(resp) => resp,
                 Action::Broadcast(publish) => {
                     published = true;
-                    self.broadcast(publish)
+                    match self.broadcast(key, &head, publish) {
+                        Some(resp) => resp,
+                        None => return published, // parked until Redis answers
+                    }
                 }
                 Action::Upgrade { .. } => unreachable!("handled above"),
             };
@@ -172,6 +180,7 @@ impl Server {
         let mut subs = Vec::new();
         if let Some(name) = crate::channels::user_channel(&sub) {
             subs.push(ws::Subscription { channel: self.hub.subscribe(&name, key), token_exp: None });
+            self.cluster_ensure(&name);
         }
         let conn = &mut self.conns[key];
         conn.out.push_owned(ws::handshake_response(ws_key));

@@ -110,6 +110,10 @@ impl Server {
             Ok(exp) => exp,
             Err(error) => return self.send_text(key, error),
         };
+        if self.cluster.is_some() {
+            // Position and replay come from Redis; joined when they arrive.
+            return self.cluster_subscribe(key, channel, since, token_exp);
+        }
         let id = self.hub.subscribe(channel, key);
         if let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) {
             match existing {
@@ -178,6 +182,7 @@ impl Server {
         {
             ws.subs.swap_remove(i);
             self.hub.unsubscribe(id, key);
+            self.maybe_unsubscribe_remote(channel);
         }
         self.send_text(key, channels::unsubscribed(channel, None));
     }
@@ -201,9 +206,10 @@ impl Server {
             keep
         });
         for id in left {
-            let msg = channels::unsubscribed(&self.hub.channel(id).name, Some("grant revoked"));
+            let name = self.hub.channel(id).name.to_string();
             self.hub.unsubscribe(id, key);
-            self.send_text(key, msg);
+            self.maybe_unsubscribe_remote(&name);
+            self.send_text(key, channels::unsubscribed(&name, Some("grant revoked")));
         }
     }
 
