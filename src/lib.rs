@@ -16,6 +16,8 @@
 //! - [`auth`]: JWT verification (which key checks which token) and minting.
 //! - [`jwks`]: the front end's public keys (JWKS_URL / JWKS_FILE), parsed,
 //!   and refreshed by one helper thread so the loop never waits on a fetch.
+//! - [`cluster`]: cluster mode — the link to Redis (publish, history,
+//!   pub/sub) on two helper threads, talking to the loop over channels.
 //! - [`config`]: environment variables, validated at start-up.
 //! - [`sys`]: OS calls std lacks: open-file limit, listen backlog,
 //!   socket writes with send/sendmsg, randomness.
@@ -23,6 +25,7 @@
 pub mod api;
 pub mod auth;
 pub mod broadcast;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod jwks;
