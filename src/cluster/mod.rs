@@ -180,8 +180,8 @@ pub enum Event {
     /// The SUBSCRIBE for this channel is in effect: every message published
     /// from now on will arrive. One per [`Command::Subscribe`], unless the
     /// channel was unsubscribed before the SUBSCRIBE was confirmed. A
-    /// Subscribe sent while the link is down is confirmed after the
-    /// reconnect, just after [`Event::LinkUp`].
+    /// Subscribe sent while the link is down is confirmed once the pub/sub
+    /// connection is back (around [`Event::LinkUp`], in either order).
     Subscribed {
         channel: String,
     },
