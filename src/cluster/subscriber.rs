@@ -37,7 +37,7 @@ pub const POLL: Duration = Duration::from_millis(10);
 pub const PING_EVERY: Duration = Duration::from_secs(1);
 /// ...and is given up when a PING is unanswered for this long.
 pub const PONG_WAIT: Duration = Duration::from_secs(3);
-/// Channels per SUBSCRIBE command when resubscribing many at once.
+/// Channels per SUBSCRIBE/UNSUBSCRIBE command at most.
 const SUBSCRIBE_CHUNK: usize = 512;
 
 /// A subscription change from the loop.
@@ -200,10 +200,8 @@ impl Worker {
         let mut parser = Parser::new();
         let mut all: Vec<String> = vec![self.names.broadcast().to_string()];
         all.extend(self.wanted.iter().map(|c| self.names.pubsub(c)));
-        for chunk in all.chunks(SUBSCRIBE_CHUNK) {
-            if let Err(e) = send(&mut sock, "SUBSCRIBE", chunk) {
-                return End::Lost(e);
-            }
+        if let Err(e) = send(&mut sock, "SUBSCRIBE", &all) {
+            return End::Lost(e);
         }
         // LinkUp waits for this pong: everything is subscribed by then, and
         // so are the subscribes asked for while the link was down.
@@ -390,13 +388,18 @@ enum Reply {
     Broken(String),
 }
 
-/// Writes one command with `args`.
+/// Writes `command` with `args`, as several commands of at most
+/// [`SUBSCRIBE_CHUNK`] arguments when there are many (a resubscribe).
 fn send(sock: &mut Socket, command: &str, args: &[String]) -> Result<(), String> {
-    let mut cmd = redis::cmd(command);
-    for a in args {
-        cmd.arg(a);
+    let mut packed = Vec::new();
+    for chunk in args.chunks(SUBSCRIBE_CHUNK) {
+        let mut cmd = redis::cmd(command);
+        for a in chunk {
+            cmd.arg(a);
+        }
+        cmd.write_packed_command(&mut packed);
     }
-    sock.write_all(&cmd.get_packed_command()).map_err(|e| format!("pub/sub connection to Redis lost: {e}"))
+    sock.write_all(&packed).map_err(|e| format!("pub/sub connection to Redis lost: {e}"))
 }
 
 /// The pub/sub socket.
