@@ -30,22 +30,28 @@ struct Instance {
 }
 
 impl Instance {
+    /// A link to `redis`, once it is up.
     fn start(redis: &RedisServer, prefix: &str, history_size: usize) -> Instance {
+        let mut i = Instance::connect(&redis.url(), prefix, history_size);
+        i.expect(WAIT, "LinkUp", |e| matches!(e, Event::LinkUp));
+        i
+    }
+
+    /// A link to `url`, up or not.
+    fn connect(url: &str, prefix: &str, history_size: usize) -> Instance {
         let _ = env_logger::builder().is_test(true).try_init();
         let poll = Poll::new().unwrap();
         let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
-        let config = RedisConfig { url: redis.url(), prefix: prefix.into() };
+        let config = RedisConfig { url: url.into(), prefix: prefix.into() };
         let history = HistorySettings { size: history_size, ttl: Duration::from_secs(300) };
         let link = RedisLink::start(&config, history, waker).unwrap();
-        let mut i = Instance {
+        Instance {
             link,
             poll,
             events: Events::with_capacity(8),
             backlog: VecDeque::new(),
             slowest_call: Duration::ZERO,
-        };
-        i.expect(WAIT, "LinkUp", |e| matches!(e, Event::LinkUp));
-        i
+        }
     }
 
     fn send(&mut self, c: Command) {
@@ -388,4 +394,36 @@ fn an_evicted_meta_hash_starts_a_new_epoch_even_if_the_stream_survived() {
     let entries = a.history(6, "project:7", Some((&new, 0))).2.unwrap();
     assert_eq!(entries, vec![Entry { offset: 1, kind: "t".into(), payload: "{\"new\":1}".into() }]);
     assert_eq!(a.history(7, "project:7", Some((&old, 2))).2, None);
+}
+
+#[test]
+fn a_link_to_a_redis_that_is_not_there_reports_down_and_fails_fast() {
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut a = Instance::connect(&format!("redis://127.0.0.1:{port}"), "t", 10);
+    let down = a.expect(WAIT, "LinkDown", |e| matches!(e, Event::LinkDown { .. }));
+    assert!(matches!(&down, Event::LinkDown { error } if error.contains("connect")), "{down:?}");
+    let t = Instant::now();
+    a.publish(1, "project:1", "t", "{}");
+    a.expect(WAIT, "PublishFailed", |e| matches!(e, Event::PublishFailed { id: 1, .. }));
+    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+}
+
+#[test]
+fn a_password_protected_redis_works_and_a_wrong_password_is_reported_without_it() {
+    let redis = RedisServer::start_with(&["--requirepass", "s3cret-pw"]);
+    // Both connections authenticate: the command one through the redis
+    // crate, the pub/sub one with its own AUTH.
+    let mut a = Instance::start(&redis, "t", 100);
+    let mut b = Instance::start(&redis, "t", 100);
+    b.subscribe("project:8");
+    a.publish(1, "project:8", "t", "{\"auth\":true}");
+    assert_eq!(a.published(1).1, 1);
+    assert_eq!(b.messages("project:8", 1)[0].3, "{\"auth\":true}");
+
+    let mut c = Instance::connect(&format!("redis://:wrong-pw@127.0.0.1:{}/0", redis.port), "t", 10);
+    let down = c.expect(WAIT, "LinkDown", |e| matches!(e, Event::LinkDown { .. }));
+    let Event::LinkDown { error } = &down else { unreachable!() };
+    assert!(!error.contains("wrong-pw"), "the password leaked into {error:?}");
+    assert!(error.to_ascii_uppercase().contains("PASS") || error.contains("AUTH"), "{error:?}");
 }

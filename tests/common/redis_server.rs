@@ -15,6 +15,10 @@ const PORT_TRIES: usize = 5;
 
 pub struct RedisServer {
     pub port: u16,
+    /// Extra redis-server arguments (e.g. `--requirepass`), kept for restarts.
+    args: Vec<String>,
+    /// The password from `--requirepass`, for [`RedisServer::url`].
+    password: Option<String>,
     child: Option<Child>,
 }
 
@@ -22,10 +26,17 @@ impl RedisServer {
     /// Starts one on a free port; panics (with how to install it) if
     /// redis-server is missing or never answers.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Like [`RedisServer::start`] with extra redis-server arguments.
+    pub fn start_with(args: &[&str]) -> RedisServer {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let password = args.iter().position(|a| a == "--requirepass").and_then(|i| args.get(i + 1)).cloned();
         for _ in 0..PORT_TRIES {
             // Bind port 0 to learn a free port, then release it for redis.
             let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let mut server = RedisServer { port, child: None };
+            let mut server = RedisServer { port, args: args.clone(), password: password.clone(), child: None };
             if server.spawn() {
                 return server;
             }
@@ -33,8 +44,12 @@ impl RedisServer {
         panic!("redis-server did not start on any of {PORT_TRIES} free ports");
     }
 
+    /// `redis://127.0.0.1:PORT/0`, with the password when there is one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
     }
 
     /// Kills it (SIGKILL: like a crash, nothing is flushed) and waits.
@@ -78,6 +93,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--dir", std::env::temp_dir().to_str().unwrap()])
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -93,7 +109,7 @@ impl RedisServer {
             if let Ok(Some(_)) = child.try_wait() {
                 return false;
             }
-            if serves(self.port, child.id()) {
+            if serves(&self.url(), child.id()) {
                 self.child = Some(child);
                 return true;
             }
@@ -113,10 +129,10 @@ impl Drop for RedisServer {
     }
 }
 
-/// True if the redis-server with process id `pid` answers on the port (and
+/// True if the redis-server with process id `pid` answers at `url` (and
 /// not some other test's, which may have taken the port meanwhile).
-fn serves(port: u16, pid: u32) -> bool {
-    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/0")) else { return false };
+fn serves(url: &str, pid: u32) -> bool {
+    let Ok(client) = redis::Client::open(url) else { return false };
     let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(500)) else { return false };
     let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
     let Ok(info) = redis::cmd("INFO").arg("server").query::<String>(&mut conn) else { return false };
