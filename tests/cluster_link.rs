@@ -427,3 +427,65 @@ fn a_password_protected_redis_works_and_a_wrong_password_is_reported_without_it(
     assert!(!error.contains("wrong-pw"), "the password leaked into {error:?}");
     assert!(error.to_ascii_uppercase().contains("PASS") || error.contains("AUTH"), "{error:?}");
 }
+
+#[test]
+fn dropping_the_link_ends_its_connections() {
+    let redis = RedisServer::start();
+    // Our own inspecting connection counts as one client.
+    let clients = || -> u64 {
+        let info: String = redis.cmd(&["INFO", "clients"]);
+        info.lines().find_map(|l| l.strip_prefix("connected_clients:")).unwrap().trim().parse().unwrap()
+    };
+    let mut a = Instance::start(&redis, "t", 10);
+    a.subscribe("project:1");
+    assert_eq!(clients(), 3, "a command and a pub/sub connection");
+    drop(a);
+    // The threads notice within a poll interval or an idle ping (1 s).
+    let deadline = Instant::now() + WAIT;
+    while clients() != 1 {
+        assert!(Instant::now() < deadline, "the link's connections outlived it: {} clients", clients());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn subscribe_then_history_leaves_no_gap_while_others_publish() {
+    let redis = RedisServer::start();
+    let mut publisher = Instance::start(&redis, "t", 100);
+    let mut b = Instance::start(&redis, "t", 100);
+    let total = 3000u64;
+    // Another instance publishes continuously, 8 in flight.
+    let busy = std::thread::spawn(move || {
+        let mut next = 1;
+        let mut done = 0;
+        while done < total {
+            while next <= total && next - done <= 8 {
+                publisher.publish(next, "project:busy", "t", &format!("{{\"n\":{next}}}"));
+                next += 1;
+            }
+            publisher.published(done + 1);
+            done += 1;
+        }
+    });
+    // Wait until publishing is under way, then join the way the loop does:
+    // Subscribe, Subscribed, History; messages after the history's offset
+    // must then start at offset + 1 with no hole.
+    b.history(1, "project:busy", None);
+    let deadline = Instant::now() + WAIT;
+    while b.history(2, "project:busy", None).1 < 100 {
+        assert!(Instant::now() < deadline, "the publisher did not get going");
+    }
+    b.subscribe("project:busy");
+    let (_, at, _) = b.history(3, "project:busy", None);
+    assert!(at < total, "publishing ended before the subscribe: the test proves nothing");
+    let mut expect = at + 1;
+    while expect <= total {
+        let (_, offset, _, _) = b.messages("project:busy", 1).pop().unwrap();
+        if offset <= at {
+            continue; // covered by the history read; the loop drops these
+        }
+        assert_eq!(offset, expect, "a hole after the history's offset {at}");
+        expect += 1;
+    }
+    busy.join().unwrap();
+}
