@@ -489,3 +489,21 @@ fn subscribe_then_history_leaves_no_gap_while_others_publish() {
     }
     busy.join().unwrap();
 }
+
+#[test]
+fn a_unix_socket_url_works_for_both_connections() {
+    let path = std::env::temp_dir().join(format!("taskcast-test-redis-{}.sock", std::process::id()));
+    let path = path.to_str().unwrap().to_string();
+    let redis = RedisServer::start_with(&["--unixsocket", &path, "--unixsocketperm", "700"]);
+    let url = format!("redis+unix://{path}");
+    let mut a = Instance::connect(&url, "t", 10);
+    a.expect(WAIT, "LinkUp", |e| matches!(e, Event::LinkUp));
+    let mut b = Instance::connect(&url, "t", 10);
+    b.expect(WAIT, "LinkUp", |e| matches!(e, Event::LinkUp));
+    b.subscribe("project:u");
+    a.publish(1, "project:u", "t", "{\"unix\":1}");
+    assert_eq!(a.published(1).1, 1);
+    assert_eq!(b.messages("project:u", 1)[0].3, "{\"unix\":1}");
+    drop(redis);
+    let _ = std::fs::remove_file(&path);
+}
