@@ -507,3 +507,35 @@ fn a_unix_socket_url_works_for_both_connections() {
     drop(redis);
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn a_hung_redis_is_given_up_on_within_the_timeouts_and_rejoined_when_it_wakes() {
+    let redis = RedisServer::start();
+    let mut a = Instance::start(&redis, "t", 100);
+    a.subscribe("project:h");
+
+    redis.pause();
+    // A publish into a hung Redis fails after the command timeout (2 s),
+    // not never, and the link reports itself down; the calls never wait.
+    let t = Instant::now();
+    a.publish(1, "project:h", "t", "{}");
+    a.expect(WAIT, "PublishFailed", |e| matches!(e, Event::PublishFailed { id: 1, .. }));
+    let failed_after = t.elapsed();
+    a.expect(WAIT, "LinkDown", |e| matches!(e, Event::LinkDown { .. }));
+    let down_after = t.elapsed();
+    eprintln!("hung Redis: PublishFailed after {failed_after:?}, LinkDown after {down_after:?}");
+    assert!(failed_after < Duration::from_secs(4), "{failed_after:?}");
+
+    redis.resume();
+    a.expect(RECONNECT_WAIT, "LinkUp", |e| matches!(e, Event::LinkUp));
+    let mut b = Instance::start(&redis, "t", 100);
+    b.publish(1, "project:h", "t", "{\"awake\":1}");
+    b.published(1);
+    // The "failed" publish was in Redis's socket buffer and ran when Redis
+    // woke: a failure means "not known to be stored", and here it was. It
+    // comes first, then b's, with consecutive offsets.
+    let got = a.messages("project:h", 2);
+    assert_eq!((got[0].1, got[0].3.as_str()), (1, "{}"));
+    assert_eq!((got[1].1, got[1].3.as_str()), (2, "{\"awake\":1}"));
+    assert!(a.slowest_call < Duration::from_millis(50), "the loop waited {:?}", a.slowest_call);
+}

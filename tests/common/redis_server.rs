@@ -55,9 +55,30 @@ impl RedisServer {
     /// Kills it (SIGKILL: like a crash, nothing is flushed) and waits.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // A paused process dies of SIGKILL too; SIGCONT first anyway so
+            // nothing is left stopped if the kill fails.
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Freezes it (SIGSTOP): connections stay open but nothing is answered,
+    /// like a hung server or a network partition.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Undoes [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().expect("running").id();
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(pid as i32, sig) };
     }
 
     /// Starts it again on the same port, empty (there is no persistence).
