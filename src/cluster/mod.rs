@@ -12,8 +12,8 @@
 //!
 //! - `taskcast-redis` (`commands.rs`): publishes and history reads, each one
 //!   atomic Lua script (`publish.lua`, `history.lua`, kept as files next to
-//!   the code), pipelined: whatever
-//!   has queued up while a round trip was out goes in the next one.
+//!   the code), pipelined: whatever has queued up while a round trip was out
+//!   goes in the next one.
 //! - `taskcast-redis-sub` (`subscriber.rs`): the pub/sub connection, SUBSCRIBEd
 //!   to the broadcast channel and to every channel the loop asked for.
 //!
@@ -22,7 +22,8 @@
 //! REDIS_PREFIX in [`config`].
 //!
 //! # What the loop does with it
-//! - **Publish**: send [`Command::Publish`] per target channel; answer the
+//! - **Publish**: send one [`Command::Publish`] per target channel (each is
+//!   atomic on its own; a publish to several channels is not); answer the
 //!   HTTP request when every one has a [`Event::Published`] (its offset goes
 //!   in the answer) or on the first [`Event::PublishFailed`] (503 with
 //!   Retry-After). Deliver nothing on `Published`: the message comes back as
