@@ -196,6 +196,11 @@ pub struct Config {
     /// subscriber's frames wait up to this long to leave in one write
     /// (0 = write every turn). A lone broadcast is never delayed.
     pub flush_delay: Duration,
+    /// REDIS_URL / REDIS_PREFIX: cluster mode, when set.
+    pub redis: Option<crate::cluster::RedisConfig>,
+    /// REUSE_PORT: SO_REUSEPORT on the listener, so several processes on
+    /// one machine share the port (the kernel spreads connections).
+    pub reuse_port: bool,
 }
 
 /// A bad configuration value: names the variable and says what was expected.
@@ -345,7 +350,13 @@ impl Config {
             100_000,
         )? as u64);
 
+        let redis =
+            crate::cluster::parse_redis_env(&get).map_err(|e| ConfigError { var: e.var, message: e.message })?;
+        let reuse_port = parse_or(&get, "REUSE_PORT", false, "true or false")?;
+
         Ok(Config {
+            redis,
+            reuse_port,
             flush_delay,
             channels_claim,
             max_subscriptions,

@@ -28,6 +28,8 @@
 //!   by one helper thread so the loop never waits on a fetch, with its
 //!   health; [`jwks::keyset`] parses a JWK Set, [`jwks::fetch`] gets one
 //!   (ureq: http or https) and merges the sources.
+//! - [`cluster`]: cluster mode — the link to Redis (publish, history,
+//!   pub/sub) on two helper threads, talking to the loop over channels.
 //! - [`config`]: environment variables, validated at start-up.
 //! - [`sys`]: OS calls std lacks: open-file limit, listen backlog,
 //!   socket writes with send/sendmsg, randomness.
@@ -36,6 +38,7 @@ pub mod api;
 pub mod auth;
 pub mod broadcast;
 pub mod channels;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod hub;

@@ -131,12 +131,13 @@ impl Server {
     pub fn bind(config: Config) -> io::Result<Server> {
         let verifier = Verifier::new(&config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let poll = Poll::new()?;
-        let mut listener = TcpListener::from_std(crate::sys::listen(config.addr, LISTEN_BACKLOG)?);
+        let mut listener = TcpListener::from_std(crate::sys::listen(config.addr, LISTEN_BACKLOG, config.reuse_port)?);
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let cluster = match &config.redis {
             Some(redis) => {
-                let history = crate::cluster::HistorySettings { size: config.history_size.max(1), ttl: config.history_ttl };
+                let history =
+                    crate::cluster::HistorySettings { size: config.history_size.max(1), ttl: config.history_ttl };
                 Some(cluster::Cluster::new(crate::cluster::RedisLink::start(redis, history, waker.clone())?))
             }
             None => None,

@@ -29,16 +29,22 @@ pub fn fill_random(buf: &mut [u8]) {
 }
 
 /// A non-blocking listener on `addr` with the given accept backlog.
-pub fn listen(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListener> {
-    let listener = TcpListener::bind(addr)?;
-    // Linux lets listen() be called again on a listening socket to change
-    // its backlog; std has no way to pass one.
-    // SAFETY: a valid listening socket fd.
-    if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
-        return Err(std::io::Error::last_os_error());
+/// With `reuse_port`, SO_REUSEPORT: several processes may listen on the
+/// same port and the kernel spreads new connections over them (REUSE_PORT).
+/// socket2 sets options before bind, which std cannot, and passes the
+/// backlog (std uses 128).
+pub fn listen(addr: SocketAddr, backlog: i32, reuse_port: bool) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // As std does: a restarted server can bind while old connections linger.
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
     }
-    listener.set_nonblocking(true)?;
-    Ok(listener)
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// A socket written with `send`/`sendmsg` rather than `write`/`writev`:

@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Instant;
 
 use log::{debug, info, warn};
 
@@ -169,7 +168,8 @@ impl Server {
         let payload = publish.payload.to_string();
         let id = cluster.id();
         for channel in &targets {
-            let cmd = Command::Publish { id, channel: channel.clone(), kind: publish.kind.clone(), payload: payload.clone() };
+            let cmd =
+                Command::Publish { id, channel: channel.clone(), kind: publish.kind.clone(), payload: payload.clone() };
             if cluster.link.send(cmd).is_err() {
                 return Some(unavailable("the Redis queue is full"));
             }
@@ -231,7 +231,13 @@ impl Server {
 
     /// A granted subscribe in cluster mode: the position and any replay come
     /// from Redis; the client joins the channel once they are sent.
-    pub(super) fn cluster_subscribe(&mut self, key: usize, channel: &str, since: Option<Since>, token_exp: Option<u64>) {
+    pub(super) fn cluster_subscribe(
+        &mut self,
+        key: usize,
+        channel: &str,
+        since: Option<Since>,
+        token_exp: Option<u64>,
+    ) {
         let conn_id = self.conns[key].id;
         let Some(cluster) = &mut self.cluster else { return };
         let waiter = Waiter { key, conn_id, since, token_exp };
@@ -285,7 +291,12 @@ impl Server {
         self.release_kept(channel);
     }
 
-    fn finish_subscribe(&mut self, channel: &str, w: Waiter, result: Result<(String, u64, Option<Vec<Entry>>), String>) {
+    fn finish_subscribe(
+        &mut self,
+        channel: &str,
+        w: Waiter,
+        result: Result<(String, u64, Option<Vec<Entry>>), String>,
+    ) {
         if !matches!(self.conns.get(w.key), Some(c) if c.id == w.conn_id && c.ws().is_some_and(|ws| ws.close_deadline.is_none()))
         {
             return self.maybe_unsubscribe_remote(channel);

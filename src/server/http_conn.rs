@@ -153,7 +153,7 @@ impl Server {
     }
 
     /// Queues the answer to one request; closes after it unless kept alive.
-    fn respond(&mut self, key: usize, head: &Head, resp: Response) {
+    pub(super) fn respond(&mut self, key: usize, head: &Head, resp: Response) {
         let resp = api::with_cors(resp, head, &self.config.allowed_origins);
         let conn = &mut self.conns[key];
         // Log the path only: the query may hold a token.

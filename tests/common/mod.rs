@@ -3,6 +3,8 @@
 //! raw HTTP over a real socket. Every wait is bounded.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread::JoinHandle;
