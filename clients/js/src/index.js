@@ -252,7 +252,8 @@ export class Client {
     this._timers = new Map(); // name -> timeout id
     this._firstMessage = false;
     if (options.onBroadcast) this.on('message', options.onBroadcast);
-    this._connect();
+    // Next microtask: listeners added right after connect() see 'connecting'.
+    queueMicrotask(() => this._connect());
   }
 
   // ------------------------------------------------------------ public API

@@ -100,13 +100,21 @@ export async function startProxy(targetPort) {
     const upstream = net.connect(target, '127.0.0.1');
     const pair = { client, upstream };
     open.add(pair);
-    const done = () => {
+    // A close passes on as an end (so a close frame in flight still gets
+    // through); an error, or cut(), destroys both sides.
+    const fail = () => {
       open.delete(pair);
       client.destroy();
       upstream.destroy();
     };
-    client.on('error', done).on('close', done);
-    upstream.on('error', done).on('close', done);
+    client.on('error', fail).on('close', () => {
+      open.delete(pair);
+      upstream.end();
+    });
+    upstream.on('error', fail).on('close', () => {
+      open.delete(pair);
+      client.end();
+    });
     client.pipe(upstream);
     upstream.pipe(client);
   });
