@@ -17,6 +17,7 @@
 //! - [`jwks`]: the front end's public keys (JWKS_URL / JWKS_FILE), parsed,
 //!   and refreshed by one helper thread so the loop never waits on a fetch.
 //! - [`config`]: environment variables, validated at start-up.
+//! - [`demo`]: the development-mode demo page at `/` (embedded; 404 in production).
 //! - [`sys`]: OS calls std lacks: open-file limit, listen backlog,
 //!   socket writes with send/sendmsg, randomness.
 
@@ -24,6 +25,7 @@ pub mod api;
 pub mod auth;
 pub mod broadcast;
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod jwks;
 pub mod outqueue;
