@@ -103,8 +103,8 @@ $('add').addEventListener('submit', (ev) => {
 
 const injected = document.querySelector('meta[name="taskcast-dev-token"]')?.content;
 const fromFragment = new URLSearchParams(location.hash.slice(1)).get('token');
-if (injected || fromFragment) {
-  startWith(injected || fromFragment);
+if (fromFragment || injected) {
+  startWith(fromFragment || injected);
 } else {
   setStatus('closed', 'no token');
   $('token-form').style.display = 'flex';
