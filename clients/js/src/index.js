@@ -4,8 +4,8 @@
 // its demo page as is. The pure parts (backoff, token expiry, what a close
 // code means, per-channel positions) are exported for the unit tests.
 //
-// Protocol: see the README's "Client protocol" (channels, `since`,
-// `recovered`) and "Close codes".
+// Protocol: the README's `GET /ws` section (messages, channels with
+// `since` and `recovered`, close codes).
 
 /** Channel names: `namespace:id`, ASCII letters, digits and `_ - . :`, <= 128 bytes. */
 const CHANNEL_RE = /^[A-Za-z0-9_.-]+:[A-Za-z0-9_.:-]*$/;
