@@ -94,27 +94,24 @@ export async function startServer(env = {}) {
 export async function startProxy(targetPort) {
   let target = targetPort;
   let held = false;
-  const open = new Set();
+  const sockets = new Set(); // every live socket, both sides, until its own 'close'
+  const track = (sock) => {
+    sockets.add(sock);
+    sock.on('close', () => sockets.delete(sock));
+  };
   const server = net.createServer((client) => {
+    track(client);
     if (held) return client.destroy();
     const upstream = net.connect(target, '127.0.0.1');
-    const pair = { client, upstream };
-    open.add(pair);
+    track(upstream);
     // A close passes on as an end (so a close frame in flight still gets
-    // through); an error, or cut(), destroys both sides.
+    // through); an error destroys both sides.
     const fail = () => {
-      open.delete(pair);
       client.destroy();
       upstream.destroy();
     };
-    client.on('error', fail).on('close', () => {
-      open.delete(pair);
-      upstream.end();
-    });
-    upstream.on('error', fail).on('close', () => {
-      open.delete(pair);
-      client.end();
-    });
+    client.on('error', fail).on('close', () => upstream.end());
+    upstream.on('error', fail).on('close', () => client.end());
     client.pipe(upstream);
     upstream.pipe(client);
   });
@@ -124,15 +121,15 @@ export async function startProxy(targetPort) {
     port,
     http: `http://127.0.0.1:${port}`,
     ws: `ws://127.0.0.1:${port}/ws`,
-    get connections() {
-      return open.size;
-    },
+    /** Destroys every connection at once: the client sees the network drop. */
     cut() {
-      for (const { client, upstream } of open) {
-        client.resetAndDestroy?.() ?? client.destroy();
-        upstream.destroy();
+      for (const sock of sockets) {
+        try {
+          sock.resetAndDestroy(); // RST, as a dropped network looks to the peer
+        } catch {
+          sock.destroy(); // not connected yet
+        }
       }
-      open.clear();
     },
     hold() {
       held = true;
@@ -143,13 +140,11 @@ export async function startProxy(targetPort) {
     retarget(p) {
       target = p;
     },
-    close: () => new Promise((resolve) => {
-      for (const { client, upstream } of open) {
-        client.destroy();
-        upstream.destroy();
-      }
-      server.close(resolve);
-    }),
+    close() {
+      const closed = new Promise((resolve) => server.close(resolve));
+      for (const sock of sockets) sock.destroy();
+      return closed;
+    },
   };
 }
 

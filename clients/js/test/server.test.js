@@ -150,6 +150,29 @@ describe('against taskcast', () => {
     }
   });
 
+  test('close 1008 (too many messages) is reported as the app\'s bug and not retried in a tight loop', async () => {
+    const strict = await startServer({ CLIENT_MESSAGES_PER_SEC: '1', CLIENT_MESSAGE_BURST: '3' });
+    // A ping every 5 ms: far over 1 message/s, so the server closes with 1008.
+    const c = client(strict.ws, () => token('flood'), { pingIntervalMs: 5, pongTimeoutMs: 5000, appErrorDelayMs: 2000 });
+    const log = record(c);
+    try {
+      const err = await nextEvent(c, 'error');
+      assert.equal(err.code, 'rate_limited');
+      assert.equal(err.closeCode, 1008);
+      const d = log.find((e) => e.event === 'disconnected');
+      assert.equal(d.code, 1008);
+      assert.ok(d.willReconnect && d.delayMs >= 1000 && d.delayMs <= 2000, `50-100 % of appErrorDelayMs: ${d.delayMs}`);
+      // Nothing happens before the long delay is over...
+      await new Promise((resolve) => setTimeout(resolve, 900));
+      assert.equal(log.filter((e) => e.event === 'connecting').length, 1);
+      // ...and then it does reconnect.
+      await nextEvent(c, 'connecting', { ms: 3000 });
+    } finally {
+      c.close();
+      await strict.stop();
+    }
+  });
+
   test('server restart: the client comes back to the new server', async () => {
     const first = await startServer({ BROADCAST_API_KEY: API_KEY, SHUTDOWN_GRACE_SECS: '1' });
     const proxy = await startProxy(first.port);
