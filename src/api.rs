@@ -7,6 +7,7 @@
 //! | `/ws` | GET + Upgrade | 101, or 400/401/403/426/503 before upgrading |
 //! | `/api/broadcast` | POST | `{"status":"ok","recipients":N}` (+ `channels` when targeted), or 400/401/403/415 |
 //! | any | OPTIONS | CORS preflight: 204 for allowed origins, else 403 |
+//! | `/`, `/demo.js`, `/taskcast-client.js` | GET, HEAD | development mode only: the demo page ([`crate::demo`]); else 404 |
 
 use std::net::IpAddr;
 
@@ -16,6 +17,7 @@ use subtle::ConstantTimeEq;
 use crate::auth::{AuthError, Claims, Verifier};
 use crate::broadcast;
 use crate::config::{Config, Origins};
+use crate::demo;
 use crate::http::{Head, Method, Response};
 use crate::limits::Limits;
 
@@ -47,7 +49,8 @@ pub enum Action {
 const PREFLIGHT_MAX_AGE_SECS: u32 = 600;
 
 pub fn route(head: &Head, body: &[u8], ctx: &Ctx) -> Action {
-    let origin_ok = head.origin.as_deref().is_none_or(|o| ctx.config.allowed_origins.allows(o));
+    let origin_ok = head.origin.as_deref().is_none_or(|o| ctx.config.allowed_origins.allows(o))
+        || demo::same_origin_dev(head, ctx.config);
     if head.method() == Method::Options {
         return Action::Respond(preflight(head, origin_ok));
     }
@@ -63,7 +66,10 @@ pub fn route(head: &Head, body: &[u8], ctx: &Ctx) -> Action {
             Method::Post => broadcast(head, body, origin_ok, ctx),
             _ => Action::Respond(not_allowed("POST, OPTIONS")),
         },
-        _ => Action::Respond(Response::error(404, "no such endpoint: try /health, /ws or /api/broadcast")),
+        _ => Action::Respond(
+            demo::route(head, ctx.config)
+                .unwrap_or_else(|| Response::error(404, "no such endpoint: try /health, /ws or /api/broadcast")),
+        ),
     }
 }
 

@@ -51,6 +51,8 @@ pub struct Head {
     pub cors_request_method: Option<String>,
     /// `X-Forwarded-For`, trusted only from a loopback peer (a local proxy).
     pub forwarded_for: Option<String>,
+    /// `Host` (the development demo page checks it is a loopback name).
+    pub host: Option<String>,
 }
 
 impl Head {
@@ -181,6 +183,8 @@ pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, Reject> {
             head.ws_version = Some(text()?.to_string());
         } else if is("x-forwarded-for") {
             head.forwarded_for = Some(text()?.to_string());
+        } else if is("host") {
+            head.host = Some(text()?.to_string());
         } else if is("access-control-request-method") {
             head.cors_request_method = Some(text()?.to_string());
         }
@@ -215,7 +219,8 @@ pub fn status_text(status: u16) -> (&'static str, &'static str) {
     }
 }
 
-/// An HTTP response under construction. Bodies are small JSON documents.
+/// An HTTP response under construction. Bodies are small JSON documents
+/// (and, in development mode, the demo page).
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
@@ -232,6 +237,13 @@ impl Response {
     pub fn json(status: u16, body: &serde_json::Value) -> Response {
         let mut r = Response::new(status).header("Content-Type", "application/json");
         r.body = body.to_string();
+        r
+    }
+
+    /// A body of another type (the development demo page and its scripts).
+    pub fn text(status: u16, content_type: &'static str, body: impl Into<String>) -> Response {
+        let mut r = Response::new(status).header("Content-Type", content_type);
+        r.body = body.into();
         r
     }
 

@@ -31,6 +31,7 @@
 //! - [`cluster`]: cluster mode — the link to Redis (publish, history,
 //!   pub/sub) on two helper threads, talking to the loop over channels.
 //! - [`config`]: environment variables, validated at start-up.
+//! - [`demo`]: the development-mode demo page at `/` (embedded; 404 in production).
 //! - [`sys`]: OS calls std lacks: open-file limit, listen backlog,
 //!   socket writes with send/sendmsg, randomness.
 
@@ -40,6 +41,7 @@ pub mod broadcast;
 pub mod channels;
 pub mod cluster;
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod hub;
 pub mod jwks;

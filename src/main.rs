@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use taskcast::config::ConfigError;
-use taskcast::{Config, Server, auth};
+use taskcast::{Config, Server, auth, demo};
 
 const USAGE: &str = "\
 usage:
@@ -90,12 +90,14 @@ fn serve() -> ExitCode {
 /// prints a token for it so a newcomer can try the API straight away.
 fn print_dev_help(secret: &[u8], addr: std::net::SocketAddr) {
     log::warn!("JWT_SECRET is not set: using a random secret for this run only (development mode)");
-    let token = auth::mint(secret, "dev-user", 24 * 3600);
+    let token = demo::dev_token(secret);
     let port = addr.port();
     println!(
         "\n=== taskcast development mode ===\n\
          No JWT_SECRET set, so this run uses a random secret. A token valid for 24 h:\n\n  \
          TOKEN={token}\n\n\
+         Demo page (a live task list; open it in two tabs):\n  \
+         http://localhost:{port}/#token={token}\n\n\
          Try it:\n  \
          curl http://localhost:{port}/health\n  \
          curl -X POST http://localhost:{port}/api/broadcast -H \"Authorization: Bearer $TOKEN\" \\\n       \

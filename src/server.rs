@@ -235,7 +235,9 @@ impl Server {
                 return Ok(());
             }
 
-            let busy = !self.again.is_empty() || std::mem::take(&mut self.cluster_again);
+            // Output queued outside the turn's flush (the shutdown's close
+            // frames, queued just above) must not wait for the poll timeout.
+            let busy = !self.again.is_empty() || !self.dirty.is_empty() || std::mem::take(&mut self.cluster_again);
             if busy && self.cluster.is_some() {
                 self.on_cluster_events();
             }

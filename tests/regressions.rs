@@ -191,3 +191,24 @@ fn finish(mut s: TcpStream, bytes: &[u8], wait: Duration) -> (Vec<u8>, End) {
     }
     (got, End::StillOpen)
 }
+
+/// Found by the browser-client tests: on SIGTERM the 1001 close frames were
+/// queued, then the loop slept until the grace period ended before writing
+/// them. With a 30 s grace they must still arrive within the usual wait.
+#[test]
+fn sigterm_close_frames_leave_at_once_not_at_the_end_of_the_grace() {
+    let mut srv = start_binary(taskcast_cmd().envs([("JWT_SECRET", SECRET), ("SHUTDOWN_GRACE_SECS", "30")]));
+    let mut clients: Vec<Ws> = (0..3).map(|i| ws(srv.addr, &token(&format!("u{i}")))).collect();
+    // Connected for sure, and no HTTP connection lingering (whose timer
+    // would wake the loop and hide the bug).
+    for c in &mut clients {
+        c.send(tungstenite::Message::text(r#"{"type":"ping"}"#)).unwrap();
+        assert_eq!(next_json(c)["type"], "pong");
+    }
+    srv.signal(libc::SIGTERM);
+    for c in &mut clients {
+        assert_eq!(close_code(c), 1001);
+    }
+    drop(clients);
+    assert_eq!(srv.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}

@@ -1,0 +1,142 @@
+// Types for taskcast-client (plain ES modules, no build step).
+
+export interface BackoffOptions {
+  /** First reconnect window in ms (default 500). */
+  baseMs?: number;
+  /** Largest reconnect window in ms (default 30000). */
+  maxMs?: number;
+}
+
+export interface ConnectOptions {
+  /** The WebSocket endpoint: `wss://rt.example.com/ws` (http(s):// is turned into ws(s)://; relative URLs resolve against the page). */
+  url: string | URL;
+  /** Called before every connection and every refresh, e.g. BetterAuth's `async () => (await authClient.token()).data?.token`. */
+  getToken: () => string | Promise<string>;
+  /** A WebSocket class where there is no global one (Node 20: `import { WebSocket } from 'ws'`). */
+  WebSocket?: unknown;
+  backoff?: BackoffOptions;
+  /** A connection open this long resets the backoff (default 10000). */
+  stableMs?: number;
+  /** Send a fresh token this long before `exp` (default 60000; half the lifetime for shorter tokens); `false`: never refresh in band. */
+  refreshBeforeMs?: number | false;
+  /** After 1008/1009/1002/1003/1007 (the app's or client's bug): reconnect after 50-100 % of this (default 60000). */
+  appErrorDelayMs?: number;
+  /** After 1012/1001 (deploy, shutdown): reconnect after a random delay up to this (default 5000). */
+  restartJitterMs?: number;
+  /** Send `{"type":"ping"}` this often (default 25000; 0: off) ... */
+  pingIntervalMs?: number;
+  /** ... and reconnect when nothing arrives within this (default 10000). */
+  pongTimeoutMs?: number;
+  /** Retry delay after getToken fails or returns a token no newer than the current one (default 5000). */
+  tokenRetryMs?: number;
+  /** Global broadcasts (no channel): same as `client.on('message', fn)`. */
+  onBroadcast?: (message: BroadcastMessage) => void;
+  /** For tests: the random source of the jitter (default Math.random). */
+  random?: () => number;
+}
+
+/** A broadcast to everyone: `{"type": T, "payload": P}`. */
+export interface BroadcastMessage<P = unknown> {
+  type: string;
+  payload: P;
+}
+
+/** A channel message: `{"type", "payload", "channel", "offset"}`. */
+export interface ChannelMessage<P = unknown> extends BroadcastMessage<P> {
+  channel: string;
+  offset: number;
+}
+
+export interface SubscribedInfo {
+  channel: string;
+  epoch: string;
+  offset: number;
+  recovered: boolean;
+}
+
+export interface ResyncInfo {
+  channel: string;
+  epoch: string | null;
+  offset: number | null;
+  /** `not_recovered`: the server could not replay the gap; `gap`: an offset was skipped. */
+  reason: 'not_recovered' | 'gap';
+}
+
+export interface SubscribeHandlers<P = unknown> {
+  /** Each channel message once, in offset order, replayed ones included. */
+  onMessage?: (message: ChannelMessage<P>) => void;
+  /** What was missed cannot be replayed: refetch this channel's data. */
+  onResync?: (info: ResyncInfo) => void;
+  /** Every `subscribed` answer (after each (re)connect). */
+  onSubscribed?: (info: SubscribedInfo) => void;
+  /** A refusal (`forbidden`, `invalid_channel`, ...), or the server dropped the subscription. */
+  onError?: (error: TaskcastError) => void;
+  /** A per-channel subscription token, or a function fetching one for each subscribe. */
+  token?: string | ((channel: string) => string | Promise<string>);
+}
+
+export declare class Subscription {
+  /** null for subscribeUser() until the server names the channel. */
+  readonly channel: string | null;
+  readonly epoch: string | null;
+  readonly offset: number | null;
+  readonly active: boolean;
+  unsubscribe(): void;
+}
+
+export interface ClientEvents {
+  connecting: { attempt: number };
+  connected: Record<string, never>;
+  disconnected: { code: number; reason: string; willReconnect: boolean; delayMs: number };
+  refreshed: { expMs: number | null };
+  message: BroadcastMessage;
+  error: TaskcastError;
+  closed: Record<string, never>;
+}
+
+export type ConnectionState = 'connecting' | 'connected' | 'disconnected' | 'closed';
+
+export declare class Client {
+  readonly state: ConnectionState;
+  /** `user:<sub>`, once the server has named it. */
+  readonly userChannel: string | null;
+  on<E extends keyof ClientEvents>(event: E, fn: (value: ClientEvents[E]) => void): () => void;
+  off<E extends keyof ClientEvents>(event: E, fn: (value: ClientEvents[E]) => void): void;
+  subscribe<P = unknown>(channel: string, handlers?: SubscribeHandlers<P>): Subscription;
+  subscribeUser<P = unknown>(handlers?: SubscribeHandlers<P>): Subscription;
+  close(): void;
+}
+
+export declare class TaskcastError extends Error {
+  /** `auth_failed`, `rate_limited`, `message_too_big`, `protocol_error`, `token`, `forbidden`, `invalid_channel`, `unsubscribed`, ... */
+  readonly code: string;
+  readonly channel?: string;
+  readonly closeCode?: number;
+}
+
+export declare function connect(options: ConnectOptions): Client;
+
+// Pure helpers (exported for tests and for apps that want the same rules).
+export declare const DEFAULTS: Readonly<Required<Omit<ConnectOptions, 'url' | 'getToken' | 'WebSocket' | 'onBroadcast' | 'random'>>>;
+export declare const MAX_CHANNEL_BYTES: number;
+export declare function backoffDelay(attempt: number, backoff: Required<BackoffOptions>, random?: () => number): number;
+export declare function decodeJwtPayload(token: string): Record<string, unknown> | null;
+export declare function tokenLifetime(token: string): { expMs: number; iatMs: number | null } | null;
+export declare function refreshDelay(lifetime: { expMs: number; iatMs: number | null } | null, nowMs: number, refreshBeforeMs: number): number | null;
+export declare function closePolicy(
+  code: number,
+  attempt: number,
+  opts: { backoff: Required<BackoffOptions>; appErrorDelayMs: number; restartJitterMs: number },
+  random?: () => number,
+): { reconnect: boolean; delayMs: number; error: string | null };
+export declare function isValidChannel(name: string): boolean;
+export declare class ChannelPosition {
+  epoch: string | null;
+  offset: number | null;
+  pending: boolean;
+  since(): { epoch: string; offset: number } | undefined;
+  requested(): void;
+  disconnected(): void;
+  subscribed(answer: { epoch: string; offset: number; recovered: boolean }): boolean;
+  message(offset: number): 'deliver' | 'drop' | 'gap';
+}
