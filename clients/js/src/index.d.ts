@@ -76,7 +76,7 @@ export interface SubscribeHandlers<P = unknown> {
 }
 
 export declare class Subscription {
-  /** null for subscribeUser() until the server names the channel. */
+  /** null for subscribeUser() until the first token names the user (its `sub`). */
   readonly channel: string | null;
   readonly epoch: string | null;
   readonly offset: number | null;

@@ -241,7 +241,8 @@ export class Client {
     this._random = options.random ?? Math.random;
     /** 'connecting' | 'connected' | 'disconnected' | 'closed' */
     this.state = 'disconnected';
-    /** `user:<sub>` as the server named it in its first message. */
+    /** `user:<sub>`, from the connection token's `sub` (the server puts
+     * every connection in it; subscribe to it to get its messages). */
     this.userChannel = null;
     this._listeners = new Map();
     this._subs = new Map(); // channel -> Subscription
@@ -250,7 +251,6 @@ export class Client {
     this._token = null;
     this._attempt = 0;
     this._timers = new Map(); // name -> timeout id
-    this._firstMessage = false;
     if (options.onBroadcast) this.on('message', options.onBroadcast);
     // Next microtask: listeners added right after connect() see 'connecting'.
     queueMicrotask(() => this._connect());
@@ -316,6 +316,7 @@ export class Client {
     }
     if (this.state === 'closed') return;
     this._token = token;
+    this._learnUserChannel(token);
     const url = new URL(this._url);
     url.searchParams.set('token', token);
     let ws;
@@ -326,7 +327,6 @@ export class Client {
       return this._stop();
     }
     this._ws = ws;
-    this._firstMessage = true;
     ws.onopen = () => ws === this._ws && this._onOpen();
     ws.onmessage = (ev) => ws === this._ws && this._onMessage(ev.data);
     ws.onclose = (ev) => ws === this._ws && this._onClose(ev.code, ev.reason ?? '');
@@ -458,15 +458,13 @@ export class Client {
       this._clear('pong');
       this._schedulePing();
     }
-    const first = this._firstMessage;
-    this._firstMessage = false;
     const { type } = msg;
     if (type === 'error') return this._onServerError(msg.payload ?? {});
     if (typeof msg.channel === 'string' && typeof msg.offset === 'number' && 'payload' in msg) {
       return this._onChannelMessage(msg);
     }
     if (PROTOCOL_TYPES.has(type) && !('payload' in msg)) {
-      if (type === 'subscribed') return this._onSubscribed(msg, first);
+      if (type === 'subscribed') return this._onSubscribed(msg);
       if (type === 'unsubscribed') return this._onUnsubscribed(msg);
       if (type === 'auth_ok') return this._onAuthOk();
       return; // pong
@@ -474,21 +472,33 @@ export class Client {
     if (typeof type === 'string' && 'payload' in msg) this._emit('message', msg);
   }
 
-  _onSubscribed(msg, first) {
-    // The server's own first message: the automatic `user:<sub>` subscription.
-    if (first && typeof msg.channel === 'string' && msg.channel.startsWith('user:')) {
-      this.userChannel = msg.channel;
-      for (const sub of this._userSubs) {
-        this._userSubs.delete(sub);
-        if (!sub.active || this._subs.has(msg.channel)) continue;
-        sub.channel = msg.channel;
-        this._subs.set(msg.channel, sub);
-        this._sendSubscribe(sub);
+  /** The user channel is `user:<sub>` of the connection token; pending
+   * subscribeUser() calls join it once it is known. */
+  _learnUserChannel(token) {
+    const sub = decodeJwtPayload(token)?.sub;
+    const channel = typeof sub === 'string' ? `user:${sub}` : null;
+    if (!channel || !isValidChannel(channel)) return;
+    this.userChannel = channel;
+    for (const s of this._userSubs) {
+      this._userSubs.delete(s);
+      if (!s.active || this._subs.has(channel)) continue;
+      s.channel = channel;
+      this._subs.set(channel, s);
+    }
+  }
+
+  _onSubscribed(msg) {
+    const sub = this._subs.get(msg.channel);
+    if (!sub) return;
+    if (!sub.position.pending) {
+      // Unasked: the server lost messages it could not replay (cluster mode,
+      // after a Redis outage): take the new position and refetch.
+      if (msg.recovered === false && typeof msg.epoch === 'string') {
+        sub.position.subscribed(msg);
+        this._resync(sub, 'not_recovered');
       }
       return;
     }
-    const sub = this._subs.get(msg.channel);
-    if (!sub || !sub.position.pending) return;
     const resync = sub.position.subscribed(msg);
     this._call(sub, 'onSubscribed', { channel: sub.channel, epoch: msg.epoch, offset: msg.offset, recovered: msg.recovered === true });
     if (resync) this._resync(sub, 'not_recovered');
