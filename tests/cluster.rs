@@ -248,3 +248,40 @@ fn flushall_gives_recovered_false_never_a_wrong_replay() {
     assert_eq!(publish(a.addr, "project:1", json!("live")).status, 200);
     assert_eq!(offsets(&mut c, 1)[0].1, json!("live"), "nothing replayed");
 }
+
+#[test]
+fn two_processes_share_one_port_with_reuse_port() {
+    let redis = RedisServer::start();
+    let mk = |port: u16| {
+        let mut cfg = config();
+        cfg.reuse_port = true;
+        cfg.addr = format!("127.0.0.1:{port}").parse().unwrap();
+        cfg.redis = taskcast::cluster::parse_redis_env(&|k| match k {
+            "REDIS_URL" => Some(redis.url()),
+            "REDIS_PREFIX" => Some("t6".to_string()),
+            _ => None,
+        })
+        .unwrap();
+        start_with(cfg)
+    };
+    let a = mk(0);
+    let b = mk(a.addr.port());
+    assert_eq!(a.addr, b.addr, "both listen on one port");
+    wait_ready(a.addr);
+    // Without REUSE_PORT the same bind fails.
+    let mut plain = config();
+    plain.addr = a.addr;
+    assert!(taskcast::Server::bind(plain).is_err());
+    // Clients spread over both (the kernel's choice); every one of them gets
+    // a broadcast published through the shared port.
+    let mut clients: Vec<Ws> = (0..16).map(|i| ws(a.addr, &token(&format!("u{i}")))).collect();
+    for c in clients.iter_mut() {
+        c.send(Message::text(r#"{"type":"ping"}"#)).unwrap();
+        assert_eq!(next_json(c)["type"], "pong");
+    }
+    let r = broadcast(a.addr, &token("publisher"), r#"{"type":"task_created","data":1}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    for c in clients.iter_mut() {
+        assert_eq!(next_json(c), json!({"type": "task_created", "payload": 1}));
+    }
+}
