@@ -121,6 +121,17 @@ impl Verifier {
         })
     }
 
+    /// Keys in the JWKS key set; `None` when no JWKS is configured. What
+    /// `/ready` and `/metrics` read today.
+    pub fn jwks_keys(&self) -> Option<usize> {
+        self.jwks.as_ref().map(|k| k.current().len())
+    }
+
+    /// Can JWKS tokens be verified? `None` when no JWKS is configured.
+    pub fn jwks_ready(&self) -> Option<bool> {
+        self.jwks_keys().map(|n| n > 0)
+    }
+
     /// Verifies a compact JWT and returns its claims. Never blocks: an
     /// unknown `kid` only asks the fetch thread for a refetch.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {

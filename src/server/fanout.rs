@@ -19,7 +19,9 @@ impl Server {
             debug!("broadcast {kind} refused: over BROADCAST_RATE_PER_SEC");
             return resp;
         }
+        let started = Instant::now();
         let n = self.fan_out(frame);
+        self.metrics.fanned_out(n, started.elapsed());
         debug!("broadcast {kind} to {n} clients");
         api::broadcast_ok(n)
     }
@@ -40,7 +42,10 @@ impl Server {
             if conn.out.len() >= limit {
                 // Maybe the socket has room now (a burst of broadcasts in one
                 // turn); only a client that truly is not reading is slow.
-                if conn.out.write_to(&mut crate::sys::Send(&conn.stream)).is_err() || conn.out.len() >= limit {
+                let before = conn.out.bytes();
+                let wrote = conn.out.write_to(&mut crate::sys::Send(&conn.stream));
+                self.metrics.bytes_written.inc_by((before - conn.out.bytes()) as u64);
+                if wrote.is_err() || conn.out.len() >= limit {
                     slow.push(key);
                     continue;
                 }
@@ -58,6 +63,7 @@ impl Server {
             let sub = c.ws().map_or("", |w| w.sub.as_str());
             warn!("{} ({sub:?}) too slow: {} messages queued; closing with 1013", c.peer, c.out.len());
             c.out.drop_unstarted();
+            self.metrics.slow_client_closes.inc();
             self.close_ws(key, Reason::SlowConsumer, now);
         }
         sent

@@ -78,6 +78,7 @@ impl Server {
     /// Handles every complete request in the buffer, in order.
     fn process_http(&mut self, key: usize) {
         loop {
+            let draining = self.stopping();
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
@@ -110,7 +111,14 @@ impl Server {
                 return;
             }
             let ip = http::client_ip(conn.peer.ip(), &head);
-            let ctx = Ctx { config: &self.config, verifier: &self.verifier, limits: &self.limits, ip };
+            let ctx = Ctx {
+                config: &self.config,
+                verifier: &self.verifier,
+                limits: &self.limits,
+                ip,
+                metrics: &self.metrics,
+                draining,
+            };
             let action = api::route(&head, &h.buf[start..end], &ctx);
             if let Action::Upgrade { key: ws_key, claims } = action {
                 let leftover = h.buf.split_off(end);
@@ -124,6 +132,7 @@ impl Server {
             let resp = match action {
                 Action::Respond(resp) => resp,
                 Action::Broadcast { kind, frame } => self.broadcast(&kind, frame),
+                Action::Metrics => self.scrape(),
                 Action::Upgrade { .. } => unreachable!("handled above"),
             };
             self.respond(key, &head, resp);
@@ -136,10 +145,12 @@ impl Server {
     /// Queues the answer to one request; closes after it unless kept alive.
     fn respond(&mut self, key: usize, head: &Head, resp: Response) {
         let resp = api::with_cors(resp, head, &self.config.allowed_origins);
+        self.metrics.answered(head, resp.status);
+        // Stopping: callers should reconnect, to another instance.
+        let keep = head.keep_alive && !self.stopping();
         let conn = &mut self.conns[key];
         // Log the path only: the query may hold a token.
         debug!("{} {:?} {} -> {}", conn.peer, head.method(), head.path, resp.status);
-        let keep = head.keep_alive && self.shutdown_deadline.is_none();
         conn.out.push_owned(resp.encode(keep, head.method() == http::Method::Head));
         self.mark_dirty(key);
         if !keep {
@@ -167,6 +178,7 @@ impl Server {
             bucket: TokenBucket::new(self.config.client_msg_burst, now),
         }));
         self.limits.add_client(ip);
+        self.metrics.upgrade_answered(101);
         debug!(
             "{} connected as {:?} (origin {:?}); {} clients",
             conn.peer,
