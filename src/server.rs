@@ -29,7 +29,7 @@ mod ws_conn;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -49,8 +49,7 @@ use crate::ws::{self, Reason};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
-const SIGTERM: Token = Token(usize::MAX - 3);
-const SIGINT: Token = Token(usize::MAX - 4);
+const SIGNALS: Token = Token(usize::MAX - 3);
 
 /// Bytes read from one socket per turn before others get a go.
 const READ_BUDGET_BYTES: usize = 256 * 1024;
@@ -114,8 +113,11 @@ pub struct Server {
     /// The drain under way (SIGTERM), until the final shutdown begins.
     drain: Option<drain::Drain>,
     waker: Arc<Waker>,
-    /// The SIGTERM and SIGINT pipes, in that order.
-    signals: Vec<mio::net::UnixStream>,
+    /// The pipe signal handlers write to (see `drain`).
+    signals: Option<mio::net::UnixStream>,
+    /// How many SIGTERMs and SIGINTs arrived and are not handled yet
+    /// (counted by their handlers).
+    signal_counts: [Arc<AtomicUsize>; 2],
     /// What `/metrics` reports (see [`crate::metrics`]).
     metrics: Metrics,
     /// Set once shutdown starts: the loop ends by then at the latest.
@@ -152,7 +154,8 @@ impl Server {
             drain_requested: Arc::new(AtomicBool::new(false)),
             drain: None,
             waker,
-            signals: Vec::new(),
+            signals: None,
+            signal_counts: Default::default(),
             shutdown_deadline: None,
             accept_paused_until: None,
             poll,
@@ -214,7 +217,7 @@ impl Server {
                 match event.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
-                    SIGTERM | SIGINT => self.on_signal_pipe(event.token(), turn),
+                    SIGNALS => self.on_signal_pipe(turn),
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.on_readable(key);

@@ -26,10 +26,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use log::info;
-use mio::{Interest, Token};
+use mio::Interest;
 
 use super::conn::Phase;
-use super::{SIGINT, SIGTERM, Server, ShutdownHandle};
+use super::{SIGNALS, Server, ShutdownHandle};
 use crate::ws::Reason;
 
 /// A second signal (or a stop during the drain) leaves this long at most
@@ -93,35 +93,46 @@ impl ShutdownHandle {
 
 impl Server {
     /// SIGTERM drains, SIGINT stops at once; a second one of either
-    /// finishes at once. The handlers only write a byte to a pipe the loop
-    /// polls (async-signal-safe); one pipe each tells them apart.
+    /// finishes at once. Each handler counts its signal, then writes a byte
+    /// to a pipe the loop polls (both async-signal-safe). One pipe for both:
+    /// every fd counts when the open-file limit is tight.
     pub fn shutdown_on_signals(&mut self) -> io::Result<()> {
-        for (sig, token) in [(signal_hook::consts::SIGTERM, SIGTERM), (signal_hook::consts::SIGINT, SIGINT)] {
-            let (read, write) = std::os::unix::net::UnixStream::pair()?;
-            read.set_nonblocking(true)?;
-            write.set_nonblocking(true)?;
-            signal_hook::low_level::pipe::register(sig, write)?;
-            let mut read = mio::net::UnixStream::from_std(read);
-            self.poll.registry().register(&mut read, token, Interest::READABLE)?;
-            self.signals.push(read);
+        let (read, write) = std::os::unix::net::UnixStream::pair()?;
+        read.set_nonblocking(true)?;
+        write.set_nonblocking(true)?;
+        let write2 = write.try_clone()?;
+        // Registered in this order, a handler counts before the byte.
+        for (sig, count) in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT].iter().zip(&self.signal_counts)
+        {
+            let count = count.clone();
+            // SAFETY: the action is one atomic add: async-signal-safe, no
+            // allocation, no lock.
+            unsafe {
+                signal_hook::low_level::register(*sig, move || {
+                    count.fetch_add(1, Ordering::SeqCst);
+                })?;
+            }
         }
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, write)?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, write2)?;
+        let mut read = mio::net::UnixStream::from_std(read);
+        self.poll.registry().register(&mut read, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(read);
         Ok(())
     }
 
-    /// A signal pipe is readable.
-    pub(super) fn on_signal_pipe(&mut self, token: Token, now: Instant) {
-        let signal = if token == SIGTERM { Signal::Term } else { Signal::Int };
-        let index = usize::from(signal == Signal::Int);
+    /// The signal pipe is readable (its bytes only wake us; the counts say
+    /// which signals came).
+    pub(super) fn on_signal_pipe(&mut self, now: Instant) {
         let mut buf = [0u8; 64];
-        let mut got = 0;
-        while let Some(pipe) = self.signals.get_mut(index)
-            && let Ok(n @ 1..) = pipe.read(&mut buf)
-        {
-            got += n;
-        }
-        // Two signals that arrived in one turn count as two.
-        for _ in 0..got.min(2) {
-            self.on_signal(signal, now);
+        while let Some(pipe) = &mut self.signals
+            && let Ok(1..) = pipe.read(&mut buf)
+        {}
+        for (i, signal) in [Signal::Term, Signal::Int].into_iter().enumerate() {
+            // Two are as good as more: the second one finishes.
+            for _ in 0..self.signal_counts[i].swap(0, Ordering::SeqCst).min(2) {
+                self.on_signal(signal, now);
+            }
         }
     }
 
