@@ -249,9 +249,7 @@ pub fn auth_reason(e: AuthError) -> &'static str {
 }
 
 /// `process_resident_memory_bytes` and `process_open_fds` (the names the
-/// official clients use), read from `/proc/self` at each scrape. Counting
-/// `/proc/self/fd` costs one directory entry per open fd (~1 µs each at
-/// 10k connections), once per scrape.
+/// official clients use), read from `/proc/self` at each scrape.
 #[derive(Debug)]
 struct Process;
 
@@ -267,14 +265,25 @@ impl Collector for Process {
             )?;
             g.encode(e)?;
         }
-        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-            // One entry is the directory handle read_dir itself holds.
-            let g = ConstGauge::new(dir.count().saturating_sub(1) as i64);
+        if let Some(fds) = open_fds() {
+            let g = ConstGauge::new(fds as i64);
             let e = encoder.encode_descriptor("process_open_fds", "Open file descriptors", None, g.metric_type())?;
             g.encode(e)?;
         }
         Ok(())
     }
+}
+
+/// Open fds. Linux 6.2+ reports the count as the size of `/proc/self/fd`
+/// (one stat, ~5 µs at 10k fds); older kernels say 0 there, and then the
+/// entries are counted (milliseconds at 10k fds, once per scrape).
+fn open_fds() -> Option<u64> {
+    let size = std::fs::metadata("/proc/self/fd").ok()?.len();
+    if size > 0 {
+        return Some(size);
+    }
+    // One entry is the directory handle read_dir itself holds.
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count().saturating_sub(1) as u64)
 }
 
 /// Resident set size: `/proc/self/statm`'s second field, in pages.
