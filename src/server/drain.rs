@@ -84,7 +84,8 @@ pub(super) enum Signal {
 }
 
 impl ShutdownHandle {
-    /// Starts the staggered drain, as SIGTERM does (see [`super::drain`]).
+    /// Starts the staggered drain, as SIGTERM does: /ready turns 503,
+    /// clients get 1012 spread over `Config::drain`, then the final shutdown.
     pub fn drain(&self) {
         self.drain.store(true, Ordering::SeqCst);
         let _ = self.waker.wake();
