@@ -5,6 +5,12 @@
 //! the design rule "serialize and frame once, share the bytes": if the
 //! shared path ever stops being far cheaper, something regressed.
 //!
+//! `fanout_queue/shared_with_metrics` is the same fan-out with the
+//! metrics `Server::broadcast` records (one counter add and one histogram
+//! observation per broadcast, not per client): it must stay level with
+//! `shared`. `metrics/scrape_10k` encodes a whole scrape as `/metrics`
+//! does, with values a server with 10k clients would have.
+//!
 //! Run: `cargo bench --bench hot_path`
 
 use std::hint::black_box;
@@ -12,7 +18,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use taskcast::auth::{Verifier, mint};
+use taskcast::auth::{AuthError, Verifier, mint};
+use taskcast::metrics::{Metrics, Snapshot};
 use taskcast::outqueue::OutQueue;
 use taskcast::timers::Timers;
 use taskcast::{Config, broadcast, http};
@@ -84,6 +91,20 @@ fn fanout_queue(c: &mut Criterion) {
                 }
             })
         });
+        let metrics = Metrics::new(false);
+        g.bench_with_input(BenchmarkId::new("shared_with_metrics", n), &n, |bench, _| {
+            bench.iter(|| {
+                let started = Instant::now();
+                let (_, frame) = broadcast::parse(b.as_bytes()).unwrap();
+                for q in queues.iter_mut() {
+                    q.push_shared(Rc::clone(&frame));
+                }
+                metrics.fanned_out(queues.len(), started.elapsed());
+                for q in queues.iter_mut() {
+                    q.drop_unstarted();
+                }
+            })
+        });
         g.bench_with_input(BenchmarkId::new("encode_per_client", n), &n, |bench, _| {
             bench.iter(|| {
                 for q in queues.iter_mut() {
@@ -126,5 +147,41 @@ fn heartbeat(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, envelope, request, fanout_queue, heartbeat);
+/// One `/metrics` scrape with the values of a busy server: every family
+/// populated, the label sets a day of traffic produces.
+fn scrape(c: &mut Criterion) {
+    let m = Metrics::new(true);
+    m.connections_accepted.inc_by(1_000_000);
+    for code in [101, 400, 401, 403, 426, 429, 503] {
+        m.upgrade_answered(code);
+    }
+    for code in [200, 400, 401, 403, 413, 415, 429] {
+        m.broadcast_answered(code);
+    }
+    for reason in
+        [taskcast::ws::Reason::Shutdown, taskcast::ws::Reason::SlowConsumer, taskcast::ws::Reason::TokenExpired]
+    {
+        m.close_sent(reason);
+    }
+    for e in [AuthError::Expired, AuthError::BadSignature, AuthError::UnknownKey, AuthError::Malformed] {
+        m.auth_failed(e);
+    }
+    for i in 0..10_000 {
+        m.fanned_out(10_000, Duration::from_micros(20 + i % 50));
+        m.loop_turn.observe(1e-5 * (i % 300) as f64);
+    }
+    m.bytes_written.inc_by(123_456_789_000);
+    let snap = Snapshot { clients: 10_000, http_connections: 12, jwks_keys: Some(2) };
+    c.bench_function("metrics/scrape_10k", |bench| bench.iter(|| m.encode(black_box(&snap)).len()));
+    // What `Server::broadcast` adds per broadcast: the clock read and the
+    // record (a counter add and a histogram observation).
+    c.bench_function("metrics/per_broadcast", |bench| {
+        bench.iter(|| {
+            let started = Instant::now();
+            m.fanned_out(black_box(10_000), started.elapsed())
+        })
+    });
+}
+
+criterion_group!(benches, envelope, request, fanout_queue, heartbeat, scrape);
 criterion_main!(benches);

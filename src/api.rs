@@ -4,7 +4,9 @@
 //! | route | methods | answer |
 //! |---|---|---|
 //! | `/health` | GET, HEAD | `{"status":"ok","connectedClients":N}` |
-//! | `/ws` | GET + Upgrade | 101, or 400/401/403/426/503 before upgrading |
+//! | `/ready` | GET, HEAD | `{"status":"ready"}`, or 503 `{"status":"not_ready","reason":R}` |
+//! | `/metrics` | GET, HEAD | Prometheus text (no CORS), or 401 without METRICS_API_KEY |
+//! | `/ws` | GET + Upgrade | 101, or 400/401/403/426/429/503 before upgrading (503 while draining) |
 //! | `/api/broadcast` | POST | `{"status":"ok","recipients":N}` (+ `channels` when targeted), or 400/401/403/415 |
 //! | any | OPTIONS | CORS preflight: 204 for allowed origins, else 403 |
 //! | `/`, `/demo.js`, `/taskcast-client.js` | GET, HEAD | development mode only: the demo page ([`crate::demo`]); else 404 |
@@ -20,6 +22,7 @@ use crate::config::{Config, Origins};
 use crate::demo;
 use crate::http::{Head, Method, Response};
 use crate::limits::Limits;
+use crate::metrics::Metrics;
 
 /// What the loop needs to know to route one request.
 pub struct Ctx<'a> {
@@ -30,6 +33,10 @@ pub struct Ctx<'a> {
     /// The request's client address (the peer, or X-Forwarded-For from a
     /// trusted proxy).
     pub ip: IpAddr,
+    /// Counters for refusals decided here (auth failures).
+    pub metrics: &'a Metrics,
+    /// A drain (SIGTERM) is under way: /ready says 503, upgrades are refused.
+    pub draining: bool,
 }
 
 /// The decision for one request.
@@ -43,12 +50,19 @@ pub enum Action {
     /// Fan this out (to everyone, or to its channels), then answer with
     /// the recipient counts.
     Broadcast(broadcast::Publish),
+    /// Answer with a scrape of the metrics (the loop holds their values).
+    Metrics,
 }
 
 /// How long browsers may cache a preflight answer.
 const PREFLIGHT_MAX_AGE_SECS: u32 = 600;
 
 pub fn route(head: &Head, body: &[u8], ctx: &Ctx) -> Action {
+    if head.path == METRICS_PATH {
+        // Before CORS handling: a scrape is for Prometheus, never for a page
+        // (not even a preflight answer).
+        return metrics(head, ctx);
+    }
     let origin_ok = head.origin.as_deref().is_none_or(|o| ctx.config.allowed_origins.allows(o))
         || demo::same_origin_dev(head, ctx.config);
     if head.method() == Method::Options {
@@ -61,6 +75,10 @@ pub fn route(head: &Head, body: &[u8], ctx: &Ctx) -> Action {
             }
             _ => Action::Respond(not_allowed("GET, HEAD, OPTIONS")),
         },
+        "/ready" => match head.method() {
+            Method::Get | Method::Head => Action::Respond(ready(ctx)),
+            _ => Action::Respond(not_allowed("GET, HEAD, OPTIONS")),
+        },
         "/ws" => upgrade(head, origin_ok, ctx),
         "/api/broadcast" => match head.method() {
             Method::Post => broadcast(head, body, origin_ok, ctx),
@@ -70,6 +88,44 @@ pub fn route(head: &Head, body: &[u8], ctx: &Ctx) -> Action {
             demo::route(head, ctx.config)
                 .unwrap_or_else(|| Response::error(404, "no such endpoint: try /health, /ws or /api/broadcast")),
         ),
+    }
+}
+
+/// Where Prometheus scrapes.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// `GET /metrics`: with METRICS_API_KEY set, only that key (Bearer,
+/// compared in constant time) may scrape.
+fn metrics(head: &Head, ctx: &Ctx) -> Action {
+    if !matches!(head.method(), Method::Get | Method::Head) {
+        return Action::Respond(not_allowed("GET, HEAD"));
+    }
+    if let Some(key) = &ctx.config.metrics_api_key {
+        let presented = head.authorization_bearer().unwrap_or("");
+        if !bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
+            return Action::Respond(
+                Response::error(401, "send METRICS_API_KEY as Authorization: Bearer <key>")
+                    .header("WWW-Authenticate", "Bearer"),
+            );
+        }
+    }
+    Action::Metrics
+}
+
+/// `GET /ready`: may a load balancer send new clients here? Not while
+/// draining (they would be closed again), and not without the keys that
+/// verify their tokens. `/health` stays "the process is alive".
+fn ready(ctx: &Ctx) -> Response {
+    let reason = if ctx.draining {
+        Some("draining")
+    } else if ctx.verifier.jwks_ready() == Some(false) {
+        Some("jwks_not_loaded")
+    } else {
+        None
+    };
+    match reason {
+        None => Response::json(200, &json!({"status": "ready"})),
+        Some(reason) => Response::json(503, &json!({"status": "not_ready", "reason": reason})),
     }
 }
 
@@ -123,12 +179,20 @@ fn upgrade(head: &Head, origin_ok: bool, ctx: &Ctx) -> Action {
     }
     // Cheap refusals before the signature check: a flood of upgrades with
     // forged tokens must not buy signature verifications once we are full.
+    if ctx.draining {
+        // A client that connected now would be closed again within the
+        // drain: send it elsewhere (the load balancer has seen /ready fail).
+        return Action::Respond(Response::error(503, "server restarting").header("Retry-After", "5"));
+    }
     if let Err(resp) = ctx.limits.check_upgrade(ctx.config, ctx.ip) {
         return Action::Respond(resp);
     }
     let claims = match ctx.verifier.verify(head.bearer_token().unwrap_or("")) {
         Ok(c) => c,
-        Err(e) => return Action::Respond(unauthorized(e)),
+        Err(e) => {
+            ctx.metrics.auth_failed(e);
+            return Action::Respond(unauthorized(e));
+        }
     };
     Action::Upgrade { key: key.to_string(), claims }
 }
@@ -160,16 +224,21 @@ fn broadcast(head: &Head, body: &[u8], origin_ok: bool, ctx: &Ctx) -> Action {
 fn publisher(head: &Head, ctx: &Ctx) -> Result<(), Response> {
     let bearer = head.authorization_bearer();
     let Some(key) = &ctx.config.broadcast_api_key else {
-        return ctx.verifier.verify(bearer.unwrap_or("")).map(|_| ()).map_err(unauthorized);
+        return ctx.verifier.verify(bearer.unwrap_or("")).map(|_| ()).map_err(|e| {
+            ctx.metrics.auth_failed(e);
+            unauthorized(e)
+        });
     };
     let presented = head.api_key.as_deref().or(bearer).unwrap_or("");
     if bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
         return Ok(());
     }
     if ctx.verifier.verify(presented).is_ok() {
+        ctx.metrics.auth_failed_because("user_token_as_publisher");
         return Err(Response::error(403, "user tokens cannot broadcast: use the publisher API key"));
     }
     let msg = if presented.is_empty() { "missing API key" } else { "invalid API key" };
+    ctx.metrics.auth_failed_because(if presented.is_empty() { "missing_api_key" } else { "bad_api_key" });
     Err(Response::error(401, msg).header("WWW-Authenticate", "Bearer"))
 }
 
@@ -193,6 +262,9 @@ pub fn published_ok(per_channel: &[(&str, u64, usize)]) -> Response {
 /// echoed (with credentials); a disallowed one gets nothing. `Vary: Origin`
 /// always, since the answer depends on it.
 pub fn with_cors(mut resp: Response, head: &Head, origins: &Origins) -> Response {
+    if head.path == METRICS_PATH {
+        return resp; // never readable from a page
+    }
     if let Some(origin) = head.origin.as_deref().filter(|o| origins.allows(o)) {
         resp = resp
             .header("Access-Control-Allow-Origin", origin.to_string())

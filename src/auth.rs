@@ -131,6 +131,18 @@ impl Verifier {
         self.jwks.as_ref().map(jwks::Keys::health)
     }
 
+    /// Keys in the JWKS key set; `None` when no JWKS is configured (for
+    /// `/metrics`).
+    pub fn jwks_keys(&self) -> Option<usize> {
+        self.jwks_health().map(|h| h.keys)
+    }
+
+    /// Can JWKS tokens be verified (keys loaded, fetch thread alive)?
+    /// `None` when no JWKS is configured (for `/ready`).
+    pub fn jwks_ready(&self) -> Option<bool> {
+        self.jwks_health().map(|h| h.keys > 0 && h.thread_alive)
+    }
+
     /// Verifies a compact JWT and returns its claims. Never blocks: an
     /// unknown `kid` only asks the fetch thread for a refetch.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {

@@ -201,7 +201,16 @@ pub struct Config {
     /// REUSE_PORT: SO_REUSEPORT on the listener, so several processes on
     /// one machine share the port (the kernel spreads connections).
     pub reuse_port: bool,
+    /// DRAIN_SECS: on SIGTERM, the window over which clients are closed
+    /// with 1012, spread evenly, so they reconnect to other instances
+    /// gradually instead of all at once (0 = all at once).
+    pub drain: Duration,
+    /// METRICS_API_KEY: when set, `GET /metrics` needs it as a Bearer token.
+    pub metrics_api_key: Option<String>,
 }
+
+/// DRAIN_SECS at most: a deploy should not wait more than an hour.
+pub const MAX_DRAIN: Duration = Duration::from_secs(3600);
 
 /// A bad configuration value: names the variable and says what was expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,6 +340,15 @@ impl Config {
         if broadcast_api_key.as_ref().is_some_and(|k| k.len() < 16) {
             return Err(err("BROADCAST_API_KEY", "must be at least 16 characters (use a long random string)"));
         }
+        let drain =
+            Duration::from_secs(parse_or(&get, "DRAIN_SECS", 10, "a whole number of seconds (0 = no spreading)")?);
+        if drain > MAX_DRAIN {
+            return Err(err("DRAIN_SECS", format!("must be at most {} (an hour)", MAX_DRAIN.as_secs())));
+        }
+        let metrics_api_key = optional(&get, "METRICS_API_KEY");
+        if metrics_api_key.as_ref().is_some_and(|k| k.len() < 16) {
+            return Err(err("METRICS_API_KEY", "must be at least 16 characters (use a long random string)"));
+        }
 
         let channels_claim = optional(&get, "CHANNELS_CLAIM").unwrap_or_else(|| "channels".into());
         let max_subscriptions = at_most(positive(&get, "MAX_SUBSCRIPTIONS", 100)?, "MAX_SUBSCRIPTIONS", 10_000)?;
@@ -390,6 +408,8 @@ impl Config {
             ssl_cert_file,
             jwks_refresh,
             tcp_nodelay: parse_or(&get, "TCP_NODELAY", true, "true or false")?,
+            drain,
+            metrics_api_key,
         })
     }
 
@@ -586,6 +606,25 @@ mod tests {
             "http://host/a\r\nX: y",
         ] {
             assert!(JwksUrl::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn drain_and_metrics_key() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!((c.drain, c.metrics_api_key), (Duration::from_secs(10), None));
+        let c = cfg(&[("DRAIN_SECS", "0"), ("METRICS_API_KEY", "metrics-key-0123456789")]).unwrap();
+        assert_eq!((c.drain, c.metrics_api_key.as_deref()), (Duration::ZERO, Some("metrics-key-0123456789")));
+        assert_eq!(cfg(&[("DRAIN_SECS", "3600")]).unwrap().drain, MAX_DRAIN);
+        for (var, value) in [
+            ("DRAIN_SECS", "3601"),
+            ("DRAIN_SECS", "-1"),
+            ("DRAIN_SECS", "soon"),
+            ("DRAIN_SECS", "99999999999999999999"),
+            ("METRICS_API_KEY", "short"),
+        ] {
+            let e = cfg(&[(var, value)]).unwrap_err();
+            assert_eq!(e.var, var, "{var}={value}");
         }
     }
 }

@@ -8,7 +8,10 @@
 //!   in a `Slab`; accept, read, timers, flush. Start here. Its submodules
 //!   carry out what happens to one connection: `conn` (the table entry and
 //!   its phases), `http_conn` (requests, upgrade), `ws_conn` (frames, client
-//!   messages, pings, the close handshake), `fanout` (broadcasts).
+//!   messages, pings, the close handshake), `fanout` (broadcasts); and
+//!   what concerns the whole server: `drain` (signals, the staggered drain
+//!   on SIGTERM, the final shutdown), `scrape` (`GET /metrics`).
+//! - [`metrics`]: every Prometheus metric family, and encoding a scrape.
 //! - [`limits`]: every limit and rate decision (connections per server and
 //!   per address, client message rate, broadcast rate).
 //! - [`api`]: routing decisions for each HTTP request (pure, no I/O).
@@ -32,6 +35,7 @@
 //!   pub/sub) on two helper threads, talking to the loop over channels.
 //! - [`config`]: environment variables, validated at start-up.
 //! - [`demo`]: the development-mode demo page at `/` (embedded; 404 in production).
+//! - [`logs`]: the log format (env_logger text, or JSON lines).
 //! - [`sys`]: OS calls std lacks: open-file limit, listen backlog,
 //!   socket writes with send/sendmsg, randomness.
 
@@ -46,6 +50,8 @@ pub mod http;
 pub mod hub;
 pub mod jwks;
 pub mod limits;
+pub mod logs;
+pub mod metrics;
 pub mod outqueue;
 pub mod server;
 pub mod sys;

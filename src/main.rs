@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use taskcast::config::ConfigError;
+use taskcast::logs::{self, LogFormat};
 use taskcast::{Config, Server, auth, demo};
 
 const USAGE: &str = "\
@@ -19,12 +20,13 @@ fn main() -> ExitCode {
         eprintln!("taskcast: cannot read .env: {e}");
         return ExitCode::from(2);
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        // tungstenite logs whole messages at trace level (an in-band auth
-        // message carries a token) and every close at debug: keep it to
-        // warnings whatever RUST_LOG says.
-        .filter_module("tungstenite", log::LevelFilter::Warn)
-        .init();
+    match LogFormat::from_lookup(|k| std::env::var(k).ok()) {
+        Ok(format) => logs::init(format),
+        Err(e) => {
+            eprintln!("taskcast: {e}");
+            return ExitCode::from(2);
+        }
+    }
 
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {

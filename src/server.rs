@@ -16,18 +16,21 @@
 //! This file is the loop and the connection table. What happens to one
 //! connection lives next to it: [`conn`] (the table entry and its phases),
 //! `http_conn` (requests, the upgrade), `ws_conn` (frames, client messages,
-//! pings, the close handshake), `fanout` (broadcasts to recipients).
+//! pings, the close handshake), `fanout` (broadcasts to recipients); and
+//! `drain` (signals, the staggered drain, shutdown), `scrape` (`/metrics`).
 
 mod cluster;
 mod conn;
+mod drain;
 mod fanout;
 mod http_conn;
+mod scrape;
 mod ws_conn;
 
-use std::io::{self, Read};
+use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -41,6 +44,7 @@ use crate::auth::Verifier;
 use crate::config::Config;
 use crate::hub::{HistoryLimits, Hub};
 use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::outqueue::Flush;
 use crate::timers::{Due, Timers};
 use crate::ws::{self, Reason};
@@ -71,11 +75,14 @@ const SCRATCH_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct ShutdownHandle {
     stop: Arc<AtomicBool>,
+    /// Asks for the staggered drain (see `drain`).
+    drain: Arc<AtomicBool>,
     waker: Arc<Waker>,
 }
 
 impl ShutdownHandle {
-    /// Starts the graceful shutdown: close 1001 to every client, then exit.
+    /// Starts the graceful shutdown: close 1001 to every client, then exit
+    /// (during a drain: finishes it at once).
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.waker.wake();
@@ -117,8 +124,18 @@ pub struct Server {
     cluster_again: bool,
     next_id: u64,
     stop: Arc<AtomicBool>,
+    /// Set by [`ShutdownHandle::drain`]; the loop starts the drain.
+    drain_requested: Arc<AtomicBool>,
+    /// The drain under way (SIGTERM), until the final shutdown begins.
+    drain: Option<drain::Drain>,
     waker: Arc<Waker>,
+    /// The pipe signal handlers write to (see `drain`).
     signals: Option<mio::net::UnixStream>,
+    /// How many SIGTERMs and SIGINTs arrived and are not handled yet
+    /// (counted by their handlers).
+    signal_counts: [Arc<AtomicUsize>; 2],
+    /// What `/metrics` reports (see [`crate::metrics`]).
+    metrics: Metrics,
     /// Set once shutdown starts: the loop ends by then at the latest.
     shutdown_deadline: Option<Instant>,
     accept_paused_until: Option<Instant>,
@@ -130,6 +147,7 @@ impl Server {
     /// `InvalidInput` error wrapping the [`crate::config::ConfigError`].
     pub fn bind(config: Config) -> io::Result<Server> {
         let verifier = Verifier::new(&config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let verifier_has_jwks = verifier.jwks_keys().is_some();
         let poll = Poll::new()?;
         let mut listener = TcpListener::from_std(crate::sys::listen(config.addr, LISTEN_BACKLOG, config.reuse_port)?);
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -165,11 +183,15 @@ impl Server {
             }),
             cluster,
             cluster_again: false,
+            metrics: Metrics::new(verifier_has_jwks),
             config,
             next_id: 0,
             stop: Arc::new(AtomicBool::new(false)),
+            drain_requested: Arc::new(AtomicBool::new(false)),
+            drain: None,
             waker,
             signals: None,
+            signal_counts: Default::default(),
             shutdown_deadline: None,
             accept_paused_until: None,
             poll,
@@ -202,22 +224,7 @@ impl Server {
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle { stop: self.stop.clone(), waker: self.waker.clone() }
-    }
-
-    /// SIGINT and SIGTERM start the graceful shutdown. The handler only
-    /// writes a byte to a pipe the loop polls (async-signal-safe).
-    pub fn shutdown_on_signals(&mut self) -> io::Result<()> {
-        let (read, write) = std::os::unix::net::UnixStream::pair()?;
-        read.set_nonblocking(true)?;
-        write.set_nonblocking(true)?;
-        let write2 = write.try_clone()?;
-        signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, write)?;
-        signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, write2)?;
-        let mut read = mio::net::UnixStream::from_std(read);
-        self.poll.registry().register(&mut read, SIGNALS, Interest::READABLE)?;
-        self.signals = Some(read);
-        Ok(())
+        ShutdownHandle { stop: self.stop.clone(), drain: self.drain_requested.clone(), waker: self.waker.clone() }
     }
 
     /// Runs the loop until shutdown completes.
@@ -225,9 +232,7 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         loop {
             let now = Instant::now();
-            if self.stop.load(Ordering::SeqCst) && self.shutdown_deadline.is_none() {
-                self.begin_shutdown(now);
-            }
+            self.check_requests(now);
             if let Some(deadline) = self.shutdown_deadline
                 && (self.conns.is_empty() || now >= deadline)
             {
@@ -248,12 +253,13 @@ impl Server {
                 }
                 return Err(e);
             }
+            let turn = Instant::now();
 
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
                     WAKER => self.on_cluster_events(),
-                    SIGNALS => self.drain_signals(),
+                    SIGNALS => self.on_signal_pipe(turn),
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.on_readable(key);
@@ -272,17 +278,20 @@ impl Server {
             self.hub.expire(now);
             self.flush_dirty();
             self.flush_deferred(now);
+            self.metrics.loop_turn.observe(turn.elapsed().as_secs_f64());
         }
     }
 
     /// Time until the nearest timer (or the accept back-off / shutdown end).
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        let drain = self.drain.as_ref().map(|d| d.next);
         let next = [
             self.timers.next(),
             self.accept_paused_until,
             self.shutdown_deadline,
             self.hub.next_expiry(),
             self.fanout_flush_at,
+            drain,
         ]
         .into_iter()
         .flatten()
@@ -320,6 +329,7 @@ impl Server {
                     self.next_id += 1;
                     let deadline = Instant::now() + self.config.request_timeout;
                     entry.insert(Conn::new(self.next_id, stream, peer, deadline));
+                    self.metrics.connections_accepted.inc();
                     self.timers.schedule(deadline, key, self.next_id);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -343,22 +353,15 @@ impl Server {
         }
     }
 
-    fn drain_signals(&mut self) {
-        if let Some(s) = &mut self.signals {
-            let mut buf = [0u8; 64];
-            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
-        }
-        info!("signal received: shutting down");
-        self.stop.store(true, Ordering::SeqCst);
-    }
-
-    fn begin_shutdown(&mut self, now: Instant) {
+    /// The final shutdown: no more accepts, 1001 to every client left, and
+    /// `grace` for the close handshakes before the loop ends.
+    fn begin_shutdown(&mut self, now: Instant, grace: Duration) {
+        self.drain = None;
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
-        let deadline = now + self.config.shutdown_grace;
-        self.shutdown_deadline = Some(deadline);
-        info!("closing {} clients with 1001 (grace {:?})", self.limits.clients(), self.config.shutdown_grace);
+        self.shutdown_deadline = Some(now + grace);
+        info!("closing {} clients with 1001 (grace {grace:?})", self.limits.clients());
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             match &self.conns[key].phase {
@@ -440,7 +443,10 @@ impl Server {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        match conn.out.write_to(&mut crate::sys::Send(&conn.stream)) {
+        let before = conn.out.bytes();
+        let result = conn.out.write_to(&mut crate::sys::Send(&conn.stream));
+        self.metrics.bytes_written.inc_by((before - conn.out.bytes()) as u64);
+        match result {
             Ok(Flush::Blocked) => {}
             Ok(Flush::Done) => match &mut conn.phase {
                 Phase::Closing { fin_sent } if !*fin_sent => {
@@ -522,6 +528,7 @@ impl Server {
     }
 
     fn run_timers(&mut self, now: Instant) {
+        self.drain_tick(now);
         if self.accept_paused_until.is_some_and(|t| now >= t) {
             self.accept_paused_until = None;
             self.accept();

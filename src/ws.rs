@@ -42,6 +42,10 @@ pub enum Reason {
     RateLimited,
     /// 1009: a message over MAX_MESSAGE_BYTES (MAX_AUTH_MESSAGE_BYTES for auth).
     TooBig,
+    /// 1012 ("service restart", IANA WebSocket close code registry): the
+    /// server is draining before a restart or deploy; the client should
+    /// reconnect after a random delay (and so reach another instance).
+    Restart,
     /// 1013 ("try again later"): the client read too slowly and SEND_QUEUE_LIMIT
     /// messages piled up; it should reconnect and refetch its state.
     SlowConsumer,
@@ -60,6 +64,7 @@ impl Reason {
             Reason::BadUtf8 => 1007,
             Reason::RateLimited => 1008,
             Reason::TooBig => 1009,
+            Reason::Restart => 1012,
             Reason::SlowConsumer => 1013,
             Reason::TokenExpired => 4001,
             Reason::AuthFailed => 4003,
@@ -74,6 +79,7 @@ impl Reason {
             Reason::BadUtf8 => "text message is not valid UTF-8",
             Reason::RateLimited => "too many messages",
             Reason::TooBig => "message too big",
+            Reason::Restart => "server restarting: reconnect",
             Reason::SlowConsumer => "client too slow: reconnect",
             Reason::TokenExpired => "token expired",
             Reason::AuthFailed => "invalid token",

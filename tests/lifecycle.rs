@@ -36,12 +36,13 @@ fn token_command_signs_with_the_configured_secret() {
     assert_eq!(out.status.code(), Some(2), "no secret: nothing to sign with");
 }
 
+/// SIGINT (Ctrl-C) stops at once; SIGTERM drains (tests/drain.rs).
 #[test]
-fn sigterm_closes_clients_with_1001_and_exits_0() {
+fn sigint_closes_clients_with_1001_and_exits_0() {
     let mut srv = start_binary(taskcast_cmd().envs([("JWT_SECRET", SECRET), ("SHUTDOWN_GRACE_SECS", "2")]));
     let mut clients: Vec<Ws> = (0..3).map(|i| ws(srv.addr, &token(&format!("u{i}")))).collect();
     wait_clients(srv.addr, 3);
-    srv.signal(libc::SIGTERM);
+    srv.signal(libc::SIGINT);
     for c in &mut clients {
         assert_eq!(close_code(c), 1001);
     }

@@ -192,12 +192,21 @@ fn finish(mut s: TcpStream, bytes: &[u8], wait: Duration) -> (Vec<u8>, End) {
     (got, End::StillOpen)
 }
 
-/// Found by the browser-client tests: on SIGTERM the 1001 close frames were
+/// Found by the browser-client tests: on a signal the close frames were
 /// queued, then the loop slept until the grace period ended before writing
-/// them. With a 30 s grace they must still arrive within the usual wait.
+/// them. With a 30 s grace they must still arrive within the usual wait —
+/// for SIGINT's immediate 1001 and for SIGTERM's drain (1012; `DRAIN_SECS=0`
+/// closes everyone at once).
 #[test]
-fn sigterm_close_frames_leave_at_once_not_at_the_end_of_the_grace() {
-    let mut srv = start_binary(taskcast_cmd().envs([("JWT_SECRET", SECRET), ("SHUTDOWN_GRACE_SECS", "30")]));
+fn signal_close_frames_leave_at_once_not_at_the_end_of_the_grace() {
+    for (signal, code) in [(libc::SIGINT, 1001), (libc::SIGTERM, 1012)] {
+        close_frames_leave_at_once(signal, code);
+    }
+}
+
+fn close_frames_leave_at_once(signal: i32, code: u16) {
+    let mut srv =
+        start_binary(taskcast_cmd().envs([("JWT_SECRET", SECRET), ("SHUTDOWN_GRACE_SECS", "30"), ("DRAIN_SECS", "0")]));
     let mut clients: Vec<Ws> = (0..3).map(|i| ws(srv.addr, &token(&format!("u{i}")))).collect();
     // Connected for sure, and no HTTP connection lingering (whose timer
     // would wake the loop and hide the bug).
@@ -205,9 +214,9 @@ fn sigterm_close_frames_leave_at_once_not_at_the_end_of_the_grace() {
         c.send(tungstenite::Message::text(r#"{"type":"ping"}"#)).unwrap();
         assert_eq!(next_json(c)["type"], "pong");
     }
-    srv.signal(libc::SIGTERM);
+    srv.signal(signal);
     for c in &mut clients {
-        assert_eq!(close_code(c), 1001);
+        assert_eq!(close_code(c), code);
     }
     drop(clients);
     assert_eq!(srv.wait_exit(Duration::from_secs(10)).code(), Some(0));

@@ -99,8 +99,21 @@ fn broadcast_rate_limit_gives_429_with_retry_after() {
 /// appear anywhere in what the process prints.
 #[test]
 fn tokens_never_reach_the_logs() {
-    let mut srv =
-        start_binary(taskcast_cmd().envs([("JWT_SECRET", SECRET), ("RUST_LOG", "trace")]).stdout(Stdio::piped()));
+    tokens_never_reach_the_logs_in("text");
+}
+
+/// The same session with LOG_FORMAT=json.
+#[test]
+fn tokens_never_reach_the_json_logs() {
+    tokens_never_reach_the_logs_in("json");
+}
+
+fn tokens_never_reach_the_logs_in(format: &str) {
+    let mut srv = start_binary(
+        taskcast_cmd()
+            .envs([("JWT_SECRET", SECRET), ("RUST_LOG", "trace"), ("LOG_FORMAT", format), ("DRAIN_SECS", "0")])
+            .stdout(Stdio::piped()),
+    );
     let addr = srv.addr;
     let t = token("secret-user");
     let expired = sign(&json!({"sub":"secret-user","exp": now() - 3600}));

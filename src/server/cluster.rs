@@ -403,7 +403,9 @@ impl Server {
         if channel == BROADCAST {
             // The original broadcast to everyone: framed once, as always.
             let frame = broadcast::frame(&broadcast::envelope(kind, payload));
-            self.fan_out_all(frame);
+            let started = std::time::Instant::now();
+            let n = self.fan_out_all(frame);
+            self.metrics.fanned_out(n, started.elapsed());
             return;
         }
         if !channels::valid_name(channel) || !broadcast::valid_type(kind) {

@@ -38,25 +38,31 @@ impl Server {
     fn publish_local(&mut self, publish: Publish, now: Instant) -> Response {
         match publish.target {
             Target::All(frame) => {
+                let started = Instant::now();
                 let n = self.fan_out_all(frame);
+                self.metrics.fanned_out(n, started.elapsed());
                 debug!("broadcast {} to {n} clients", publish.kind);
                 api::broadcast_ok(n)
             }
             Target::Channels(names) => {
                 let mut answers = Vec::with_capacity(names.len());
                 for name in &names {
+                    let started = Instant::now();
                     let published = self.hub.publish(name, &publish.kind, &publish.payload, now);
                     let limit = self.config.send_queue_limit;
                     let mut slow = Vec::new();
+                    let mut written = 0;
                     let mut n = 0;
                     let coalesce = !self.config.flush_delay.is_zero();
                     let list = if coalesce { &mut self.deferred } else { &mut self.dirty };
                     for &key in self.hub.subscribers(name) {
                         if let Some(conn) = self.conns.get_mut(key) {
-                            n += queue(key, conn, list, coalesce, &published.frame, &mut slow, limit);
+                            n += queue(key, conn, list, coalesce, &published.frame, &mut slow, limit, &mut written);
                         }
                     }
                     self.close_slow(slow, now);
+                    self.metrics.bytes_written.inc_by(written as u64);
+                    self.metrics.fanned_out(n, started.elapsed());
                     debug!("broadcast {} to {name} (offset {}): {n} clients", publish.kind, published.offset);
                     answers.push((name.as_str(), published.offset, n));
                 }
@@ -67,17 +73,21 @@ impl Server {
 
     /// Queues a channel frame to these connections; returns how many.
     pub(super) fn fan_out_keys(&mut self, keys: &[usize], frame: &Rc<[u8]>) -> usize {
+        let started = Instant::now();
         let limit = self.config.send_queue_limit;
         let mut slow = Vec::new();
+        let mut written = 0;
         let mut n = 0;
         let coalesce = !self.config.flush_delay.is_zero();
         let list = if coalesce { &mut self.deferred } else { &mut self.dirty };
         for &key in keys {
             if let Some(conn) = self.conns.get_mut(key) {
-                n += queue(key, conn, list, coalesce, frame, &mut slow, limit);
+                n += queue(key, conn, list, coalesce, frame, &mut slow, limit, &mut written);
             }
         }
         self.close_slow(slow, Instant::now());
+        self.metrics.bytes_written.inc_by(written as u64);
+        self.metrics.fanned_out(n, started.elapsed());
         n
     }
 
@@ -85,13 +95,15 @@ impl Server {
     pub(super) fn fan_out_all(&mut self, frame: Rc<[u8]>) -> usize {
         let limit = self.config.send_queue_limit;
         let mut sent = 0;
+        let mut written = 0;
         let mut slow = Vec::new();
         let coalesce = !self.config.flush_delay.is_zero();
         let list = if coalesce { &mut self.deferred } else { &mut self.dirty };
         for (key, conn) in self.conns.iter_mut() {
-            sent += queue(key, conn, list, coalesce, &frame, &mut slow, limit);
+            sent += queue(key, conn, list, coalesce, &frame, &mut slow, limit, &mut written);
         }
         self.close_slow(slow, Instant::now());
+        self.metrics.bytes_written.inc_by(written as u64);
         sent
     }
 
@@ -102,6 +114,7 @@ impl Server {
             let sub = c.ws().map_or("", |w| w.sub.as_str());
             warn!("{} ({sub:?}) too slow: {} messages queued; closing with 1013", c.peer, c.out.len());
             c.out.drop_unstarted();
+            self.metrics.slow_client_closes.inc();
             self.close_ws(key, Reason::SlowConsumer, now);
         }
     }
@@ -113,6 +126,7 @@ impl Server {
 /// write (a burst of broadcasts in one turn may have filled the queue while
 /// the socket has room); if it is still behind it goes on `slow`.
 #[inline]
+#[allow(clippy::too_many_arguments)] // the hot loop's state, passed apart to keep borrows disjoint
 fn queue(
     key: usize,
     conn: &mut Conn,
@@ -121,16 +135,20 @@ fn queue(
     frame: &Rc<[u8]>,
     slow: &mut Vec<usize>,
     limit: usize,
+    written: &mut usize,
 ) -> usize {
     let Phase::Ws(ws) = &conn.phase else { return 0 };
     if !ws.ctx.can_write() {
         return 0; // closing: no data after our close frame
     }
-    if conn.out.len() >= limit
-        && (conn.out.write_to(&mut crate::sys::Send(&conn.stream)).is_err() || conn.out.len() >= limit)
-    {
-        slow.push(key);
-        return 0;
+    if conn.out.len() >= limit {
+        let before = conn.out.bytes();
+        let wrote = conn.out.write_to(&mut crate::sys::Send(&conn.stream));
+        *written += before - conn.out.bytes();
+        if wrote.is_err() || conn.out.len() >= limit {
+            slow.push(key);
+            return 0;
+        }
     }
     conn.out.push_shared(frame.clone());
     // Already listed for this turn's flush (an answer or control frame is

@@ -85,6 +85,7 @@ impl Server {
     fn process_http(&mut self, key: usize) -> bool {
         let mut published = false;
         loop {
+            let draining = self.stopping();
             let Some(conn) = self.conns.get_mut(key) else {
                 return published;
             };
@@ -122,7 +123,14 @@ impl Server {
                 return published;
             }
             let ip = http::client_ip(conn.peer.ip(), &head);
-            let ctx = Ctx { config: &self.config, verifier: &self.verifier, limits: &self.limits, ip };
+            let ctx = Ctx {
+                config: &self.config,
+                verifier: &self.verifier,
+                limits: &self.limits,
+                ip,
+                metrics: &self.metrics,
+                draining,
+            };
             let action = api::route(&head, &h.buf[start..end], &ctx);
             if let Action::Upgrade { key: ws_key, claims } = action {
                 let leftover = h.buf.split_off(end);
@@ -143,6 +151,7 @@ impl Server {
                         None => return published, // parked until Redis answers
                     }
                 }
+                Action::Metrics => self.scrape(),
                 Action::Upgrade { .. } => unreachable!("handled above"),
             };
             self.respond(key, &head, resp);
@@ -155,10 +164,12 @@ impl Server {
     /// Queues the answer to one request; closes after it unless kept alive.
     pub(super) fn respond(&mut self, key: usize, head: &Head, resp: Response) {
         let resp = api::with_cors(resp, head, &self.config.allowed_origins);
+        self.metrics.answered(head, resp.status);
+        // Stopping: callers should reconnect, to another instance.
+        let keep = head.keep_alive && !self.stopping();
         let conn = &mut self.conns[key];
         // Log the path only: the query may hold a token.
         debug!("{} {:?} {} -> {}", conn.peer, head.method(), head.path, resp.status);
-        let keep = head.keep_alive && self.shutdown_deadline.is_none();
         conn.out.push_owned(resp.encode(keep, head.method() == http::Method::Head));
         self.mark_dirty(key);
         if !keep {
@@ -198,6 +209,7 @@ impl Server {
             subs,
         }));
         self.limits.add_client(ip);
+        self.metrics.upgrade_answered(101);
         debug!(
             "{} connected as {:?} (origin {:?}); {} clients",
             conn.peer,

@@ -233,10 +233,12 @@ impl Server {
             }
             Ok(_) => {
                 debug!("{} refresh token is for another subject", conn.peer);
+                self.metrics.auth_failed_because("wrong_subject");
                 self.close_ws(key, Reason::AuthFailed, now);
             }
             Err(e) => {
                 debug!("{} refresh token refused: {}", conn.peer, e.message());
+                self.metrics.auth_failed(e);
                 self.close_ws(key, Reason::AuthFailed, now);
             }
         }
@@ -282,6 +284,7 @@ impl Server {
         }
         // From here on it no longer counts as a connected client.
         self.uncount(key, reason.text());
+        self.metrics.close_sent(reason);
         let conn = &mut self.conns[key];
         conn.send_close(reason);
         if let Phase::Ws(ws) = &mut conn.phase {
@@ -294,6 +297,7 @@ impl Server {
     /// Fails the connection (RFC 6455 §7.1.7): a close frame with `reason`,
     /// then no more reading of what is presumably garbage.
     pub(super) fn fail_ws(&mut self, key: usize, reason: Reason) {
+        self.metrics.close_sent(reason);
         self.conns[key].send_close(reason);
         self.begin_close(key);
     }

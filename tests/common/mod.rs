@@ -345,3 +345,39 @@ impl Drop for Binary {
         let _ = self.child.wait();
     }
 }
+
+/// Reads `ws` on a thread until the server's close frame; the thread
+/// returns when it came and its code (`None`: no close frame within
+/// `within`, or the connection ended without one). It answers the close
+/// (tungstenite replies on the next read), so the server's handshake ends.
+pub fn watch_close(mut ws: Ws, within: Duration) -> JoinHandle<Option<(Instant, u16)>> {
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + within;
+        let mut got = None;
+        while Instant::now() < deadline {
+            match ws.read() {
+                Ok(Message::Close(f)) if got.is_none() => {
+                    got = Some((Instant::now(), f.map_or(1005, |f| u16::from(f.code))));
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => break,
+            }
+        }
+        got
+    })
+}
+
+/// Polls `path` until it answers `status` (bounded by [`WAIT`]).
+pub fn wait_status(addr: SocketAddr, path: &str, status: u16) -> HttpResponse {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = get(addr, path);
+        if r.status == status {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "{path} stayed {} ({}), want {status}", r.status, r.body);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

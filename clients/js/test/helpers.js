@@ -43,7 +43,8 @@ process.on('exit', () => {
  */
 export async function startServer(env = {}) {
   if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run cargo build --release in ${REPO}`);
-  const full = { PATH: process.env.PATH, HOST: '127.0.0.1', PORT: '0', RUST_LOG: 'info', JWT_SECRET: SECRET, ...env };
+  // DRAIN_SECS=0: a stop closes every client at once (1012) instead of over 10 s.
+  const full = { PATH: process.env.PATH, HOST: '127.0.0.1', PORT: '0', RUST_LOG: 'info', JWT_SECRET: SECRET, DRAIN_SECS: '0', ...env };
   for (const [k, v] of Object.entries(full)) if (v === undefined) delete full[k];
   const proc = spawn(BIN, [], { cwd: mkdtempSync(path.join(tmpdir(), 'taskcast-js-')), env: full, stdio: ['ignore', 'pipe', 'pipe'] });
   running.add(proc);
@@ -74,7 +75,7 @@ export async function startServer(env = {}) {
     stdout: () => stdout,
     stderr: () => stderr,
     exited,
-    /** SIGTERM (clients get 1001), then SIGKILL if it is still there after WAIT_MS. */
+    /** SIGTERM (a drain: clients get 1012 at once, as DRAIN_SECS=0), then SIGKILL if it is still there after WAIT_MS. */
     async stop() {
       if (proc.exitCode !== null || proc.signalCode !== null) return;
       proc.kill('SIGTERM');

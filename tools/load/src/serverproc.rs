@@ -139,7 +139,7 @@ impl ServerProc {
         sysinfo::rss_kib(self.pid)
     }
 
-    /// SIGTERM (graceful: close 1001 to clients, exit 0), then waits up to
+    /// SIGTERM (graceful: a drain closes clients with 1012, exit 0), then waits up to
     /// `grace`; SIGKILL after that. Only for a server we started. Returns
     /// how it exited.
     pub fn stop(&mut self, grace: Duration) -> Option<String> {

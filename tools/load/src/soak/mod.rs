@@ -554,6 +554,9 @@ fn server_env(sa: &SoakArgs, secret: &str, api_key: Option<&str>) -> Vec<(String
         ("MAX_CONNECTIONS_PER_IP", "0".to_string()),
         ("BROADCAST_RATE_PER_SEC", "0".to_string()),
         ("RUST_LOG", "info".to_string()),
+        // SIGTERM at the end closes every client at once (1012), not over
+        // the 10 s default drain window.
+        ("DRAIN_SECS", "0".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
