@@ -91,7 +91,7 @@ fn fanout_queue(c: &mut Criterion) {
                 }
             })
         });
-        let metrics = Metrics::new(false);
+        let metrics = Metrics::new(false, false);
         g.bench_with_input(BenchmarkId::new("shared_with_metrics", n), &n, |bench, _| {
             bench.iter(|| {
                 let started = Instant::now();
@@ -150,7 +150,7 @@ fn heartbeat(c: &mut Criterion) {
 /// One `/metrics` scrape with the values of a busy server: every family
 /// populated, the label sets a day of traffic produces.
 fn scrape(c: &mut Criterion) {
-    let m = Metrics::new(true);
+    let m = Metrics::new(true, true);
     m.connections_accepted.inc_by(1_000_000);
     for code in [101, 400, 401, 403, 426, 429, 503] {
         m.upgrade_answered(code);
@@ -171,7 +171,7 @@ fn scrape(c: &mut Criterion) {
         m.loop_turn.observe(1e-5 * (i % 300) as f64);
     }
     m.bytes_written.inc_by(123_456_789_000);
-    let snap = Snapshot { clients: 10_000, http_connections: 12, jwks_keys: Some(2) };
+    let snap = Snapshot { clients: 10_000, http_connections: 12, jwks_keys: Some(2), ..Snapshot::default() };
     c.bench_function("metrics/scrape_10k", |bench| bench.iter(|| m.encode(black_box(&snap)).len()));
     // What `Server::broadcast` adds per broadcast: the clock read and the
     // record (a counter add and a histogram observation).

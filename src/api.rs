@@ -37,6 +37,8 @@ pub struct Ctx<'a> {
     pub metrics: &'a Metrics,
     /// A drain (SIGTERM) is under way: /ready says 503, upgrades are refused.
     pub draining: bool,
+    /// Cluster mode: is the Redis link up? (`None`: single process.)
+    pub redis_up: Option<bool>,
 }
 
 /// The decision for one request.
@@ -120,6 +122,8 @@ fn ready(ctx: &Ctx) -> Response {
         Some("draining")
     } else if ctx.verifier.jwks_ready() == Some(false) {
         Some("jwks_not_loaded")
+    } else if ctx.redis_up == Some(false) {
+        Some("redis_down")
     } else {
         None
     };

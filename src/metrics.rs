@@ -72,6 +72,23 @@ pub struct Snapshot {
     pub http_connections: usize,
     /// Keys in the JWKS key set, when JWKS is configured.
     pub jwks_keys: Option<usize>,
+    /// The key fetcher's counts, when JWKS is configured: fetches,
+    /// failures, seconds since the last fully good fetch.
+    pub jwks_fetches: Option<(u64, u64, Option<u64>)>,
+    /// Channels held (with subscribers or history), and subscriptions.
+    pub channels: usize,
+    pub subscriptions: usize,
+    /// History entries held and their bytes (all channels).
+    pub history_entries: usize,
+    pub history_bytes: usize,
+    /// Cluster mode: is the Redis link up?
+    pub redis_up: Option<bool>,
+}
+
+/// `recovered="true"|"false"` for resubscribes with `since`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RecoveredLabel {
+    pub recovered: bool,
 }
 
 /// Every metric family, and the registry that encodes them.
@@ -110,12 +127,28 @@ pub struct Metrics {
     pub loop_turn: Histogram,
     /// Time to queue one broadcast to every recipient.
     pub fanout: Histogram,
+    /// Set at scrape time from the [`Snapshot`]'s channel figures.
+    channels: Gauge,
+    subscriptions: Gauge,
+    history_entries: Gauge,
+    history_bytes: Gauge,
+    /// Subscribes with `since`, by whether the gap was replayed
+    /// (`ws_conn::subscribe`, `cluster::finish_subscribe`).
+    pub recoveries: Family<RecoveredLabel, Counter>,
+    /// From the key fetcher's health, at scrape time (JWKS only).
+    jwks_fetches: Counter,
+    jwks_failures: Counter,
+    jwks_age: Gauge,
+    /// Cluster mode: 1 while the Redis link is up (at scrape time).
+    redis_up: Gauge,
+    /// Cluster mode: publish sent to Redis → stored (`cluster::on_published`).
+    pub redis_publish: Histogram,
 }
 
 impl Metrics {
     /// Registers every family. `jwks` says whether JWKS is configured (its
     /// gauge exists only then).
-    pub fn new(jwks: bool) -> Metrics {
+    pub fn new(jwks: bool, cluster: bool) -> Metrics {
         let mut registry = Registry::default();
         // 10 µs .. ~0.7 s: a turn is tens of µs idle, ms under a broadcast storm.
         let loop_turn = Histogram::new(exponential_buckets(1e-5, 4.0, 9));
@@ -135,6 +168,17 @@ impl Metrics {
             auth_failures: Family::default(),
             loop_turn,
             fanout,
+            channels: Gauge::default(),
+            subscriptions: Gauge::default(),
+            history_entries: Gauge::default(),
+            history_bytes: Gauge::default(),
+            recoveries: Family::default(),
+            jwks_fetches: Counter::default(),
+            jwks_failures: Counter::default(),
+            jwks_age: Gauge::default(),
+            redis_up: Gauge::default(),
+            // 10 µs .. ~0.7 s: a local Redis answers in tens of µs.
+            redis_publish: Histogram::new(exponential_buckets(1e-5, 4.0, 9)),
             registry: Registry::default(),
         };
         let reg = registry.sub_registry_with_prefix("taskcast");
@@ -168,8 +212,34 @@ impl Metrics {
             Unit::Seconds,
             m.fanout.clone(),
         );
+        reg.register("channels", "Channels held (with subscribers or history)", m.channels.clone());
+        reg.register("subscriptions", "Channel subscriptions open now", m.subscriptions.clone());
+        reg.register("history_entries", "Messages held in channel history", m.history_entries.clone());
+        reg.register_with_unit("history", "Bytes of channel history held", Unit::Bytes, m.history_bytes.clone());
+        reg.register(
+            "recoveries",
+            "Subscribes with since, by whether the whole gap was replayed",
+            m.recoveries.clone(),
+        );
         if jwks {
             reg.register("jwks_keys", "Keys in the JWKS key set now", m.jwks_keys.clone());
+            reg.register("jwks_fetches", "JWKS refreshes attempted", m.jwks_fetches.clone());
+            reg.register("jwks_fetch_failures", "JWKS refreshes where a source failed", m.jwks_failures.clone());
+            reg.register_with_unit(
+                "jwks_since_success",
+                "Seconds since the last fully good JWKS fetch (-1: never)",
+                Unit::Seconds,
+                m.jwks_age.clone(),
+            );
+        }
+        if cluster {
+            reg.register("redis_up", "1 while the Redis link is up", m.redis_up.clone());
+            reg.register_with_unit(
+                "redis_publish",
+                "Publish sent to Redis until stored",
+                Unit::Seconds,
+                m.redis_publish.clone(),
+            );
         }
         registry.register_collector(Box::new(Process));
         Metrics { registry, ..m }
@@ -182,6 +252,19 @@ impl Metrics {
         if let Some(n) = snap.jwks_keys {
             self.jwks_keys.set(n as i64);
         }
+        if let Some((fetches, failures, age)) = snap.jwks_fetches {
+            // Counters owned by the fetch thread: move ours up to its totals.
+            self.jwks_fetches.inc_by(fetches.saturating_sub(self.jwks_fetches.get()));
+            self.jwks_failures.inc_by(failures.saturating_sub(self.jwks_failures.get()));
+            self.jwks_age.set(age.map_or(-1, |a| a.min(i64::MAX as u64) as i64));
+        }
+        self.channels.set(snap.channels as i64);
+        self.subscriptions.set(snap.subscriptions as i64);
+        self.history_entries.set(snap.history_entries as i64);
+        self.history_bytes.set(snap.history_bytes as i64);
+        if let Some(up) = snap.redis_up {
+            self.redis_up.set(i64::from(up));
+        }
         let mut out = String::with_capacity(4096);
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
@@ -192,6 +275,11 @@ impl Metrics {
     pub fn fanned_out(&self, recipients: usize, took: Duration) {
         self.messages_delivered.inc_by(recipients as u64);
         self.fanout.observe(took.as_secs_f64());
+    }
+
+    /// A subscribe with `since` was answered.
+    pub fn recovery(&self, recovered: bool) {
+        self.recoveries.get_or_create(&RecoveredLabel { recovered }).inc();
     }
 
     /// We sent a close frame with `reason`.
@@ -301,7 +389,7 @@ mod tests {
 
     #[test]
     fn scrape_has_every_family_without_user_data() {
-        let m = Metrics::new(true);
+        let m = Metrics::new(true, true);
         m.connections_accepted.inc();
         m.upgrade_answered(101);
         m.upgrade_answered(503);
@@ -312,7 +400,21 @@ mod tests {
         m.fanned_out(3, Duration::from_micros(5));
         m.loop_turn.observe(0.000_02);
         m.bytes_written.inc_by(100);
-        let text = m.encode(&Snapshot { clients: 7, http_connections: 2, jwks_keys: Some(2) });
+        m.recovery(true);
+        m.recovery(false);
+        m.recovery(false);
+        m.redis_publish.observe(0.000_05);
+        let text = m.encode(&Snapshot {
+            clients: 7,
+            http_connections: 2,
+            jwks_keys: Some(2),
+            jwks_fetches: Some((5, 1, Some(12))),
+            channels: 3,
+            subscriptions: 9,
+            history_entries: 40,
+            history_bytes: 4000,
+            redis_up: Some(true),
+        });
         for line in [
             "taskcast_clients 7",
             "taskcast_http_connections 2",
@@ -329,11 +431,23 @@ mod tests {
             "taskcast_fanout_seconds_count 1",
             "taskcast_loop_turn_seconds_count 1",
             "# TYPE taskcast_loop_turn_seconds histogram",
+            "taskcast_channels 3",
+            "taskcast_subscriptions 9",
+            "taskcast_history_entries 40",
+            "taskcast_history_bytes 4000",
+            "taskcast_recoveries_total{recovered=\"true\"} 1",
+            "taskcast_recoveries_total{recovered=\"false\"} 2",
+            "taskcast_jwks_fetches_total 5",
+            "taskcast_jwks_fetch_failures_total 1",
+            "taskcast_jwks_since_success_seconds 12",
+            "taskcast_redis_up 1",
+            "taskcast_redis_publish_seconds_count 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
         assert!(text.contains("\nprocess_open_fds "), "{text}");
-        assert!(!Metrics::new(false).encode(&Snapshot::default()).contains("jwks"));
+        let plain = Metrics::new(false, false).encode(&Snapshot::default());
+        assert!(!plain.contains("jwks") && !plain.contains("redis"), "{plain}");
     }
 }

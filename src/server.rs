@@ -183,7 +183,7 @@ impl Server {
             }),
             cluster,
             cluster_again: false,
-            metrics: Metrics::new(verifier_has_jwks),
+            metrics: Metrics::new(verifier_has_jwks, config.redis.is_some()),
             config,
             next_id: 0,
             stop: Arc::new(AtomicBool::new(false)),

@@ -94,6 +94,8 @@ pub(super) struct Parked {
     answers: Vec<(String, Option<u64>)>,
     failed: Option<String>,
     global: bool,
+    /// When it was sent to Redis (for the publish round-trip histogram).
+    sent: std::time::Instant,
 }
 
 impl Cluster {
@@ -176,7 +178,8 @@ impl Server {
         }
         let answers = targets.into_iter().map(|c| (c, None)).collect();
         let head = Box::new(head.clone());
-        cluster.publishes.insert(id, Parked { key, conn_id, head, answers, failed: None, global });
+        let sent = std::time::Instant::now();
+        cluster.publishes.insert(id, Parked { key, conn_id, head, answers, failed: None, global, sent });
         if let Phase::Http(h) = &mut self.conns[key].phase {
             h.parked = true;
         }
@@ -198,6 +201,9 @@ impl Server {
             return;
         }
         let p = cluster.publishes.remove(&id).expect("just found");
+        if p.failed.is_none() {
+            self.metrics.redis_publish.observe(p.sent.elapsed().as_secs_f64());
+        }
         let resp = match &p.failed {
             // Never a 200 for a message that may not be stored.
             Some(e) => {
@@ -309,6 +315,9 @@ impl Server {
             }
         };
         let recovered = w.since.is_some() && entries.is_some();
+        if w.since.is_some() {
+            self.metrics.recovery(recovered);
+        }
         self.send_text(w.key, channels::subscribed(channel, &epoch, offset, recovered));
         let mut frames: Vec<Rc<[u8]>> = Vec::new();
         for e in entries.into_iter().flatten() {

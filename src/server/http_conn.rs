@@ -130,6 +130,7 @@ impl Server {
                 ip,
                 metrics: &self.metrics,
                 draining,
+                redis_up: self.cluster.as_ref().map(|c| c.up),
             };
             let action = api::route(&head, &h.buf[start..end], &ctx);
             if let Action::Upgrade { key: ws_key, claims } = action {

@@ -128,6 +128,9 @@ impl Server {
             }
         }
         let replay = since.as_ref().and_then(|s| self.hub.replay(id, s, now));
+        if since.is_some() {
+            self.metrics.recovery(replay.is_some());
+        }
         let c = self.hub.channel(id);
         let answer = channels::subscribed(channel, &c.epoch, c.offset, replay.is_some());
         debug!(
