@@ -15,6 +15,8 @@
 //! - [`http`]: request heads (httparse) and responses.
 //! - [`ws`]: the 101 handshake, per-client WebSocket state, client messages,
 //!   and every close code we send.
+//! - [`frame_meter`]: every frame a client sends, counted before tungstenite
+//!   parses it (rate, fragments, the per-turn budget).
 //! - [`broadcast`]: validating a broadcast and framing it once.
 //! - [`outqueue`]: a connection's pending output, written with one writev.
 //! - [`timers`]: connection deadlines in a min-heap (pings, timeouts).
@@ -29,6 +31,7 @@ pub mod api;
 pub mod auth;
 pub mod broadcast;
 pub mod config;
+pub mod frame_meter;
 pub mod http;
 pub mod jwks;
 pub mod limits;

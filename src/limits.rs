@@ -6,8 +6,10 @@
 //! |---|---|---|
 //! | `MAX_CONNECTIONS` | open WebSocket clients | 503 + Retry-After |
 //! | `MAX_CONNECTIONS_PER_IP` | open WebSocket clients per client address | 429 + Retry-After |
-//! | `CLIENT_MESSAGES_PER_SEC` / `_BURST` | messages from one client | close 1008 |
+//! | `CLIENT_MESSAGES_PER_SEC` / `_BURST` | frames (of any kind) from one client | close 1008 |
 //! | `BROADCAST_RATE_PER_SEC` / `BROADCAST_BURST` | accepted broadcasts, all publishers | 429 + Retry-After |
+//! | [`MAX_MESSAGE_FRAGMENTS`] | frames in one fragmented client message | close 1009 |
+//! | [`READ_BUDGET_BYTES`] / [`READ_BUDGET_FRAMES`] | what one socket is read per loop turn | the rest waits a turn |
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,6 +17,17 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::http::Response;
+
+/// Bytes read from one socket per turn before others get a go.
+pub const READ_BUDGET_BYTES: usize = 256 * 1024;
+/// WebSocket frames (of any kind) taken from one client per turn: the
+/// bound on the work one turn does for one client, whatever it sends
+/// (256 KiB of empty frames would be ~44k of them).
+pub const READ_BUDGET_FRAMES: usize = 512;
+/// Frames one fragmented message may arrive in. Browsers never fragment
+/// the small messages taskcast takes; a message in more pieces than this
+/// is a flood of (possibly empty) continuation frames: close 1009.
+pub const MAX_MESSAGE_FRAGMENTS: u32 = 128;
 
 /// A token bucket: `burst` messages at once, refilled at `per_sec`.
 #[derive(Debug, Clone)]
@@ -101,11 +114,6 @@ impl Limits {
         }
         Ok(())
     }
-}
-
-/// One more message from a client within CLIENT_MESSAGES_PER_SEC / _BURST?
-pub fn take_client_message(bucket: &mut TokenBucket, config: &Config, now: Instant) -> bool {
-    bucket.take(config.client_msg_burst, config.client_msg_rate, now)
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ use tungstenite::protocol::WebSocketConfig;
 use self::conn::{Conn, Phase};
 use crate::auth::Verifier;
 use crate::config::Config;
-use crate::limits::Limits;
+use crate::limits::{Limits, READ_BUDGET_BYTES};
 use crate::outqueue::Flush;
 use crate::timers::{Due, Timers};
 use crate::ws::{self, Reason};
@@ -47,8 +47,6 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
 
-/// Bytes read from one socket per turn before others get a go.
-const READ_BUDGET_BYTES: usize = 256 * 1024;
 /// WebSocket messages handled from one client per turn.
 const READ_BUDGET_MESSAGES: usize = 64;
 /// How long a closing connection may take to read our last bytes and close.

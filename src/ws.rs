@@ -17,6 +17,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{WebSocketConfig, WebSocketContext};
 
 use crate::config::Config;
+use crate::frame_meter::FrameMeter;
 use crate::outqueue::OutQueue;
 
 /// tungstenite's read buffer per connection. Its default (128 KiB) would
@@ -40,6 +41,8 @@ pub enum Reason {
     RateLimited,
     /// 1009: a message over MAX_MESSAGE_BYTES (MAX_AUTH_MESSAGE_BYTES for auth).
     TooBig,
+    /// 1009: a message in more than `limits::MAX_MESSAGE_FRAGMENTS` frames.
+    TooFragmented,
     /// 1013 ("try again later"): the client read too slowly and SEND_QUEUE_LIMIT
     /// messages piled up; it should reconnect and refetch its state.
     SlowConsumer,
@@ -57,7 +60,7 @@ impl Reason {
             Reason::Binary => 1003,
             Reason::BadUtf8 => 1007,
             Reason::RateLimited => 1008,
-            Reason::TooBig => 1009,
+            Reason::TooBig | Reason::TooFragmented => 1009,
             Reason::SlowConsumer => 1013,
             Reason::TokenExpired => 4001,
             Reason::AuthFailed => 4003,
@@ -72,6 +75,7 @@ impl Reason {
             Reason::BadUtf8 => "text message is not valid UTF-8",
             Reason::RateLimited => "too many messages",
             Reason::TooBig => "message too big",
+            Reason::TooFragmented => "message in too many fragments",
             Reason::SlowConsumer => "client too slow: reconnect",
             Reason::TokenExpired => "token expired",
             Reason::AuthFailed => "invalid token",
@@ -109,11 +113,18 @@ pub fn handshake_response(key: &str) -> Vec<u8> {
 pub struct Wire<'a, S> {
     pub sock: &'a mut S,
     pub out: &'a mut OutQueue,
+    /// When reading a client's frames: counts each one before tungstenite
+    /// parses it and ends the read at the turn's budget (see [`FrameMeter`]).
+    /// `None` when the Wire only carries our writes.
+    pub meter: Option<&'a mut FrameMeter>,
 }
 
 impl<S: Read> Read for Wire<'_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.sock.read(buf)
+        match self.meter.as_deref_mut() {
+            Some(meter) => meter.read(buf, |b| self.sock.read(b)),
+            None => self.sock.read(buf),
+        }
     }
 }
 
@@ -144,8 +155,8 @@ pub struct WsConn {
     pub next_ping: Instant,
     /// Set once we sent a close frame: the peer must answer by then.
     pub close_deadline: Option<Instant>,
-    /// Inbound rate limit (a token bucket, refilled per second).
-    pub bucket: crate::limits::TokenBucket,
+    /// Every inbound frame counted: rate limit, fragments, per-turn budget.
+    pub meter: FrameMeter,
 }
 
 /// What a client text message asks of the server.

@@ -144,7 +144,6 @@ fn rss_bytes(pid: u32) -> usize {
 /// takes from the client's bucket (and a message may have only so many
 /// fragments): the client is closed with 1008/1009.
 #[test]
-#[ignore = "server bug (issue 10): not fixed yet"]
 fn continuation_frame_flood_is_closed() {
     let server = start();
     let mut s = raw_ws(server.addr, &token("flooder"), "");
@@ -183,7 +182,6 @@ fn ping_and_pong_floods_are_closed() {
 /// A fragmented message with more fragments than any client sends is
 /// refused even when the rate limit is raised out of the way.
 #[test]
-#[ignore = "server bug (issue 10): not fixed yet"]
 fn too_many_fragments_in_one_message_is_1009() {
     let srv = binary_with(&[("CLIENT_MESSAGES_PER_SEC", "100000000"), ("CLIENT_MESSAGE_BURST", "100000000")]);
     let mut s = raw_ws(srv.addr, &token("frag"), "");

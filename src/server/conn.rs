@@ -84,7 +84,7 @@ impl Conn {
     /// together. `None` unless this is an open WebSocket.
     pub fn ws_wire(&mut self) -> Option<(&mut WsConn, Wire<'_, TcpStream>)> {
         match &mut self.phase {
-            Phase::Ws(ws) => Some((ws, Wire { sock: &mut self.stream, out: &mut self.out })),
+            Phase::Ws(ws) => Some((ws, Wire { sock: &mut self.stream, out: &mut self.out, meter: None })),
             _ => None,
         }
     }

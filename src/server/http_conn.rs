@@ -14,8 +14,8 @@ use super::conn::Phase;
 use super::{READ_BUDGET_BYTES, Server};
 use crate::api::{self, Action, Ctx};
 use crate::auth;
+use crate::frame_meter::FrameMeter;
 use crate::http::{self, Head, Response};
-use crate::limits::TokenBucket;
 use crate::ws::{self, WsConn};
 
 /// An HTTP client with this much unread output gets no more requests
@@ -157,14 +157,16 @@ impl Server {
         conn.out.push_owned(ws::handshake_response(ws_key));
         let has_leftover = !leftover.is_empty();
         conn.phase = Phase::Ws(Box::new(WsConn {
-            ctx: WebSocketContext::from_partially_read(leftover, Role::Server, Some(self.ws_config)),
+            // Bytes that came with the request go through the meter first,
+            // like every other frame byte.
+            ctx: WebSocketContext::new(Role::Server, Some(self.ws_config)),
             sub,
             ip,
             expires_at,
             last_seen: now,
             next_ping: now + self.config.ping_interval,
             close_deadline: None,
-            bucket: TokenBucket::new(self.config.client_msg_burst, now),
+            meter: FrameMeter::new(self.config.client_msg_rate, self.config.client_msg_burst, leftover, now),
         }));
         self.limits.add_client(ip);
         debug!(

@@ -11,19 +11,26 @@ use tungstenite::protocol::Message;
 use super::conn::Phase;
 use super::{CLOSE_WAIT, READ_BUDGET_BYTES, READ_BUDGET_MESSAGES, Server};
 use crate::auth;
-use crate::limits;
-use crate::ws::{self, Inbound, Reason};
+use crate::ws::{self, Inbound, Reason, Wire};
 
 impl Server {
+    /// Reads the client's frames (each one metered: see
+    /// [`crate::frame_meter`]) and acts on its messages, within the turn's
+    /// budget of frames, bytes and messages.
     pub(super) fn read_ws(&mut self, key: usize) {
         let now = Instant::now();
+        if let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) {
+            ws.meter.start_turn(now);
+        }
         for _ in 0..READ_BUDGET_MESSAGES {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            let Some((ws, mut wire)) = conn.ws_wire() else {
+            let Phase::Ws(ws) = &mut conn.phase else {
                 return;
             };
+            let ws = &mut **ws;
+            let mut wire = Wire { sock: &mut conn.stream, out: &mut conn.out, meter: Some(&mut ws.meter) };
             let result = ws.ctx.read(&mut wire);
             if !conn.out.is_empty() {
                 self.mark_dirty(key); // tungstenite may have queued a pong or close reply
@@ -34,14 +41,12 @@ impl Server {
                 return;
             };
             use tungstenite::Error as E;
+            if let Some(reason) = ws.meter.refused {
+                return self.fail_ws(key, reason);
+            }
             match result {
                 Ok(msg) => {
                     ws.last_seen = now;
-                    if !matches!(msg, Message::Close(_))
-                        && !limits::take_client_message(&mut ws.bucket, &self.config, now)
-                    {
-                        return self.fail_ws(key, Reason::RateLimited);
-                    }
                     match msg {
                         Message::Text(text) => self.on_client_text(key, text.as_str(), now),
                         Message::Binary(_) => return self.fail_ws(key, Reason::Binary),
@@ -50,7 +55,12 @@ impl Server {
                         _ => {}
                     }
                 }
-                Err(E::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(E::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if ws.meter.spent || ws.meter.has_pending() {
+                        self.again.push(key); // budget spent: more next turn
+                    }
+                    return;
+                }
                 Err(E::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 // The close handshake finished: send what is queued, then FIN.
                 Err(E::ConnectionClosed | E::AlreadyClosed) => return self.begin_close(key),
