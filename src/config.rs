@@ -86,6 +86,10 @@ pub struct Config {
     pub pong_wait: Duration,
     /// Messages queued for one client before it counts as too slow and is closed.
     pub send_queue_limit: usize,
+    /// Unsent bytes one WebSocket client may have queued, whatever queued
+    /// them (broadcasts, pongs to its Pings, replies, our Pings); past that
+    /// it is closed with 1013 like a slow consumer. MAX_OUTPUT_BYTES.
+    pub max_output_bytes: usize,
     /// Open WebSocket clients at most; further upgrades get 503.
     pub max_connections: usize,
     /// An HTTP request must arrive whole within this time (slowloris guard);
@@ -230,6 +234,13 @@ impl Config {
             ));
         }
         let send_queue_limit = positive(&get, "SEND_QUEUE_LIMIT", 256)?;
+        let max_output_bytes = positive(&get, "MAX_OUTPUT_BYTES", 4 * 1024 * 1024)?;
+        if max_output_bytes < max_broadcast_bytes + 16 {
+            return Err(err(
+                "MAX_OUTPUT_BYTES",
+                format!("must exceed MAX_BROADCAST_BYTES ({max_broadcast_bytes}) so one broadcast always fits"),
+            ));
+        }
         let max_connections = positive(&get, "MAX_CONNECTIONS", default_max_connections())?;
         let request_timeout = secs(&get, "REQUEST_TIMEOUT_SECS", 10)?;
         let shutdown_grace = secs(&get, "SHUTDOWN_GRACE_SECS", 5)?;
@@ -256,6 +267,7 @@ impl Config {
             ping_interval,
             pong_wait,
             send_queue_limit,
+            max_output_bytes,
             max_connections,
             request_timeout,
             shutdown_grace,

@@ -202,7 +202,6 @@ fn too_many_fragments_in_one_message_is_1009() {
 /// Before the fix only broadcasts were bounded (SEND_QUEUE_LIMIT), so the
 /// Pongs piled up without limit. Now MAX_OUTPUT_BYTES closes it with 1013.
 #[test]
-#[ignore = "server bug (issue 10): not fixed yet"]
 fn non_reading_ping_sender_is_closed_not_buffered() {
     let srv = binary_with(&[
         ("CLIENT_MESSAGES_PER_SEC", "100000000"),

@@ -29,7 +29,7 @@ impl Server {
     /// Hot path: per client, one refcount bump and one queue push — no
     /// encoding, no copy, no syscall (writes happen in `flush_dirty`).
     fn fan_out(&mut self, frame: Rc<[u8]>) -> usize {
-        let limit = self.config.send_queue_limit;
+        let (limit, max_bytes) = (self.config.send_queue_limit, self.config.max_output_bytes);
         let mut sent = 0;
         let mut slow = Vec::new();
         for (key, conn) in self.conns.iter_mut() {
@@ -37,10 +37,11 @@ impl Server {
             if !ws.ctx.can_write() {
                 continue; // closing: no data after our close frame
             }
-            if conn.out.len() >= limit {
+            let over = |out: &crate::outqueue::OutQueue| out.len() >= limit || out.bytes() + frame.len() > max_bytes;
+            if over(&conn.out) {
                 // Maybe the socket has room now (a burst of broadcasts in one
                 // turn); only a client that truly is not reading is slow.
-                if conn.out.write_to(&mut crate::sys::Send(&conn.stream)).is_err() || conn.out.len() >= limit {
+                if conn.out.write_to(&mut crate::sys::Send(&conn.stream)).is_err() || over(&conn.out) {
                     slow.push(key);
                     continue;
                 }
@@ -56,7 +57,12 @@ impl Server {
         for key in slow {
             let c = &mut self.conns[key];
             let sub = c.ws().map_or("", |w| w.sub.as_str());
-            warn!("{} ({sub:?}) too slow: {} messages queued; closing with 1013", c.peer, c.out.len());
+            warn!(
+                "{} ({sub:?}) too slow: {} messages ({} B) queued; closing with 1013",
+                c.peer,
+                c.out.len(),
+                c.out.bytes()
+            );
             c.out.drop_unstarted();
             self.close_ws(key, Reason::SlowConsumer, now);
         }

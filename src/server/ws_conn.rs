@@ -5,7 +5,7 @@
 use std::io::{self, Read};
 use std::time::Instant;
 
-use log::debug;
+use log::{debug, warn};
 use tungstenite::protocol::Message;
 
 use super::conn::Phase;
@@ -34,6 +34,9 @@ impl Server {
             let result = ws.ctx.read(&mut wire);
             if !conn.out.is_empty() {
                 self.mark_dirty(key); // tungstenite may have queued a pong or close reply
+                if self.output_overflows(key, now) {
+                    return;
+                }
             }
             let conn = &mut self.conns[key];
             let peer = conn.peer;
@@ -125,7 +128,29 @@ impl Server {
         {
             let _ = ws.ctx.write(&mut wire, Message::text(text));
             self.mark_dirty(key);
+            self.output_overflows(key, Instant::now());
         }
+    }
+
+    /// Bounds a client's output in bytes whatever queued it (pongs to its
+    /// Pings, replies, our Pings — broadcasts check before queueing): past
+    /// MAX_OUTPUT_BYTES, after one more try at writing, its unsent output
+    /// is dropped and it is closed with 1013 like a slow consumer. True
+    /// when it was closed.
+    pub(super) fn output_overflows(&mut self, key: usize, now: Instant) -> bool {
+        let max = self.config.max_output_bytes;
+        let conn = &mut self.conns[key];
+        if conn.out.bytes() <= max {
+            return false;
+        }
+        if conn.out.write_to(&mut crate::sys::Send(&conn.stream)).is_ok() && conn.out.bytes() <= max {
+            return false;
+        }
+        let sub = conn.ws().map_or("", |w| w.sub.as_str());
+        warn!("{} ({sub:?}) not reading: {} B queued; closing with 1013", conn.peer, conn.out.bytes());
+        conn.out.drop_unstarted();
+        self.close_ws(key, Reason::SlowConsumer, now);
+        true
     }
 
     /// Discards input from a closing connection until the peer closes.
@@ -211,6 +236,9 @@ impl Server {
             if ws.ctx.can_write() {
                 let _ = ws.ctx.write(&mut wire, Message::Ping(Default::default()));
                 self.mark_dirty(key);
+                if self.output_overflows(key, now) {
+                    return;
+                }
             }
         }
         self.reschedule_ws(key);
