@@ -19,7 +19,8 @@
 //!   parses it (rate, fragments, the per-turn budget).
 //! - [`broadcast`]: validating a broadcast and framing it once.
 //! - [`outqueue`]: a connection's pending output, written with one writev.
-//! - [`timers`]: connection deadlines in a min-heap (pings, timeouts).
+//! - [`timers`]: connection deadlines in an indexed min-heap, one entry per
+//!   connection (pings, timeouts).
 //! - [`auth`]: JWT verification (which key checks which token) and minting.
 //! - [`jwks`]: the front end's public keys (JWKS_URL / JWKS_FILE), parsed,
 //!   and refreshed by one helper thread so the loop never waits on a fetch.

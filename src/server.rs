@@ -265,7 +265,7 @@ impl Server {
                     self.next_id += 1;
                     let deadline = Instant::now() + self.config.request_timeout;
                     entry.insert(Conn::new(self.next_id, stream, peer, deadline));
-                    self.timers.schedule(deadline, key, self.next_id);
+                    self.timers.set(deadline, key, self.next_id);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -390,6 +390,7 @@ impl Server {
     fn remove(&mut self, key: usize) {
         if self.conns.contains(key) {
             self.uncount(key, "dropped");
+            self.timers.cancel(key);
             self.conns.remove(key);
         }
     }
@@ -408,12 +409,12 @@ impl Server {
 
     // ---- timers ------------------------------------------------------------
 
+    /// Re-arms `key`'s one timer entry (a popped entry is gone, so this
+    /// sets it even when the deadline did not change).
     fn set_deadline(&mut self, key: usize, at: Instant) {
         let conn = &mut self.conns[key];
-        if conn.deadline != at {
-            conn.deadline = at;
-            self.timers.schedule(at, key, conn.id);
-        }
+        conn.deadline = at;
+        self.timers.set(at, key, conn.id);
     }
 
     fn run_timers(&mut self, now: Instant) {
@@ -424,7 +425,8 @@ impl Server {
         while let Some(Due { key, id }) = self.timers.pop_due(now) {
             match self.conns.get(key) {
                 Some(c) if c.id == id && c.deadline <= now => self.on_timer(key, now),
-                _ => {} // stale: removed, reused, or moved later
+                Some(c) if c.id == id => self.timers.set(c.deadline, key, id),
+                _ => {} // stale: the connection is gone (its key reused)
             }
         }
     }

@@ -230,7 +230,6 @@ fn non_reading_ping_sender_is_closed_not_buffered() {
 /// push a timer entry (32 B) that stayed until REQUEST_TIMEOUT_SECS later,
 /// so RSS grew ~6 MiB. Now a connection's timer is re-armed in place.
 #[test]
-#[ignore = "server bug (issue 10): not fixed yet"]
 fn pipelined_requests_do_not_grow_memory() {
     let srv = binary_with(&[]);
     let req = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n";
