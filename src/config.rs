@@ -20,6 +20,23 @@ pub const FD_RESERVE: usize = 256;
 /// within a day at the latest.
 pub const MAX_JWKS_REFRESH: Duration = Duration::from_secs(24 * 3600);
 
+/// The largest value of any rate or burst variable.
+pub const MAX_RATE: u32 = 1_000_000_000;
+/// PING_INTERVAL_SECS and PONG_WAIT_SECS at most.
+pub const MAX_HEARTBEAT: Duration = Duration::from_secs(24 * 3600);
+/// REQUEST_TIMEOUT_SECS and SHUTDOWN_GRACE_SECS at most.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// JWT_LEEWAY_SECS at most.
+pub const MAX_LEEWAY_SECS: u64 = 3600;
+/// MAX_MESSAGE_BYTES and MAX_AUTH_MESSAGE_BYTES at most.
+pub const MAX_CLIENT_MESSAGE: usize = 1024 * 1024;
+/// MAX_BROADCAST_BYTES at most.
+pub const MAX_BROADCAST: usize = 16 * 1024 * 1024;
+/// MAX_OUTPUT_BYTES at most.
+pub const MAX_OUTPUT: usize = 1024 * 1024 * 1024;
+/// SEND_QUEUE_LIMIT, MAX_CONNECTIONS and the per-address counts at most.
+pub const MAX_COUNT: usize = 10_000_000;
+
 /// Which `Origin` headers may talk to us (browsers always send one; servers
 /// and CLI tools usually do not, and are allowed).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +85,8 @@ pub struct Config {
     /// True when neither JWT_SECRET nor JWKS is set and a per-run secret was
     /// generated: `main` then prints a ready-made token so a newcomer can try it.
     pub jwt_secret_generated: bool,
+    /// Seconds of clock skew tolerated on `exp` and `nbf` (JWT_LEEWAY_SECS).
+    pub jwt_leeway_secs: u64,
     /// Required `iss` claim, when set (checked for every algorithm).
     pub jwt_issuer: Option<String>,
     /// Required `aud` claim, when set (checked for every algorithm).
@@ -160,17 +179,47 @@ fn parse_or<T: std::str::FromStr>(
     }
 }
 
-/// Like [`parse_or`] for counts that must be at least 1.
-fn positive(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: usize) -> Result<usize, ConfigError> {
-    let v = parse_or(get, var, default, "a positive whole number")?;
-    if v == 0 {
-        return Err(err(var, "must be at least 1"));
+/// A whole number in `min..=max` (the default when unset). Every count and
+/// duration has a documented maximum, so no value can overflow the
+/// arithmetic it feeds (`Instant + Duration`, `as u32`, sums of sizes).
+fn bounded(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let v = parse_or(get, var, default, "a whole number")?;
+    if !(min..=max).contains(&v) {
+        return Err(err(var, format!("{v} is out of range: must be {min} to {max}")));
     }
     Ok(v)
 }
 
-fn secs(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
-    Ok(Duration::from_secs(positive(get, var, default as usize)? as u64))
+/// [`bounded`] for sizes and counts.
+fn count(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: usize,
+    min: usize,
+    max: usize,
+) -> Result<usize, ConfigError> {
+    Ok(bounded(get, var, default as u64, min as u64, max as u64)? as usize)
+}
+
+/// [`bounded`] for rates and bursts (token buckets count in `u32`).
+fn rate(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: u32, min: u32) -> Result<u32, ConfigError> {
+    Ok(bounded(get, var, default.into(), min.into(), MAX_RATE.into())? as u32)
+}
+
+/// [`bounded`] for durations in whole seconds, at least 1.
+fn secs(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: u64,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_secs(bounded(get, var, default, 1, max.as_secs())?))
 }
 
 fn optional(get: &impl Fn(&str) -> Option<String>, var: &str) -> Option<String> {
@@ -201,10 +250,7 @@ impl Config {
             None => None,
         };
         let jwks_file = optional(&get, "JWKS_FILE").map(PathBuf::from);
-        let jwks_refresh = secs(&get, "JWKS_REFRESH_SECS", 600)?;
-        if jwks_refresh > MAX_JWKS_REFRESH {
-            return Err(err("JWKS_REFRESH_SECS", format!("must be at most {} (a day)", MAX_JWKS_REFRESH.as_secs())));
-        }
+        let jwks_refresh = secs(&get, "JWKS_REFRESH_SECS", 600, MAX_JWKS_REFRESH)?;
         // A random development secret only when nothing else can verify a
         // token: with JWKS configured, no JWT_SECRET simply means no HS256.
         let (jwt_secret, jwt_secret_generated) = match optional(&get, "JWT_SECRET") {
@@ -213,17 +259,17 @@ impl Config {
             None => (Some(random_secret()), true),
         };
 
-        let max_message_bytes = positive(&get, "MAX_MESSAGE_BYTES", 512)?;
-        let max_auth_message_bytes = positive(&get, "MAX_AUTH_MESSAGE_BYTES", 8192)?;
+        let max_message_bytes = count(&get, "MAX_MESSAGE_BYTES", 512, 1, MAX_CLIENT_MESSAGE)?;
+        let max_auth_message_bytes = count(&get, "MAX_AUTH_MESSAGE_BYTES", 8192, 1, MAX_CLIENT_MESSAGE)?;
         if max_auth_message_bytes < max_message_bytes {
             return Err(err(
                 "MAX_AUTH_MESSAGE_BYTES",
                 format!("must be at least MAX_MESSAGE_BYTES ({max_message_bytes})"),
             ));
         }
-        let max_broadcast_bytes = positive(&get, "MAX_BROADCAST_BYTES", 65536)?;
-        let ping_interval = secs(&get, "PING_INTERVAL_SECS", 54)?;
-        let pong_wait = secs(&get, "PONG_WAIT_SECS", 60)?;
+        let max_broadcast_bytes = count(&get, "MAX_BROADCAST_BYTES", 65536, 1, MAX_BROADCAST)?;
+        let ping_interval = secs(&get, "PING_INTERVAL_SECS", 54, MAX_HEARTBEAT)?;
+        let pong_wait = secs(&get, "PONG_WAIT_SECS", 60, MAX_HEARTBEAT)?;
         if ping_interval >= pong_wait {
             return Err(err(
                 "PING_INTERVAL_SECS",
@@ -233,22 +279,23 @@ impl Config {
                 ),
             ));
         }
-        let send_queue_limit = positive(&get, "SEND_QUEUE_LIMIT", 256)?;
-        let max_output_bytes = positive(&get, "MAX_OUTPUT_BYTES", 4 * 1024 * 1024)?;
+        let send_queue_limit = count(&get, "SEND_QUEUE_LIMIT", 256, 1, MAX_COUNT)?;
+        let max_output_bytes = count(&get, "MAX_OUTPUT_BYTES", 4 * 1024 * 1024, 1, MAX_OUTPUT)?;
         if max_output_bytes < max_broadcast_bytes + 16 {
             return Err(err(
                 "MAX_OUTPUT_BYTES",
                 format!("must exceed MAX_BROADCAST_BYTES ({max_broadcast_bytes}) so one broadcast always fits"),
             ));
         }
-        let max_connections = positive(&get, "MAX_CONNECTIONS", default_max_connections())?;
-        let request_timeout = secs(&get, "REQUEST_TIMEOUT_SECS", 10)?;
-        let shutdown_grace = secs(&get, "SHUTDOWN_GRACE_SECS", 5)?;
-        let client_msg_rate = positive(&get, "CLIENT_MESSAGES_PER_SEC", 50)? as u32;
-        let client_msg_burst = positive(&get, "CLIENT_MESSAGE_BURST", 100)? as u32;
-        let max_connections_per_ip = parse_or(&get, "MAX_CONNECTIONS_PER_IP", 1000, "a whole number (0 = no limit)")?;
-        let broadcast_rate = parse_or(&get, "BROADCAST_RATE_PER_SEC", 1000, "a whole number (0 = no limit)")?;
-        let broadcast_burst = positive(&get, "BROADCAST_BURST", 10_000)? as u32;
+        let max_connections = count(&get, "MAX_CONNECTIONS", default_max_connections().min(MAX_COUNT), 1, MAX_COUNT)?;
+        let request_timeout = secs(&get, "REQUEST_TIMEOUT_SECS", 10, MAX_TIMEOUT)?;
+        let shutdown_grace = secs(&get, "SHUTDOWN_GRACE_SECS", 5, MAX_TIMEOUT)?;
+        let client_msg_rate = rate(&get, "CLIENT_MESSAGES_PER_SEC", 50, 1)?;
+        let client_msg_burst = rate(&get, "CLIENT_MESSAGE_BURST", 100, 1)?;
+        let max_connections_per_ip = count(&get, "MAX_CONNECTIONS_PER_IP", 1000, 0, MAX_COUNT)?;
+        let broadcast_rate = rate(&get, "BROADCAST_RATE_PER_SEC", 1000, 0)?;
+        let broadcast_burst = rate(&get, "BROADCAST_BURST", 10_000, 1)?;
+        let jwt_leeway_secs = bounded(&get, "JWT_LEEWAY_SECS", 30, 0, MAX_LEEWAY_SECS)?;
         let broadcast_api_key = optional(&get, "BROADCAST_API_KEY");
         if broadcast_api_key.as_ref().is_some_and(|k| k.len() < 16) {
             return Err(err("BROADCAST_API_KEY", "must be at least 16 characters (use a long random string)"));
@@ -259,6 +306,7 @@ impl Config {
             allowed_origins,
             jwt_secret,
             jwt_secret_generated,
+            jwt_leeway_secs,
             jwt_issuer: optional(&get, "JWT_ISSUER"),
             jwt_audience: optional(&get, "JWT_AUDIENCE"),
             max_message_bytes,
@@ -393,6 +441,21 @@ mod tests {
             (&[("JWKS_REFRESH_SECS", "soon")], "JWKS_REFRESH_SECS"),
             (&[("JWKS_REFRESH_SECS", "86401")], "JWKS_REFRESH_SECS"),
             (&[("JWKS_REFRESH_SECS", "99999999999999999999")], "JWKS_REFRESH_SECS"),
+            (&[("BROADCAST_BURST", "4294967296")], "BROADCAST_BURST"),
+            (&[("CLIENT_MESSAGE_BURST", "4294967296")], "CLIENT_MESSAGE_BURST"),
+            (&[("CLIENT_MESSAGES_PER_SEC", "1000000001")], "CLIENT_MESSAGES_PER_SEC"),
+            (&[("BROADCAST_RATE_PER_SEC", "4294967296")], "BROADCAST_RATE_PER_SEC"),
+            (&[("PONG_WAIT_SECS", "18446744073709551615")], "PONG_WAIT_SECS"),
+            (&[("PING_INTERVAL_SECS", "86401"), ("PONG_WAIT_SECS", "86400")], "PING_INTERVAL_SECS"),
+            (&[("REQUEST_TIMEOUT_SECS", "3601")], "REQUEST_TIMEOUT_SECS"),
+            (&[("SHUTDOWN_GRACE_SECS", "18446744073709551615")], "SHUTDOWN_GRACE_SECS"),
+            (&[("MAX_BROADCAST_BYTES", "18446744073709551615")], "MAX_BROADCAST_BYTES"),
+            (&[("MAX_MESSAGE_BYTES", "1048577")], "MAX_MESSAGE_BYTES"),
+            (&[("MAX_OUTPUT_BYTES", "1000")], "MAX_OUTPUT_BYTES"),
+            (&[("SEND_QUEUE_LIMIT", "10000001")], "SEND_QUEUE_LIMIT"),
+            (&[("MAX_CONNECTIONS", "0")], "MAX_CONNECTIONS"),
+            (&[("JWT_LEEWAY_SECS", "3601")], "JWT_LEEWAY_SECS"),
+            (&[("JWT_LEEWAY_SECS", "-1")], "JWT_LEEWAY_SECS"),
         ];
         for (pairs, var) in table {
             let e = cfg(pairs).unwrap_err();

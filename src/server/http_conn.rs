@@ -151,7 +151,7 @@ impl Server {
 
     fn upgrade(&mut self, key: usize, head: &Head, ip: IpAddr, ws_key: &str, claims: auth::Claims, leftover: Vec<u8>) {
         let now = Instant::now();
-        let expires_at = now + auth::time_left(claims.exp);
+        let expires_at = auth::expires_at(now, claims.exp, self.config.jwt_leeway_secs);
         let sub = claims.sub.unwrap_or_default();
         let conn = &mut self.conns[key];
         conn.out.push_owned(ws::handshake_response(ws_key));

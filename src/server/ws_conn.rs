@@ -106,7 +106,7 @@ impl Server {
         };
         match self.verifier.verify(token) {
             Ok(claims) if claims.sub.as_deref().unwrap_or("") == ws.sub => {
-                ws.expires_at = now + auth::time_left(claims.exp);
+                ws.expires_at = auth::expires_at(now, claims.exp, self.config.jwt_leeway_secs);
                 self.send_text(key, r#"{"type":"auth_ok"}"#.to_string());
                 self.reschedule_ws(key);
             }
