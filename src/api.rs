@@ -160,7 +160,7 @@ fn publisher(head: &Head, ctx: &Ctx) -> Result<(), Response> {
         return ctx.verifier.verify(bearer.unwrap_or("")).map(|_| ()).map_err(unauthorized);
     };
     let presented = head.api_key.as_deref().or(bearer).unwrap_or("");
-    if bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
+    if bool::from(presented.as_bytes().ct_eq(key.expose().as_bytes())) {
         return Ok(());
     }
     if ctx.verifier.verify(presented).is_ok() {

@@ -117,7 +117,7 @@ impl Verifier {
         }
         validation.set_required_spec_claims(&required);
         Ok(Verifier {
-            secret: config.jwt_secret.as_deref().map(DecodingKey::from_secret),
+            secret: config.jwt_secret.as_ref().map(|s| DecodingKey::from_secret(s.expose())),
             jwks: jwks::Keys::start(config)?,
             validation,
         })

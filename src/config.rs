@@ -37,6 +37,48 @@ pub const MAX_OUTPUT: usize = 1024 * 1024 * 1024;
 /// SEND_QUEUE_LIMIT, MAX_CONNECTIONS and the per-address counts at most.
 pub const MAX_COUNT: usize = 10_000_000;
 
+/// A value that must never reach a log: `Debug` prints `Secret(..)`, and
+/// the value is read only through [`Secret::expose`], so every use is
+/// visible in the code. Wrap any new credential (a Redis password, ...) in
+/// one and `Config`'s derived `Debug` stays safe to print.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Secret<T> {
+        Secret(value)
+    }
+
+    /// The secret itself: for checking credentials, never for printing.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl From<&str> for Secret<String> {
+    fn from(s: &str) -> Secret<String> {
+        Secret(s.to_string())
+    }
+}
+
+impl From<String> for Secret<String> {
+    fn from(s: String) -> Secret<String> {
+        Secret(s)
+    }
+}
+
+impl From<Vec<u8>> for Secret<Vec<u8>> {
+    fn from(b: Vec<u8>) -> Secret<Vec<u8>> {
+        Secret(b)
+    }
+}
+
 /// Which `Origin` headers may talk to us (browsers always send one; servers
 /// and CLI tools usually do not, and are allowed).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +123,7 @@ pub struct Config {
     /// tokens). `None` when JWT_SECRET is unset and JWKS is configured:
     /// HS256 tokens are then refused (an `Option`, not an empty key, so no
     /// code path can end up checking HMACs against an empty secret).
-    pub jwt_secret: Option<Vec<u8>>,
+    pub jwt_secret: Option<Secret<Vec<u8>>>,
     /// True when neither JWT_SECRET nor JWKS is set and a per-run secret was
     /// generated: `main` then prints a ready-made token so a newcomer can try it.
     pub jwt_secret_generated: bool,
@@ -122,7 +164,7 @@ pub struct Config {
     pub client_msg_burst: u32,
     /// When set, `/api/broadcast` takes only this key (a publisher
     /// credential), and user JWTs get 403.
-    pub broadcast_api_key: Option<String>,
+    pub broadcast_api_key: Option<Secret<String>>,
     /// Open WebSocket clients per client IP (0 = no limit); then 429.
     pub max_connections_per_ip: usize,
     /// Broadcasts accepted per second, sustained (0 = no limit)...
@@ -254,9 +296,9 @@ impl Config {
         // A random development secret only when nothing else can verify a
         // token: with JWKS configured, no JWT_SECRET simply means no HS256.
         let (jwt_secret, jwt_secret_generated) = match optional(&get, "JWT_SECRET") {
-            Some(s) => (Some(s.into_bytes()), false),
+            Some(s) => (Some(Secret(s.into_bytes())), false),
             None if jwks_url.is_some() || jwks_file.is_some() => (None, false),
-            None => (Some(random_secret()), true),
+            None => (Some(Secret(random_secret())), true),
         };
 
         let max_message_bytes = count(&get, "MAX_MESSAGE_BYTES", 512, 1, MAX_CLIENT_MESSAGE)?;
@@ -296,8 +338,8 @@ impl Config {
         let broadcast_rate = rate(&get, "BROADCAST_RATE_PER_SEC", 1000, 0)?;
         let broadcast_burst = rate(&get, "BROADCAST_BURST", 10_000, 1)?;
         let jwt_leeway_secs = bounded(&get, "JWT_LEEWAY_SECS", 30, 0, MAX_LEEWAY_SECS)?;
-        let broadcast_api_key = optional(&get, "BROADCAST_API_KEY");
-        if broadcast_api_key.as_ref().is_some_and(|k| k.len() < 16) {
+        let broadcast_api_key = optional(&get, "BROADCAST_API_KEY").map(Secret);
+        if broadcast_api_key.as_ref().is_some_and(|k| k.expose().len() < 16) {
             return Err(err("BROADCAST_API_KEY", "must be at least 16 characters (use a long random string)"));
         }
 
@@ -397,7 +439,7 @@ mod tests {
         assert_eq!(c.addr, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(c.allowed_origins, Origins::List(vec!["http://localhost:3000".into()]));
         assert!(c.jwt_secret_generated);
-        assert_eq!(c.jwt_secret.map(|s| s.len()), Some(64));
+        assert_eq!(c.jwt_secret.map(|s| s.expose().len()), Some(64));
         assert_eq!(c.jwks_url, None);
         assert_eq!(c.jwks_file, None);
         assert_eq!(c.jwks_refresh, Duration::from_secs(600));
@@ -478,7 +520,7 @@ mod tests {
     #[test]
     fn secret_and_claims() {
         let c = cfg(&[("JWT_SECRET", "s3cret"), ("JWT_ISSUER", "http://a"), ("JWT_AUDIENCE", " ")]).unwrap();
-        assert_eq!(c.jwt_secret.as_deref(), Some(&b"s3cret"[..]));
+        assert_eq!(c.jwt_secret.as_ref().map(|s| &s.expose()[..]), Some(&b"s3cret"[..]));
         assert!(!c.jwt_secret_generated);
         assert_eq!(c.jwt_issuer.as_deref(), Some("http://a"));
         assert_eq!(c.jwt_audience, None);
@@ -500,7 +542,7 @@ mod tests {
 
         // Both: HS256 tokens keep working next to the JWKS keys.
         let c = cfg(&[("JWKS_URL", "http://127.0.0.1/jwks"), ("JWT_SECRET", "s3cret")]).unwrap();
-        assert_eq!(c.jwt_secret.as_deref(), Some(&b"s3cret"[..]));
+        assert_eq!(c.jwt_secret.as_ref().map(|s| &s.expose()[..]), Some(&b"s3cret"[..]));
         assert!(!c.jwt_secret_generated);
 
         let e = cfg(&[("JWKS_URL", "https://app.example.com/api/auth/jwks")]).unwrap_err();

@@ -53,7 +53,7 @@ fn serve() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if config.jwt_secret.as_ref().is_some_and(|s| s.len() < 32) && !config.jwt_secret_generated {
+    if config.jwt_secret.as_ref().is_some_and(|s| s.expose().len() < 32) && !config.jwt_secret_generated {
         log::warn!("JWT_SECRET is shorter than 32 bytes: use a long random secret in production");
     }
     let dev_secret = if config.jwt_secret_generated { config.jwt_secret.clone() } else { None };
@@ -75,7 +75,7 @@ fn serve() -> ExitCode {
     }
     taskcast::server::log_startup(&server);
     if let Some(secret) = dev_secret {
-        print_dev_help(&secret, server.local_addr());
+        print_dev_help(secret.expose(), server.local_addr());
     }
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
@@ -140,6 +140,6 @@ fn token(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    println!("{}", auth::mint(secret, &sub, ttl));
+    println!("{}", auth::mint(secret.expose(), &sub, ttl));
     ExitCode::SUCCESS
 }

@@ -48,8 +48,10 @@ pub enum Reason {
     SlowConsumer,
     /// 4001: the token expired and was not refreshed in time.
     TokenExpired,
-    /// 4003: an in-band `auth` token was invalid or for another user.
-    AuthFailed,
+    /// 4003: an in-band `auth` token was invalid (bad signature, expired, ...).
+    AuthInvalid,
+    /// 4003: an in-band `auth` token was valid but for another user.
+    AuthOtherUser,
 }
 
 impl Reason {
@@ -63,7 +65,7 @@ impl Reason {
             Reason::TooBig | Reason::TooFragmented => 1009,
             Reason::SlowConsumer => 1013,
             Reason::TokenExpired => 4001,
-            Reason::AuthFailed => 4003,
+            Reason::AuthInvalid | Reason::AuthOtherUser => 4003,
         }
     }
 
@@ -78,7 +80,8 @@ impl Reason {
             Reason::TooFragmented => "message in too many fragments",
             Reason::SlowConsumer => "client too slow: reconnect",
             Reason::TokenExpired => "token expired",
-            Reason::AuthFailed => "invalid token",
+            Reason::AuthInvalid => "invalid token",
+            Reason::AuthOtherUser => "token is for another user",
         }
     }
 

@@ -490,7 +490,6 @@ fn dev_mode_listens_on_loopback_unless_host_is_set() {
 // ---- 9. secrets stay out of Debug; 4003 says why ---------------------------
 
 #[test]
-#[ignore = "server bug (issue 10): not fixed yet"]
 fn config_debug_does_not_print_secrets() {
     let c = taskcast::Config::from_lookup(|k| match k {
         "JWT_SECRET" => Some("the-jwt-secret-value-0123456789".into()),
@@ -506,7 +505,6 @@ fn config_debug_does_not_print_secrets() {
 }
 
 #[test]
-#[ignore = "server bug (issue 10): not fixed yet"]
 fn close_4003_says_why() {
     let server = start();
     for (tok, want) in [(token("someone-else"), "token is for another user"), ("garbage".into(), "invalid token")] {

@@ -112,11 +112,11 @@ impl Server {
             }
             Ok(_) => {
                 debug!("{} refresh token is for another subject", conn.peer);
-                self.close_ws(key, Reason::AuthFailed, now);
+                self.close_ws(key, Reason::AuthOtherUser, now);
             }
             Err(e) => {
                 debug!("{} refresh token refused: {}", conn.peer, e.message());
-                self.close_ws(key, Reason::AuthFailed, now);
+                self.close_ws(key, Reason::AuthInvalid, now);
             }
         }
     }
