@@ -117,6 +117,9 @@ impl fmt::Display for Origins {
 pub struct Config {
     /// Where to listen (HOST:PORT).
     pub addr: SocketAddr,
+    /// True when development mode (no JWT_SECRET, no JWKS) chose 127.0.0.1
+    /// because HOST was not set; `main` says so at start-up.
+    pub dev_loopback_only: bool,
     /// Front-end origins allowed by CORS and by the WebSocket Origin check.
     pub allowed_origins: Origins,
     /// HS256 secret shared with the front end (the app mints its own
@@ -277,12 +280,7 @@ impl Config {
     /// Reads configuration through `get` (the environment, or a map in tests).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let port: u16 = parse_or(&get, "PORT", 8080, "a port number (0-65535)")?;
-        let host = optional(&get, "HOST").unwrap_or_else(|| "0.0.0.0".into());
-        let addr = (host.as_str(), port)
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| err("HOST", format!("{host:?} is not an address to listen on")))?;
+        let host_set = optional(&get, "HOST");
 
         let origins = optional(&get, "ALLOWED_ORIGINS").unwrap_or_else(|| "http://localhost:3000".into());
         let allowed_origins = parse_origins(&origins)?;
@@ -300,6 +298,16 @@ impl Config {
             None if jwks_url.is_some() || jwks_file.is_some() => (None, false),
             None => (Some(Secret(random_secret())), true),
         };
+        // Development mode (a generated secret) listens on loopback unless
+        // HOST says otherwise: a production deployment that forgot its
+        // JWT_SECRET is then unreachable instead of open with a printed token.
+        let dev_loopback_only = jwt_secret_generated && host_set.is_none();
+        let host = host_set.unwrap_or_else(|| if dev_loopback_only { "127.0.0.1" } else { "0.0.0.0" }.into());
+        let addr = (host.as_str(), port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| err("HOST", format!("{host:?} is not an address to listen on")))?;
 
         let max_message_bytes = count(&get, "MAX_MESSAGE_BYTES", 512, 1, MAX_CLIENT_MESSAGE)?;
         let max_auth_message_bytes = count(&get, "MAX_AUTH_MESSAGE_BYTES", 8192, 1, MAX_CLIENT_MESSAGE)?;
@@ -345,6 +353,7 @@ impl Config {
 
         Ok(Config {
             addr,
+            dev_loopback_only,
             allowed_origins,
             jwt_secret,
             jwt_secret_generated,
@@ -436,7 +445,14 @@ mod tests {
     #[test]
     fn defaults() {
         let c = cfg(&[]).unwrap();
-        assert_eq!(c.addr, "0.0.0.0:8080".parse().unwrap());
+        // Development mode (no secret): loopback only, unless HOST is set.
+        assert_eq!(c.addr, "127.0.0.1:8080".parse().unwrap());
+        assert!(c.dev_loopback_only);
+        let c = cfg(&[("HOST", "0.0.0.0")]).unwrap();
+        assert_eq!((c.addr, c.dev_loopback_only), ("0.0.0.0:8080".parse().unwrap(), false));
+        let c = cfg(&[("JWT_SECRET", "s")]).unwrap();
+        assert_eq!((c.addr, c.dev_loopback_only), ("0.0.0.0:8080".parse().unwrap(), false));
+        let c = cfg(&[]).unwrap();
         assert_eq!(c.allowed_origins, Origins::List(vec!["http://localhost:3000".into()]));
         assert!(c.jwt_secret_generated);
         assert_eq!(c.jwt_secret.map(|s| s.expose().len()), Some(64));

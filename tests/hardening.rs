@@ -459,7 +459,6 @@ fn jwt_leeway_is_configurable() {
 /// No JWT_SECRET (a generated secret) and no HOST: listen on 127.0.0.1
 /// only, and say so. A forgotten secret in production fails closed.
 #[test]
-#[ignore = "server bug (issue 10): not fixed yet"]
 fn dev_mode_listens_on_loopback_unless_host_is_set() {
     use std::io::BufRead;
     let mut child = taskcast_cmd()
@@ -479,10 +478,24 @@ fn dev_mode_listens_on_loopback_unless_host_is_set() {
         }
         assert!(Instant::now() < deadline);
     };
+    // The development help goes to stdout after start-up: read it whole.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = String::new();
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            out.push_str(&line);
+            out.push('\n');
+            if line.contains("for real use") {
+                break;
+            }
+        }
+        let _ = tx.send(out);
+    });
+    let out = rx.recv_timeout(WAIT);
     let _ = child.kill();
-    let mut out = String::new();
-    let _ = child.stdout.take().unwrap().read_to_string(&mut out);
     let _ = child.wait();
+    let out = out.expect("no development help on stdout");
     assert!(listening.contains("listening on 127.0.0.1:"), "{listening}");
     assert!(out.contains("127.0.0.1") && out.contains("HOST"), "start-up output does not say so: {out}");
 }
