@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::jwks::HttpUrl;
+use crate::proxies::TrustedProxies;
 
 /// Fds kept back from the open-file limit when MAX_CONNECTIONS is derived:
 /// the listener, epoll, the waker, signal pipes, log files and HTTP callers
@@ -170,6 +171,9 @@ pub struct Config {
     pub broadcast_api_key: Option<Secret<String>>,
     /// Open WebSocket clients per client IP (0 = no limit); then 429.
     pub max_connections_per_ip: usize,
+    /// TRUSTED_PROXIES: peers whose X-Forwarded-For gives the client
+    /// address (default loopback: a proxy on this machine).
+    pub trusted_proxies: TrustedProxies,
     /// Broadcasts accepted per second, sustained (0 = no limit)...
     pub broadcast_rate: u32,
     /// ...and in a burst; past that `/api/broadcast` answers 429.
@@ -346,6 +350,10 @@ impl Config {
         let broadcast_rate = rate(&get, "BROADCAST_RATE_PER_SEC", 1000, 0)?;
         let broadcast_burst = rate(&get, "BROADCAST_BURST", 10_000, 1)?;
         let jwt_leeway_secs = bounded(&get, "JWT_LEEWAY_SECS", 30, 0, MAX_LEEWAY_SECS)?;
+        let trusted_proxies = match optional(&get, "TRUSTED_PROXIES") {
+            Some(v) => TrustedProxies::parse(&v).map_err(|m| err("TRUSTED_PROXIES", m))?,
+            None => TrustedProxies::loopback(),
+        };
         let broadcast_api_key = optional(&get, "BROADCAST_API_KEY").map(Secret);
         if broadcast_api_key.as_ref().is_some_and(|k| k.expose().len() < 16) {
             return Err(err("BROADCAST_API_KEY", "must be at least 16 characters (use a long random string)"));
@@ -374,6 +382,7 @@ impl Config {
             client_msg_burst,
             broadcast_api_key,
             max_connections_per_ip,
+            trusted_proxies,
             broadcast_rate,
             broadcast_burst,
             jwks_url,
@@ -514,6 +523,8 @@ mod tests {
             (&[("MAX_CONNECTIONS", "0")], "MAX_CONNECTIONS"),
             (&[("JWT_LEEWAY_SECS", "3601")], "JWT_LEEWAY_SECS"),
             (&[("JWT_LEEWAY_SECS", "-1")], "JWT_LEEWAY_SECS"),
+            (&[("TRUSTED_PROXIES", "10.0.0.0/40")], "TRUSTED_PROXIES"),
+            (&[("TRUSTED_PROXIES", "nginx.local")], "TRUSTED_PROXIES"),
         ];
         for (pairs, var) in table {
             let e = cfg(pairs).unwrap_err();

@@ -49,7 +49,8 @@ pub struct Head {
     pub ws_version: Option<String>,
     /// `Access-Control-Request-Method`: marks a CORS preflight.
     pub cors_request_method: Option<String>,
-    /// `X-Forwarded-For`, trusted only from a loopback peer (a local proxy).
+    /// `X-Forwarded-For` (repeated headers joined with commas, in order),
+    /// read only from a trusted proxy (see [`crate::proxies`]).
     pub forwarded_for: Option<String>,
 }
 
@@ -75,20 +76,6 @@ impl Head {
         let (scheme, rest) = v.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
     }
-}
-
-/// The client's address: the TCP peer, or — when the peer is a reverse proxy
-/// on this machine (loopback) — the last address it added to
-/// `X-Forwarded-For`. A remote peer cannot choose its own address this way.
-pub fn client_ip(peer: std::net::IpAddr, head: &Head) -> std::net::IpAddr {
-    if !peer.is_loopback() {
-        return peer;
-    }
-    head.forwarded_for
-        .as_deref()
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|ip| ip.trim().parse().ok())
-        .unwrap_or(peer)
 }
 
 /// A request the server refuses before routing it.
@@ -180,7 +167,12 @@ pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, Reject> {
         } else if is("sec-websocket-version") {
             head.ws_version = Some(text()?.to_string());
         } else if is("x-forwarded-for") {
-            head.forwarded_for = Some(text()?.to_string());
+            // Repeated headers are one comma-separated list (RFC 9110 §5.3).
+            let v = text()?;
+            head.forwarded_for = Some(match head.forwarded_for.take() {
+                Some(earlier) => format!("{earlier}, {v}"),
+                None => v.to_string(),
+            });
         } else if is("access-control-request-method") {
             head.cors_request_method = Some(text()?.to_string());
         }
@@ -365,12 +357,11 @@ mod tests {
     }
 
     #[test]
-    fn client_ip_trusts_forwarded_for_only_from_loopback() {
-        let h = parse_head(b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.2.3.4, 5.6.7.8\r\n\r\n", 0).unwrap().unwrap();
-        assert_eq!(client_ip("127.0.0.1".parse().unwrap(), &h), "5.6.7.8".parse::<std::net::IpAddr>().unwrap());
-        assert_eq!(client_ip("9.9.9.9".parse().unwrap(), &h), "9.9.9.9".parse::<std::net::IpAddr>().unwrap());
-        let h = parse_head(b"GET / HTTP/1.1\r\nX-Forwarded-For: junk\r\n\r\n", 0).unwrap().unwrap();
-        assert_eq!(client_ip("127.0.0.1".parse().unwrap(), &h), "127.0.0.1".parse::<std::net::IpAddr>().unwrap());
+    fn repeated_forwarded_for_headers_join_in_order() {
+        let h = parse_head(b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-For: 5.6.7.8\r\n\r\n", 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.forwarded_for.as_deref(), Some("1.2.3.4, 5.6.7.8"));
     }
 
     #[test]

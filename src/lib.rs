@@ -13,6 +13,7 @@
 //!   per address, client message rate, broadcast rate).
 //! - [`api`]: routing decisions for each HTTP request (pure, no I/O).
 //! - [`http`]: request heads (httparse) and responses.
+//! - [`proxies`]: TRUSTED_PROXIES, and the client address X-Forwarded-For gives.
 //! - [`ws`]: the 101 handshake, per-client WebSocket state, client messages,
 //!   and every close code we send.
 //! - [`frame_meter`]: every frame a client sends, counted before tungstenite
@@ -37,6 +38,7 @@ pub mod http;
 pub mod jwks;
 pub mod limits;
 pub mod outqueue;
+pub mod proxies;
 pub mod server;
 pub mod sys;
 pub mod timers;

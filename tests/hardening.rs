@@ -628,7 +628,6 @@ http {{
 /// "own" address in the X-Forwarded-For it sends; nginx's own hop
 /// (127.0.0.1, trusted by default) is skipped.
 #[test]
-#[ignore = "server bug (issue 10): not fixed yet"]
 fn behind_nginx_limits_apply_to_the_forwarded_address() {
     let Some(bin) = nginx_path() else {
         eprintln!(

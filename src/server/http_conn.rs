@@ -109,7 +109,7 @@ impl Server {
                 h.head = Some(head);
                 return;
             }
-            let ip = http::client_ip(conn.peer.ip(), &head);
+            let ip = self.config.trusted_proxies.client_ip(conn.peer.ip(), head.forwarded_for.as_deref());
             let ctx = Ctx { config: &self.config, verifier: &self.verifier, limits: &self.limits, ip };
             let action = api::route(&head, &h.buf[start..end], &ctx);
             if let Action::Upgrade { key: ws_key, claims } = action {
