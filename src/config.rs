@@ -171,6 +171,9 @@ pub struct Config {
     pub broadcast_api_key: Option<Secret<String>>,
     /// Open WebSocket clients per client IP (0 = no limit); then 429.
     pub max_connections_per_ip: usize,
+    /// Open plain-HTTP connections per TCP peer address (0 = no limit),
+    /// trusted proxies exempt; past it a new connection gets 429 and is closed.
+    pub max_http_connections_per_ip: usize,
     /// TRUSTED_PROXIES: peers whose X-Forwarded-For gives the client
     /// address (default loopback: a proxy on this machine).
     pub trusted_proxies: TrustedProxies,
@@ -347,6 +350,7 @@ impl Config {
         let client_msg_rate = rate(&get, "CLIENT_MESSAGES_PER_SEC", 50, 1)?;
         let client_msg_burst = rate(&get, "CLIENT_MESSAGE_BURST", 100, 1)?;
         let max_connections_per_ip = count(&get, "MAX_CONNECTIONS_PER_IP", 1000, 0, MAX_COUNT)?;
+        let max_http_connections_per_ip = count(&get, "MAX_HTTP_CONNECTIONS_PER_IP", 256, 0, MAX_COUNT)?;
         let broadcast_rate = rate(&get, "BROADCAST_RATE_PER_SEC", 1000, 0)?;
         let broadcast_burst = rate(&get, "BROADCAST_BURST", 10_000, 1)?;
         let jwt_leeway_secs = bounded(&get, "JWT_LEEWAY_SECS", 30, 0, MAX_LEEWAY_SECS)?;
@@ -382,6 +386,7 @@ impl Config {
             client_msg_burst,
             broadcast_api_key,
             max_connections_per_ip,
+            max_http_connections_per_ip,
             trusted_proxies,
             broadcast_rate,
             broadcast_burst,

@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `MAX_CONNECTIONS` | open WebSocket clients | 503 + Retry-After |
 //! | `MAX_CONNECTIONS_PER_IP` | open WebSocket clients per client address | 429 + Retry-After |
+//! | `MAX_HTTP_CONNECTIONS_PER_IP` | open plain HTTP connections per TCP peer (trusted proxies exempt) | 429 + close at accept |
 //! | `CLIENT_MESSAGES_PER_SEC` / `_BURST` | frames (of any kind) from one client | close 1008 |
 //! | `BROADCAST_RATE_PER_SEC` / `BROADCAST_BURST` | accepted broadcasts, all publishers | 429 + Retry-After |
 //! | [`MAX_MESSAGE_FRAGMENTS`] | frames in one fragmented client message | close 1009 |
@@ -64,11 +65,19 @@ pub struct Limits {
     per_ip: HashMap<IpAddr, usize>,
     /// Accepted broadcasts, shared by all publishers.
     broadcasts: TokenBucket,
+    /// Open HTTP (not yet upgraded) connections per TCP peer address;
+    /// entries removed at 0.
+    http_per_ip: HashMap<IpAddr, usize>,
 }
 
 impl Limits {
     pub fn new(config: &Config, now: Instant) -> Limits {
-        Limits { clients: 0, per_ip: HashMap::new(), broadcasts: TokenBucket::new(config.broadcast_burst, now) }
+        Limits {
+            clients: 0,
+            per_ip: HashMap::new(),
+            broadcasts: TokenBucket::new(config.broadcast_burst, now),
+            http_per_ip: HashMap::new(),
+        }
     }
 
     /// Open WebSocket clients now.
@@ -102,6 +111,31 @@ impl Limits {
             *n -= 1;
             if *n == 0 {
                 self.per_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// Counts a new HTTP connection from `ip`, or returns the 429 it gets
+    /// (then it is closed) when the address has MAX_HTTP_CONNECTIONS_PER_IP.
+    /// Keep-alive connections otherwise stay as long as they make a request
+    /// every REQUEST_TIMEOUT_SECS: without this, one address could hold
+    /// every file descriptor and pause accepting for everyone.
+    pub fn add_http(&mut self, config: &Config, ip: IpAddr) -> Result<(), Response> {
+        let max = config.max_http_connections_per_ip;
+        let n = self.http_per_ip.entry(ip).or_default();
+        if max > 0 && *n >= max {
+            return Err(Response::error(429, "too many HTTP connections from this address").header("Retry-After", "5"));
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    /// Stops counting an HTTP connection (it closed or upgraded).
+    pub fn remove_http(&mut self, ip: IpAddr) {
+        if let Some(n) = self.http_per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.http_per_ip.remove(&ip);
             }
         }
     }
@@ -148,5 +182,21 @@ mod tests {
         l.remove_client(a);
         assert!(l.check_upgrade(&c, a).is_ok());
         assert_eq!(l.clients(), 2);
+    }
+
+    #[test]
+    fn http_connections_per_address() {
+        let mut c = Config::for_tests("x");
+        c.max_http_connections_per_ip = 2;
+        let mut l = Limits::new(&c, Instant::now());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(l.add_http(&c, a).is_ok() && l.add_http(&c, a).is_ok());
+        assert_eq!(l.add_http(&c, a).unwrap_err().status, 429);
+        assert!(l.add_http(&c, "10.0.0.2".parse().unwrap()).is_ok());
+        l.remove_http(a);
+        assert!(l.add_http(&c, a).is_ok());
+        l.remove_http(a);
+        l.remove_http(a);
+        assert!(!l.http_per_ip.contains_key(&a), "entries go at 0");
     }
 }

@@ -263,9 +263,26 @@ impl Server {
                         continue;
                     }
                     self.next_id += 1;
-                    let deadline = Instant::now() + self.config.request_timeout;
-                    entry.insert(Conn::new(self.next_id, stream, peer, deadline));
-                    self.timers.set(deadline, key, self.next_id);
+                    let now = Instant::now();
+                    let mut conn = Conn::new(self.next_id, stream, peer, now + self.config.request_timeout);
+                    // Plain HTTP connections count per address too (they hold
+                    // fds); a trusted proxy's connections carry many clients.
+                    let ip = peer.ip().to_canonical();
+                    if !self.config.trusted_proxies.contains(ip) {
+                        match self.limits.add_http(&self.config, ip) {
+                            Ok(()) => conn.http_ip = Some(ip),
+                            Err(resp) => {
+                                debug!("{peer}: over MAX_HTTP_CONNECTIONS_PER_IP: 429");
+                                conn.out.push_owned(resp.encode(false, false));
+                                conn.phase = Phase::Closing { fin_sent: false };
+                                conn.deadline = now + LINGER;
+                                conn.dirty = true;
+                                self.dirty.push(key);
+                            }
+                        }
+                    }
+                    self.timers.set(conn.deadline, key, self.next_id);
+                    entry.insert(conn);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -391,7 +408,9 @@ impl Server {
         if self.conns.contains(key) {
             self.uncount(key, "dropped");
             self.timers.cancel(key);
-            self.conns.remove(key);
+            if let Some(ip) = self.conns.remove(key).http_ip {
+                self.limits.remove_http(ip);
+            }
         }
     }
 

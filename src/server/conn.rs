@@ -1,7 +1,7 @@
 //! One entry of the connection table: the socket, its pending output, and
 //! the phase of its life (HTTP requests → WebSocket → closing).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use log::debug;
@@ -24,6 +24,10 @@ pub(super) struct Conn {
     pub deadline: Instant,
     /// Already listed in `Server::dirty` for this turn's flush.
     pub dirty: bool,
+    /// The address this connection counts against in
+    /// MAX_HTTP_CONNECTIONS_PER_IP, until it upgrades or closes (`None`:
+    /// not counted — from a trusted proxy, refused, or upgraded).
+    pub http_ip: Option<IpAddr>,
 }
 
 /// A connection's life: HTTP requests, maybe an upgrade, then closing.
@@ -76,6 +80,7 @@ impl Conn {
             phase: Phase::Http(HttpConn::default()),
             deadline,
             dirty: false,
+            http_ip: None,
         }
     }
 

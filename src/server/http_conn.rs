@@ -169,6 +169,9 @@ impl Server {
             meter: FrameMeter::new(self.config.client_msg_rate, self.config.client_msg_burst, leftover, now),
         }));
         self.limits.add_client(ip);
+        if let Some(http_ip) = conn.http_ip.take() {
+            self.limits.remove_http(http_ip); // a WebSocket now: counted as one
+        }
         debug!(
             "{} connected as {:?} (origin {:?}); {} clients",
             conn.peer,
