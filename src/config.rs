@@ -174,6 +174,10 @@ pub struct Config {
     /// Open plain-HTTP connections per TCP peer address (0 = no limit),
     /// trusted proxies exempt; past it a new connection gets 429 and is closed.
     pub max_http_connections_per_ip: usize,
+    /// Failed authentications (forged/expired tokens, wrong API keys) one
+    /// client address may make per minute (0 = no limit); then 429 before
+    /// any signature is checked. AUTH_FAILURES_PER_MIN.
+    pub auth_failures_per_min: u32,
     /// TRUSTED_PROXIES: peers whose X-Forwarded-For gives the client
     /// address (default loopback: a proxy on this machine).
     pub trusted_proxies: TrustedProxies,
@@ -350,6 +354,7 @@ impl Config {
         let client_msg_rate = rate(&get, "CLIENT_MESSAGES_PER_SEC", 50, 1)?;
         let client_msg_burst = rate(&get, "CLIENT_MESSAGE_BURST", 100, 1)?;
         let max_connections_per_ip = count(&get, "MAX_CONNECTIONS_PER_IP", 1000, 0, MAX_COUNT)?;
+        let auth_failures_per_min = rate(&get, "AUTH_FAILURES_PER_MIN", 30, 0)?;
         let max_http_connections_per_ip = count(&get, "MAX_HTTP_CONNECTIONS_PER_IP", 256, 0, MAX_COUNT)?;
         let broadcast_rate = rate(&get, "BROADCAST_RATE_PER_SEC", 1000, 0)?;
         let broadcast_burst = rate(&get, "BROADCAST_BURST", 10_000, 1)?;
@@ -387,6 +392,7 @@ impl Config {
             broadcast_api_key,
             max_connections_per_ip,
             max_http_connections_per_ip,
+            auth_failures_per_min,
             trusted_proxies,
             broadcast_rate,
             broadcast_burst,

@@ -213,11 +213,17 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
+    /// Close the connection after this answer, whatever the request asked
+    /// (a refused upgrade or credential: no second try on the same one).
+    pub close: bool,
+    /// A credential failed a check that cost a signature verification:
+    /// counts toward AUTH_FAILURES_PER_MIN for the client's address.
+    pub auth_failure: bool,
 }
 
 impl Response {
     pub fn new(status: u16) -> Response {
-        Response { status, headers: Vec::new(), body: String::new() }
+        Response { status, headers: Vec::new(), body: String::new(), close: false, auth_failure: false }
     }
 
     /// A JSON body.
@@ -230,6 +236,12 @@ impl Response {
     /// `{"error": "<code>", "message": "..."}`.
     pub fn error(status: u16, message: &str) -> Response {
         Response::json(status, &serde_json::json!({"error": status_text(status).1, "message": message}))
+    }
+
+    /// Closes the connection after this answer.
+    pub fn closing(mut self) -> Response {
+        self.close = true;
+        self
     }
 
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Response {

@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `MAX_CONNECTIONS` | open WebSocket clients | 503 + Retry-After |
 //! | `MAX_CONNECTIONS_PER_IP` | open WebSocket clients per client address | 429 + Retry-After |
+//! | `AUTH_FAILURES_PER_MIN` | failed token/key checks per client address per minute | 429 + Retry-After, before any signature |
 //! | `MAX_HTTP_CONNECTIONS_PER_IP` | open plain HTTP connections per TCP peer (trusted proxies exempt) | 429 + close at accept |
 //! | `CLIENT_MESSAGES_PER_SEC` / `_BURST` | frames (of any kind) from one client | close 1008 |
 //! | `BROADCAST_RATE_PER_SEC` / `BROADCAST_BURST` | accepted broadcasts, all publishers | 429 + Retry-After |
@@ -14,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::http::Response;
@@ -25,6 +26,15 @@ pub const READ_BUDGET_BYTES: usize = 256 * 1024;
 /// bound on the work one turn does for one client, whatever it sends
 /// (256 KiB of empty frames would be ~44k of them).
 pub const READ_BUDGET_FRAMES: usize = 512;
+/// Addresses whose failed authentications are tracked at once. Past that
+/// (an attacker with many addresses), new addresses share one window.
+pub const MAX_TRACKED_ADDRESSES: usize = 10_000;
+/// The AUTH_FAILURES_PER_MIN window.
+const AUTH_WINDOW: Duration = Duration::from_secs(60);
+/// Where untracked addresses count once the table is full (`::` is
+/// never a peer's address).
+const SHARED_WINDOW: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+
 /// Frames one fragmented message may arrive in. Browsers never fragment
 /// the small messages taskcast takes; a message in more pieces than this
 /// is a flood of (possibly empty) continuation frames: close 1009.
@@ -68,6 +78,11 @@ pub struct Limits {
     /// Open HTTP (not yet upgraded) connections per TCP peer address;
     /// entries removed at 0.
     http_per_ip: HashMap<IpAddr, usize>,
+    /// Failed authentications per address: (window start, failures in it).
+    /// At most MAX_TRACKED_ADDRESSES entries (+ the shared one).
+    auth_failures: HashMap<IpAddr, (Instant, u32)>,
+    /// When expired windows were last swept out of `auth_failures`.
+    auth_swept: Instant,
 }
 
 impl Limits {
@@ -77,6 +92,8 @@ impl Limits {
             per_ip: HashMap::new(),
             broadcasts: TokenBucket::new(config.broadcast_burst, now),
             http_per_ip: HashMap::new(),
+            auth_failures: HashMap::new(),
+            auth_swept: now,
         }
     }
 
@@ -140,6 +157,56 @@ impl Limits {
         }
     }
 
+    /// Has `ip` failed authentication AUTH_FAILURES_PER_MIN times in its
+    /// current minute? Then 429 until the window ends — checked before any
+    /// signature, so forged tokens stop buying verifications.
+    pub fn check_auth_failures(&self, config: &Config, ip: IpAddr, now: Instant) -> Result<(), Response> {
+        let limit = config.auth_failures_per_min;
+        if limit == 0 {
+            return Ok(());
+        }
+        let key = self.auth_key(ip);
+        match self.auth_failures.get(&key) {
+            Some(&(start, n)) if n >= limit && now.saturating_duration_since(start) < AUTH_WINDOW => {
+                let left = AUTH_WINDOW.saturating_sub(now.saturating_duration_since(start)).as_secs() + 1;
+                Err(Response::error(429, "too many failed authentications from this address")
+                    .header("Retry-After", left.to_string())
+                    .closing())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts one failed authentication from `ip`.
+    pub fn record_auth_failure(&mut self, config: &Config, ip: IpAddr, now: Instant) {
+        if config.auth_failures_per_min == 0 {
+            return;
+        }
+        if self.auth_failures.len() >= MAX_TRACKED_ADDRESSES
+            && !self.auth_failures.contains_key(&ip)
+            && now.saturating_duration_since(self.auth_swept) >= Duration::from_secs(1)
+        {
+            // Full: drop windows that ended (at most once a second: O(n)).
+            self.auth_swept = now;
+            self.auth_failures.retain(|_, (start, _)| now.saturating_duration_since(*start) < AUTH_WINDOW);
+        }
+        let key = self.auth_key(ip);
+        let (start, n) = self.auth_failures.entry(key).or_insert((now, 0));
+        if now.saturating_duration_since(*start) >= AUTH_WINDOW {
+            (*start, *n) = (now, 0);
+        }
+        *n = n.saturating_add(1);
+    }
+
+    /// The table entry `ip` counts in: its own, or the shared one when full.
+    fn auth_key(&self, ip: IpAddr) -> IpAddr {
+        if self.auth_failures.contains_key(&ip) || self.auth_failures.len() < MAX_TRACKED_ADDRESSES {
+            ip
+        } else {
+            SHARED_WINDOW
+        }
+    }
+
     /// One more broadcast accepted, or the 429 to answer.
     pub fn take_broadcast(&mut self, config: &Config, now: Instant) -> Result<(), Response> {
         let (rate, burst) = (config.broadcast_rate, config.broadcast_burst);
@@ -182,6 +249,31 @@ mod tests {
         l.remove_client(a);
         assert!(l.check_upgrade(&c, a).is_ok());
         assert_eq!(l.clients(), 2);
+    }
+
+    #[test]
+    fn failed_authentications_per_address() {
+        let mut c = Config::for_tests("x");
+        c.auth_failures_per_min = 2;
+        let t0 = Instant::now();
+        let mut l = Limits::new(&c, t0);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        l.record_auth_failure(&c, a, t0);
+        assert!(l.check_auth_failures(&c, a, t0).is_ok());
+        l.record_auth_failure(&c, a, t0);
+        let refused = l.check_auth_failures(&c, a, t0 + Duration::from_secs(20)).unwrap_err();
+        assert_eq!((refused.status, refused.close), (429, true));
+        assert!(refused.headers.contains(&("Retry-After", "41".to_string())), "{:?}", refused.headers);
+        assert!(l.check_auth_failures(&c, b, t0).is_ok());
+        assert!(l.check_auth_failures(&c, a, t0 + AUTH_WINDOW).is_ok(), "the window ends");
+        // A full table: new addresses share one window; expired ones are swept.
+        for i in 0..MAX_TRACKED_ADDRESSES as u32 {
+            l.record_auth_failure(&c, IpAddr::V4(std::net::Ipv4Addr::from(0x0b00_0000 + i)), t0);
+        }
+        assert!(l.auth_failures.len() <= MAX_TRACKED_ADDRESSES + 1);
+        let later = t0 + AUTH_WINDOW + Duration::from_secs(1);
+        l.record_auth_failure(&c, "12.0.0.1".parse().unwrap(), later);
+        assert!(l.auth_failures.len() < 10, "expired windows swept: {}", l.auth_failures.len());
     }
 
     #[test]

@@ -308,7 +308,6 @@ fn http_connections_per_address_are_bounded() {
 /// A refused upgrade closes the connection: pipelined forged upgrades on
 /// one connection used to get 401 after 401 (a signature check each).
 #[test]
-#[ignore = "server bug (issue 10): not fixed yet"]
 fn refused_upgrade_closes_the_connection() {
     let server = start();
     let mut c = Http::connect(server.addr);
@@ -325,7 +324,6 @@ fn refused_upgrade_closes_the_connection() {
 /// `/api/broadcast` is authenticated from its head: a bad credential gets
 /// 401 at once, before (and without) its body.
 #[test]
-#[ignore = "server bug (issue 10): not fixed yet"]
 fn broadcast_with_bad_credential_is_refused_before_its_body() {
     let server = start();
     let mut c = Http::connect(server.addr);
@@ -344,7 +342,6 @@ fn broadcast_with_bad_credential_is_refused_before_its_body() {
 /// any signature): past AUTH_FAILURES_PER_MIN, 429 with Retry-After —
 /// for this address only.
 #[test]
-#[ignore = "server bug (issue 10): not fixed yet"]
 fn failed_authentications_are_rate_limited_per_address() {
     let srv = binary_with(&[("AUTH_FAILURES_PER_MIN", "5")]);
     let upgrade = |xff: &str, token: &str| {

@@ -55,6 +55,9 @@ pub(super) struct HttpConn {
     pub head: Option<Box<Head>>,
     /// Parsing stopped until the client reads its responses.
     pub paused: bool,
+    /// `head` passed `api::admit` while its body was arriving (its
+    /// credential is not checked again when the body is complete).
+    pub admitted: bool,
 }
 
 impl HttpConn {

@@ -105,12 +105,35 @@ impl Server {
                 },
             };
             let (start, end) = (h.consumed + head.head_len, h.consumed + head.head_len + head.content_length);
+            let ip = self.config.trusted_proxies.client_ip(conn.peer.ip(), head.forwarded_for.as_deref());
+            let now = Instant::now();
             if h.buf.len() < end {
+                // The body is still arriving: refuse what the head alone
+                // can refuse now (a forged credential), without waiting.
+                if !h.admitted {
+                    let ctx = Ctx {
+                        config: &self.config,
+                        verifier: &self.verifier,
+                        limits: &self.limits,
+                        ip,
+                        now,
+                        admitted: false,
+                    };
+                    if let Err(resp) = api::admit(&head, &ctx) {
+                        h.buf = Vec::new();
+                        h.consumed = 0;
+                        if resp.auth_failure {
+                            self.limits.record_auth_failure(&self.config, ip, now);
+                        }
+                        return self.respond(key, &head, resp);
+                    }
+                    h.admitted = true;
+                }
                 h.head = Some(head);
                 return;
             }
-            let ip = self.config.trusted_proxies.client_ip(conn.peer.ip(), head.forwarded_for.as_deref());
-            let ctx = Ctx { config: &self.config, verifier: &self.verifier, limits: &self.limits, ip };
+            let admitted = std::mem::take(&mut h.admitted);
+            let ctx = Ctx { config: &self.config, verifier: &self.verifier, limits: &self.limits, ip, now, admitted };
             let action = api::route(&head, &h.buf[start..end], &ctx);
             if let Action::Upgrade { key: ws_key, claims } = action {
                 let leftover = h.buf.split_off(end);
@@ -122,7 +145,12 @@ impl Server {
                 h.consumed = 0;
             }
             let resp = match action {
-                Action::Respond(resp) => resp,
+                Action::Respond(resp) => {
+                    if resp.auth_failure {
+                        self.limits.record_auth_failure(&self.config, ip, now);
+                    }
+                    resp
+                }
                 Action::Broadcast { kind, frame } => self.broadcast(&kind, frame),
                 Action::Upgrade { .. } => unreachable!("handled above"),
             };
@@ -139,7 +167,7 @@ impl Server {
         let conn = &mut self.conns[key];
         // Log the path only: the query may hold a token.
         debug!("{} {:?} {} -> {}", conn.peer, head.method(), head.path, resp.status);
-        let keep = head.keep_alive && self.shutdown_deadline.is_none();
+        let keep = head.keep_alive && !resp.close && self.shutdown_deadline.is_none();
         conn.out.push_owned(resp.encode(keep, head.method() == http::Method::Head));
         self.mark_dirty(key);
         if !keep {
