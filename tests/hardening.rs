@@ -648,3 +648,116 @@ fn behind_nginx_limits_apply_to_the_forwarded_address() {
     assert_eq!(next_json(&mut a1)["payload"]["id"], "7");
     assert_eq!(next_json(&mut b1)["payload"]["id"], "7");
 }
+
+// ---- 10. measurement: a flooder next to a bystander ------------------------
+
+/// Not a pass/fail test: one client floods one frame kind as fast as it
+/// can (reconnecting whenever it is closed) while a bystander times
+/// `{"type":"ping"}` round trips; prints p50/p99/max per kind, with the
+/// default limits and with the message rate raised out of the way (then
+/// only the per-turn budgets and the output bound stand between the
+/// flooder and the loop). Run against a release build:
+///
+/// ```sh
+/// cargo test --release --test hardening flood_bystander_latency -- --ignored --nocapture
+/// # against another binary (e.g. an older build):
+/// TASKCAST_BIN=/path/to/taskcast cargo test --release --test hardening flood_bystander_latency -- --ignored --nocapture
+/// ```
+/// FLOOD_SECS sets each flood's length (default 5); the bystander makes 40
+/// round trips a second (the default message rate allows 50).
+#[test]
+#[ignore = "measurement: see the doc comment for the command"]
+fn flood_bystander_latency() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let bin: std::path::PathBuf =
+        std::env::var_os("TASKCAST_BIN").map_or_else(|| env!("CARGO_BIN_EXE_taskcast").into(), Into::into);
+    let secs: u64 = std::env::var("FLOOD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let kinds: [(&str, Vec<u8>, Vec<u8>); 4] = [
+        ("empty continuations", frame(false, 1, b"{"), frame(false, 0, b"")),
+        ("pings", Vec::new(), frame(true, 9, b"")),
+        ("pongs", Vec::new(), frame(true, 10, b"")),
+        ("text {\"type\":\"ping\"}", Vec::new(), frame(true, 1, br#"{"type":"ping"}"#)),
+    ];
+    let raised = [("CLIENT_MESSAGES_PER_SEC", "100000000"), ("CLIENT_MESSAGE_BURST", "100000000")];
+    println!("binary: {}", std::path::Path::new(&bin).display());
+    println!("| limits | flood | round trips | p50 ms | p99 ms | max ms | flood MiB sent | flooder connections |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (label, env) in [("default", &[][..]), ("rate raised", &raised[..])] {
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.env_clear().current_dir(std::env::temp_dir()).env("RUST_LOG", "info").env("JWT_SECRET", SECRET);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let srv = start_binary(&mut cmd);
+        let mut bystander = ws(srv.addr, &token("bystander"));
+        bystander.get_mut().set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let round_trips = |ws: &mut Ws, for_how_long: Duration| -> Vec<f64> {
+            let end = Instant::now() + for_how_long;
+            let mut rtts = Vec::new();
+            let mut next = Instant::now();
+            while Instant::now() < end {
+                // 40 round trips a second: within the default message rate (50/s).
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                next += Duration::from_millis(25);
+                let t0 = Instant::now();
+                ws.send(tungstenite::Message::text(r#"{"type":"ping"}"#)).unwrap();
+                loop {
+                    match ws.read() {
+                        Ok(tungstenite::Message::Text(t)) if t.contains("pong") => break,
+                        Ok(_) => {}
+                        Err(e) => panic!("bystander lost its connection: {e}"),
+                    }
+                }
+                rtts.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+            rtts
+        };
+        let report = |flood: &str, mut rtts: Vec<f64>, sent: usize, conns: usize| {
+            rtts.sort_by(f64::total_cmp);
+            let pct = |p: f64| rtts[((rtts.len() - 1) as f64 * p).round() as usize];
+            println!(
+                "| {label} | {flood} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {conns} |",
+                rtts.len(),
+                pct(0.5),
+                pct(0.99),
+                pct(1.0),
+                sent as f64 / (1024.0 * 1024.0)
+            );
+        };
+        report("none (baseline)", round_trips(&mut bystander, Duration::from_secs(1)), 0, 0);
+        for (kind, first, each) in &kinds {
+            let stop = Arc::new(AtomicBool::new(false));
+            let sent = Arc::new(AtomicUsize::new(0));
+            let conns = Arc::new(AtomicUsize::new(0));
+            let flooder = {
+                let (stop, sent, conns, addr) = (stop.clone(), sent.clone(), conns.clone(), srv.addr);
+                let (first, burst) = (first.clone(), each.repeat(64 * 1024 / each.len()));
+                std::thread::spawn(move || {
+                    let tok = token("flooder");
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok(mut s) = std::panic::catch_unwind(|| raw_ws(addr, &tok, "")) else {
+                            std::thread::sleep(Duration::from_millis(10));
+                            continue;
+                        };
+                        conns.fetch_add(1, Ordering::Relaxed);
+                        s.set_write_timeout(Some(Duration::from_millis(100))).unwrap();
+                        let _ = s.write_all(&first);
+                        while !stop.load(Ordering::Relaxed) {
+                            match s.write(&burst) {
+                                Ok(n) => sent.fetch_add(n, Ordering::Relaxed),
+                                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+                                Err(_) => break,
+                            };
+                        }
+                    }
+                })
+            };
+            std::thread::sleep(Duration::from_millis(100)); // the flood is on
+            let rtts = round_trips(&mut bystander, Duration::from_secs(secs));
+            stop.store(true, Ordering::Relaxed);
+            flooder.join().unwrap();
+            report(kind, rtts, sent.load(Ordering::Relaxed), conns.load(Ordering::Relaxed));
+        }
+    }
+}
