@@ -10,7 +10,8 @@
 //!   its phases), `http_conn` (requests, upgrade), `ws_conn` (frames, client
 //!   messages, pings, the close handshake), `fanout` (broadcasts).
 //! - [`limits`]: every limit and rate decision (connections per server and
-//!   per address, client message rate, broadcast rate).
+//!   per address, HTTP connections per address, failed authentications per
+//!   address, client frame rate, per-turn budgets, broadcast rate).
 //! - [`api`]: routing decisions for each HTTP request (pure, no I/O).
 //! - [`http`]: request heads (httparse) and responses.
 //! - [`proxies`]: TRUSTED_PROXIES, and the client address X-Forwarded-For gives.
