@@ -727,6 +727,9 @@ fn flood_bystander_latency() {
         };
         report("none (baseline)", round_trips(&mut bystander, Duration::from_secs(1)), 0, 0);
         for (kind, first, each) in &kinds {
+            // The flood ends on its own (a frozen server must not hang the
+            // bystander's last round trip forever).
+            let flood_end = Instant::now() + Duration::from_millis(100) + Duration::from_secs(secs);
             let stop = Arc::new(AtomicBool::new(false));
             let sent = Arc::new(AtomicUsize::new(0));
             let conns = Arc::new(AtomicUsize::new(0));
@@ -735,7 +738,8 @@ fn flood_bystander_latency() {
                 let (first, burst) = (first.clone(), each.repeat(64 * 1024 / each.len()));
                 std::thread::spawn(move || {
                     let tok = token("flooder");
-                    while !stop.load(Ordering::Relaxed) {
+                    let go = || !stop.load(Ordering::Relaxed) && Instant::now() < flood_end;
+                    while go() {
                         let Ok(mut s) = std::panic::catch_unwind(|| raw_ws(addr, &tok, "")) else {
                             std::thread::sleep(Duration::from_millis(10));
                             continue;
@@ -743,7 +747,7 @@ fn flood_bystander_latency() {
                         conns.fetch_add(1, Ordering::Relaxed);
                         s.set_write_timeout(Some(Duration::from_millis(100))).unwrap();
                         let _ = s.write_all(&first);
-                        while !stop.load(Ordering::Relaxed) {
+                        while go() {
                             match s.write(&burst) {
                                 Ok(n) => sent.fetch_add(n, Ordering::Relaxed),
                                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
