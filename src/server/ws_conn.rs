@@ -140,7 +140,9 @@ impl Server {
     pub(super) fn output_overflows(&mut self, key: usize, now: Instant) -> bool {
         let max = self.config.max_output_bytes;
         let conn = &mut self.conns[key];
-        if conn.out.bytes() <= max {
+        // Closing already: nothing more is queued, and the close frame
+        // at the end of the queue must stay.
+        if conn.out.bytes() <= max || conn.ws().is_none_or(|w| w.close_deadline.is_some() || !w.ctx.can_write()) {
             return false;
         }
         if conn.out.write_to(&mut crate::sys::Send(&conn.stream)).is_ok() && conn.out.bytes() <= max {
