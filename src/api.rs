@@ -6,12 +6,19 @@
 //! | `/health` | GET, HEAD | `{"status":"ok","connectedClients":N}` |
 //! | `/ready` | GET, HEAD | `{"status":"ready"}`, or 503 `{"status":"not_ready","reason":R}` |
 //! | `/metrics` | GET, HEAD | Prometheus text (no CORS), or 401 without METRICS_API_KEY |
-//! | `/ws` | GET + Upgrade | 101, or 400/401/403/426/429/503 before upgrading (503 while draining) |
-//! | `/api/broadcast` | POST | `{"status":"ok","recipients":N}` (+ `channels` when targeted), or 400/401/403/415 |
+//! | `/ws` | GET + Upgrade | 101, or 400/401/403/426/429/503 and close (503 while draining) |
+//! | `/api/broadcast` | POST | `{"status":"ok","recipients":N}` (+ `channels` when targeted), or 400/415/429/503, or 401/403 and close |
 //! | any | OPTIONS | CORS preflight: 204 for allowed origins, else 403 |
 //! | `/`, `/demo.js`, `/taskcast-client.js` | GET, HEAD | development mode only: the demo page ([`crate::demo`]); else 404 |
+//!
+//! Cheap refusals come before any signature check (503/429 for full
+//! servers and addresses, 429 for an address with too many failed
+//! authentications), a refused upgrade or credential closes the connection
+//! (no pipelined retries at a signature check each), and a broadcast's
+//! credential is checked from its head, before its body is read ([`admit`]).
 
 use std::net::IpAddr;
+use std::time::Instant;
 
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -39,6 +46,11 @@ pub struct Ctx<'a> {
     pub draining: bool,
     /// Cluster mode: is the Redis link up? (`None`: single process.)
     pub redis_up: Option<bool>,
+    /// This turn's time (for the per-address failure window).
+    pub now: Instant,
+    /// The head already passed [`admit`] (its credential was checked
+    /// while the body was still arriving): not checked twice.
+    pub admitted: bool,
 }
 
 /// The decision for one request.
@@ -81,7 +93,11 @@ pub fn route(head: &Head, body: &[u8], ctx: &Ctx) -> Action {
             Method::Get | Method::Head => Action::Respond(ready(ctx)),
             _ => Action::Respond(not_allowed("GET, HEAD, OPTIONS")),
         },
-        "/ws" => upgrade(head, origin_ok, ctx),
+        "/ws" => match upgrade(head, origin_ok, ctx) {
+            // A refused upgrade is not retried on the same connection.
+            Action::Respond(resp) => Action::Respond(resp.closing()),
+            upgrade => upgrade,
+        },
         "/api/broadcast" => match head.method() {
             Method::Post => broadcast(head, body, origin_ok, ctx),
             _ => Action::Respond(not_allowed("POST, OPTIONS")),
@@ -138,7 +154,24 @@ fn not_allowed(allow: &'static str) -> Response {
 }
 
 fn unauthorized(e: AuthError) -> Response {
-    Response::error(401, e.message()).header("WWW-Authenticate", "Bearer")
+    let mut resp = Response::error(401, e.message()).header("WWW-Authenticate", "Bearer").closing();
+    // A missing token or an unknown key id cost no signature check.
+    resp.auth_failure = !matches!(e, AuthError::Missing | AuthError::UnknownKey);
+    resp
+}
+
+/// Checks what a request with a body can be refused for from its head
+/// alone — for `/api/broadcast`, the origin and the publisher's
+/// credential — so a forged one gets its 401/403 at once, without the
+/// server waiting for (and buffering) a body it will not use.
+pub fn admit(head: &Head, ctx: &Ctx) -> Result<(), Response> {
+    if head.path != "/api/broadcast" || head.method() != Method::Post {
+        return Ok(());
+    }
+    if head.origin.as_deref().is_some_and(|o| !ctx.config.allowed_origins.allows(o)) {
+        return Err(Response::error(403, "origin not allowed").closing());
+    }
+    publisher(head, ctx)
 }
 
 fn preflight(head: &Head, origin_ok: bool) -> Response {
@@ -191,6 +224,9 @@ fn upgrade(head: &Head, origin_ok: bool, ctx: &Ctx) -> Action {
     if let Err(resp) = ctx.limits.check_upgrade(ctx.config, ctx.ip) {
         return Action::Respond(resp);
     }
+    if let Err(resp) = ctx.limits.check_auth_failures(ctx.config, ctx.ip, ctx.now) {
+        return Action::Respond(resp);
+    }
     let claims = match ctx.verifier.verify(head.bearer_token().unwrap_or("")) {
         Ok(c) => c,
         Err(e) => {
@@ -205,7 +241,9 @@ fn broadcast(head: &Head, body: &[u8], origin_ok: bool, ctx: &Ctx) -> Action {
     if !origin_ok {
         return Action::Respond(Response::error(403, "origin not allowed"));
     }
-    if let Err(resp) = publisher(head, ctx) {
+    if !ctx.admitted
+        && let Err(resp) = publisher(head, ctx)
+    {
         return Action::Respond(resp);
     }
     if let Some(ct) = &head.content_type {
@@ -225,25 +263,35 @@ fn broadcast(head: &Head, body: &[u8], origin_ok: bool, ctx: &Ctx) -> Action {
 /// user's JWT is recognised and refused with 403. Without it, any valid JWT
 /// may (the original design). Only headers count: a credential in a URL
 /// would end up in logs.
+///
+/// Refusals close the connection; an address past AUTH_FAILURES_PER_MIN
+/// gets 429 before any signature is checked.
 fn publisher(head: &Head, ctx: &Ctx) -> Result<(), Response> {
     let bearer = head.authorization_bearer();
     let Some(key) = &ctx.config.broadcast_api_key else {
+        ctx.limits.check_auth_failures(ctx.config, ctx.ip, ctx.now)?;
         return ctx.verifier.verify(bearer.unwrap_or("")).map(|_| ()).map_err(|e| {
             ctx.metrics.auth_failed(e);
             unauthorized(e)
         });
     };
     let presented = head.api_key.as_deref().or(bearer).unwrap_or("");
-    if bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
+    if bool::from(presented.as_bytes().ct_eq(key.expose().as_bytes())) {
         return Ok(());
     }
+    if presented.is_empty() {
+        ctx.metrics.auth_failed_because("missing_api_key");
+        return Err(Response::error(401, "missing API key").header("WWW-Authenticate", "Bearer").closing());
+    }
+    ctx.limits.check_auth_failures(ctx.config, ctx.ip, ctx.now)?;
     if ctx.verifier.verify(presented).is_ok() {
         ctx.metrics.auth_failed_because("user_token_as_publisher");
-        return Err(Response::error(403, "user tokens cannot broadcast: use the publisher API key"));
+        return Err(Response::error(403, "user tokens cannot broadcast: use the publisher API key").closing());
     }
-    let msg = if presented.is_empty() { "missing API key" } else { "invalid API key" };
-    ctx.metrics.auth_failed_because(if presented.is_empty() { "missing_api_key" } else { "bad_api_key" });
-    Err(Response::error(401, msg).header("WWW-Authenticate", "Bearer"))
+    ctx.metrics.auth_failed_because("bad_api_key");
+    let mut resp = Response::error(401, "invalid API key").header("WWW-Authenticate", "Bearer").closing();
+    resp.auth_failure = true;
+    Err(resp)
 }
 
 /// The answer to an accepted broadcast to everyone.

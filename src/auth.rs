@@ -24,8 +24,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Config, ConfigError};
 use crate::jwks;
 
-/// Seconds of clock skew tolerated on `exp` and `nbf`.
-pub const LEEWAY_SECS: u64 = 30;
+/// The longest a connection may live on one token, whatever its `exp`
+/// says: a far-future `exp` (≈ 9.2e18) would overflow `Instant + Duration`.
+/// A client with such a token is closed with 4001 after a year.
+pub const MAX_TOKEN_LIFETIME_SECS: u64 = 366 * 24 * 3600;
 
 /// The claims taskcast reads. Others (BetterAuth's user object, ...) are ignored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,7 +103,7 @@ impl Verifier {
     pub fn new(config: &Config) -> Result<Verifier, ConfigError> {
         // [HS256]: all the shared secret ever verifies (JWKS keys get copies).
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = LEEWAY_SECS;
+        validation.leeway = config.jwt_leeway_secs;
         validation.validate_nbf = true;
         let mut required = vec!["exp"];
         if let Some(iss) = &config.jwt_issuer {
@@ -119,7 +121,7 @@ impl Verifier {
         }
         validation.set_required_spec_claims(&required);
         Ok(Verifier {
-            secret: config.jwt_secret.as_deref().map(DecodingKey::from_secret),
+            secret: config.jwt_secret.as_ref().map(|s| DecodingKey::from_secret(s.expose())),
             jwks: jwks::Keys::start(config)?,
             validation,
         })
@@ -203,9 +205,11 @@ pub fn now_secs() -> u64 {
     jsonwebtoken::get_current_timestamp()
 }
 
-/// How long a token with this `exp` stays acceptable (leeway included).
-pub fn time_left(exp: u64) -> std::time::Duration {
-    std::time::Duration::from_secs((exp + LEEWAY_SECS).saturating_sub(now_secs()))
+/// When a token with this `exp` stops being acceptable (`leeway_secs`
+/// included), as seen from `now`; at most [`MAX_TOKEN_LIFETIME_SECS`] ahead.
+pub fn expires_at(now: std::time::Instant, exp: u64, leeway_secs: u64) -> std::time::Instant {
+    let left = exp.saturating_add(leeway_secs).saturating_sub(now_secs()).min(MAX_TOKEN_LIFETIME_SECS);
+    now + std::time::Duration::from_secs(left)
 }
 
 /// Signs an HS256 token for `sub`, valid for `ttl_secs`.
@@ -285,6 +289,17 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn expiry_is_clamped_not_overflowed() {
+        let now = std::time::Instant::now();
+        let year = std::time::Duration::from_secs(MAX_TOKEN_LIFETIME_SECS);
+        assert_eq!(expires_at(now, u64::MAX, 30), now + year);
+        assert_eq!(expires_at(now, 9_200_000_000_000_000_000, 3600), now + year);
+        assert_eq!(expires_at(now, 0, 30), now);
+        let soon = expires_at(now, now_secs() + 10, 0);
+        assert!(soon <= now + std::time::Duration::from_secs(10));
     }
 
     #[test]

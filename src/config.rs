@@ -9,6 +9,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::proxies::TrustedProxies;
+
 /// Fds kept back from the open-file limit when MAX_CONNECTIONS is derived:
 /// the listener, epoll, the waker, signal pipes, log files and HTTP callers
 /// (broadcasts, health checks) that arrive while the WebSocket count is full.
@@ -72,6 +74,65 @@ impl fmt::Display for JwksUrl {
     }
 }
 
+/// The largest value of any rate or burst variable.
+pub const MAX_RATE: u32 = 1_000_000_000;
+/// PING_INTERVAL_SECS and PONG_WAIT_SECS at most.
+pub const MAX_HEARTBEAT: Duration = Duration::from_secs(24 * 3600);
+/// REQUEST_TIMEOUT_SECS and SHUTDOWN_GRACE_SECS at most.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// JWT_LEEWAY_SECS at most.
+pub const MAX_LEEWAY_SECS: u64 = 3600;
+/// MAX_MESSAGE_BYTES and MAX_AUTH_MESSAGE_BYTES at most.
+pub const MAX_CLIENT_MESSAGE: usize = 1024 * 1024;
+/// MAX_BROADCAST_BYTES at most.
+pub const MAX_BROADCAST: usize = 16 * 1024 * 1024;
+/// MAX_OUTPUT_BYTES at most.
+pub const MAX_OUTPUT: usize = 1024 * 1024 * 1024;
+/// SEND_QUEUE_LIMIT, MAX_CONNECTIONS and the per-address counts at most.
+pub const MAX_COUNT: usize = 10_000_000;
+
+/// A value that must never reach a log: `Debug` prints `Secret(..)`, and
+/// the value is read only through [`Secret::expose`], so every use is
+/// visible in the code. Wrap any new credential (a Redis password, ...) in
+/// one and `Config`'s derived `Debug` stays safe to print.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Secret<T> {
+        Secret(value)
+    }
+
+    /// The secret itself: for checking credentials, never for printing.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl From<&str> for Secret<String> {
+    fn from(s: &str) -> Secret<String> {
+        Secret(s.to_string())
+    }
+}
+
+impl From<String> for Secret<String> {
+    fn from(s: String) -> Secret<String> {
+        Secret(s)
+    }
+}
+
+impl From<Vec<u8>> for Secret<Vec<u8>> {
+    fn from(b: Vec<u8>) -> Secret<Vec<u8>> {
+        Secret(b)
+    }
+}
+
 /// Which `Origin` headers may talk to us (browsers always send one; servers
 /// and CLI tools usually do not, and are allowed).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,16 +171,21 @@ impl fmt::Display for Origins {
 pub struct Config {
     /// Where to listen (HOST:PORT).
     pub addr: SocketAddr,
+    /// True when development mode (no JWT_SECRET, no JWKS) chose 127.0.0.1
+    /// because HOST was not set; `main` says so at start-up.
+    pub dev_loopback_only: bool,
     /// Front-end origins allowed by CORS and by the WebSocket Origin check.
     pub allowed_origins: Origins,
     /// HS256 secret shared with the front end (the app mints its own
     /// tokens). `None` when JWT_SECRET is unset and JWKS is configured:
     /// HS256 tokens are then refused (an `Option`, not an empty key, so no
     /// code path can end up checking HMACs against an empty secret).
-    pub jwt_secret: Option<Vec<u8>>,
+    pub jwt_secret: Option<Secret<Vec<u8>>>,
     /// True when neither JWT_SECRET nor JWKS is set and a per-run secret was
     /// generated: `main` then prints a ready-made token so a newcomer can try it.
     pub jwt_secret_generated: bool,
+    /// Seconds of clock skew tolerated on `exp` and `nbf` (JWT_LEEWAY_SECS).
+    pub jwt_leeway_secs: u64,
     /// Required `iss` claim, when set (checked for every algorithm).
     pub jwt_issuer: Option<String>,
     /// Required `aud` claim, when set (checked for every algorithm).
@@ -138,6 +204,10 @@ pub struct Config {
     pub pong_wait: Duration,
     /// Messages queued for one client before it counts as too slow and is closed.
     pub send_queue_limit: usize,
+    /// Unsent bytes one WebSocket client may have queued, whatever queued
+    /// them (broadcasts, pongs to its Pings, replies, our Pings); past that
+    /// it is closed with 1013 like a slow consumer. MAX_OUTPUT_BYTES.
+    pub max_output_bytes: usize,
     /// Open WebSocket clients at most; further upgrades get 503.
     pub max_connections: usize,
     /// An HTTP request must arrive whole within this time (slowloris guard);
@@ -151,9 +221,19 @@ pub struct Config {
     pub client_msg_burst: u32,
     /// When set, `/api/broadcast` takes only this key (a publisher
     /// credential), and user JWTs get 403.
-    pub broadcast_api_key: Option<String>,
+    pub broadcast_api_key: Option<Secret<String>>,
     /// Open WebSocket clients per client IP (0 = no limit); then 429.
     pub max_connections_per_ip: usize,
+    /// Open plain-HTTP connections per TCP peer address (0 = no limit),
+    /// trusted proxies exempt; past it a new connection gets 429 and is closed.
+    pub max_http_connections_per_ip: usize,
+    /// Failed authentications (forged/expired tokens, wrong API keys) one
+    /// client address may make per minute (0 = no limit); then 429 before
+    /// any signature is checked. AUTH_FAILURES_PER_MIN.
+    pub auth_failures_per_min: u32,
+    /// TRUSTED_PROXIES: peers whose X-Forwarded-For gives the client
+    /// address (default loopback: a proxy on this machine).
+    pub trusted_proxies: TrustedProxies,
     /// Broadcasts accepted per second, sustained (0 = no limit)...
     pub broadcast_rate: u32,
     /// ...and in a burst; past that `/api/broadcast` answers 429.
@@ -245,25 +325,47 @@ fn parse_or<T: std::str::FromStr>(
     }
 }
 
-/// Like [`parse_or`] for counts that must be at least 1.
-fn positive(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: usize) -> Result<usize, ConfigError> {
-    let v = parse_or(get, var, default, "a positive whole number")?;
-    if v == 0 {
-        return Err(err(var, "must be at least 1"));
+/// A whole number in `min..=max` (the default when unset). Every count and
+/// duration has a documented maximum, so no value can overflow the
+/// arithmetic it feeds (`Instant + Duration`, `as u32`, sums of sizes).
+fn bounded(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let v = parse_or(get, var, default, "a whole number")?;
+    if !(min..=max).contains(&v) {
+        return Err(err(var, format!("{v} is out of range: must be {min} to {max}")));
     }
     Ok(v)
 }
 
-/// `v`, or an error naming `var` when it is over `max`.
-fn at_most(v: usize, var: &'static str, max: usize) -> Result<usize, ConfigError> {
-    if v > max {
-        return Err(err(var, format!("must be at most {max}")));
-    }
-    Ok(v)
+/// [`bounded`] for sizes and counts.
+fn count(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: usize,
+    min: usize,
+    max: usize,
+) -> Result<usize, ConfigError> {
+    Ok(bounded(get, var, default as u64, min as u64, max as u64)? as usize)
 }
 
-fn secs(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
-    Ok(Duration::from_secs(positive(get, var, default as usize)? as u64))
+/// [`bounded`] for rates and bursts (token buckets count in `u32`).
+fn rate(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: u32, min: u32) -> Result<u32, ConfigError> {
+    Ok(bounded(get, var, default.into(), min.into(), MAX_RATE.into())? as u32)
+}
+
+/// [`bounded`] for durations in whole seconds, at least 1.
+fn secs(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: u64,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_secs(bounded(get, var, default, 1, max.as_secs())?))
 }
 
 fn optional(get: &impl Fn(&str) -> Option<String>, var: &str) -> Option<String> {
@@ -279,12 +381,7 @@ impl Config {
     /// Reads configuration through `get` (the environment, or a map in tests).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let port: u16 = parse_or(&get, "PORT", 8080, "a port number (0-65535)")?;
-        let host = optional(&get, "HOST").unwrap_or_else(|| "0.0.0.0".into());
-        let addr = (host.as_str(), port)
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| err("HOST", format!("{host:?} is not an address to listen on")))?;
+        let host_set = optional(&get, "HOST");
 
         let origins = optional(&get, "ALLOWED_ORIGINS").unwrap_or_else(|| "http://localhost:3000".into());
         let allowed_origins = parse_origins(&origins)?;
@@ -295,29 +392,36 @@ impl Config {
         };
         let jwks_file = optional(&get, "JWKS_FILE").map(PathBuf::from);
         let ssl_cert_file = optional(&get, "SSL_CERT_FILE").map(PathBuf::from);
-        let jwks_refresh = secs(&get, "JWKS_REFRESH_SECS", 600)?;
-        if jwks_refresh > MAX_JWKS_REFRESH {
-            return Err(err("JWKS_REFRESH_SECS", format!("must be at most {} (a day)", MAX_JWKS_REFRESH.as_secs())));
-        }
+        let jwks_refresh = secs(&get, "JWKS_REFRESH_SECS", 600, MAX_JWKS_REFRESH)?;
         // A random development secret only when nothing else can verify a
         // token: with JWKS configured, no JWT_SECRET simply means no HS256.
         let (jwt_secret, jwt_secret_generated) = match optional(&get, "JWT_SECRET") {
-            Some(s) => (Some(s.into_bytes()), false),
+            Some(s) => (Some(Secret(s.into_bytes())), false),
             None if jwks_url.is_some() || jwks_file.is_some() => (None, false),
-            None => (Some(random_secret()), true),
+            None => (Some(Secret(random_secret())), true),
         };
+        // Development mode (a generated secret) listens on loopback unless
+        // HOST says otherwise: a production deployment that forgot its
+        // JWT_SECRET is then unreachable instead of open with a printed token.
+        let dev_loopback_only = jwt_secret_generated && host_set.is_none();
+        let host = host_set.unwrap_or_else(|| if dev_loopback_only { "127.0.0.1" } else { "0.0.0.0" }.into());
+        let addr = (host.as_str(), port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| err("HOST", format!("{host:?} is not an address to listen on")))?;
 
-        let max_message_bytes = positive(&get, "MAX_MESSAGE_BYTES", 512)?;
-        let max_auth_message_bytes = positive(&get, "MAX_AUTH_MESSAGE_BYTES", 8192)?;
+        let max_message_bytes = count(&get, "MAX_MESSAGE_BYTES", 512, 1, MAX_CLIENT_MESSAGE)?;
+        let max_auth_message_bytes = count(&get, "MAX_AUTH_MESSAGE_BYTES", 8192, 1, MAX_CLIENT_MESSAGE)?;
         if max_auth_message_bytes < max_message_bytes {
             return Err(err(
                 "MAX_AUTH_MESSAGE_BYTES",
                 format!("must be at least MAX_MESSAGE_BYTES ({max_message_bytes})"),
             ));
         }
-        let max_broadcast_bytes = positive(&get, "MAX_BROADCAST_BYTES", 65536)?;
-        let ping_interval = secs(&get, "PING_INTERVAL_SECS", 54)?;
-        let pong_wait = secs(&get, "PONG_WAIT_SECS", 60)?;
+        let max_broadcast_bytes = count(&get, "MAX_BROADCAST_BYTES", 65536, 1, MAX_BROADCAST)?;
+        let ping_interval = secs(&get, "PING_INTERVAL_SECS", 54, MAX_HEARTBEAT)?;
+        let pong_wait = secs(&get, "PONG_WAIT_SECS", 60, MAX_HEARTBEAT)?;
         if ping_interval >= pong_wait {
             return Err(err(
                 "PING_INTERVAL_SECS",
@@ -327,17 +431,31 @@ impl Config {
                 ),
             ));
         }
-        let send_queue_limit = positive(&get, "SEND_QUEUE_LIMIT", 256)?;
-        let max_connections = positive(&get, "MAX_CONNECTIONS", default_max_connections())?;
-        let request_timeout = secs(&get, "REQUEST_TIMEOUT_SECS", 10)?;
-        let shutdown_grace = secs(&get, "SHUTDOWN_GRACE_SECS", 5)?;
-        let client_msg_rate = positive(&get, "CLIENT_MESSAGES_PER_SEC", 50)? as u32;
-        let client_msg_burst = positive(&get, "CLIENT_MESSAGE_BURST", 100)? as u32;
-        let max_connections_per_ip = parse_or(&get, "MAX_CONNECTIONS_PER_IP", 1000, "a whole number (0 = no limit)")?;
-        let broadcast_rate = parse_or(&get, "BROADCAST_RATE_PER_SEC", 1000, "a whole number (0 = no limit)")?;
-        let broadcast_burst = positive(&get, "BROADCAST_BURST", 10_000)? as u32;
-        let broadcast_api_key = optional(&get, "BROADCAST_API_KEY");
-        if broadcast_api_key.as_ref().is_some_and(|k| k.len() < 16) {
+        let send_queue_limit = count(&get, "SEND_QUEUE_LIMIT", 256, 1, MAX_COUNT)?;
+        let max_output_bytes = count(&get, "MAX_OUTPUT_BYTES", 4 * 1024 * 1024, 1, MAX_OUTPUT)?;
+        if max_output_bytes < max_broadcast_bytes + 16 {
+            return Err(err(
+                "MAX_OUTPUT_BYTES",
+                format!("must exceed MAX_BROADCAST_BYTES ({max_broadcast_bytes}) so one broadcast always fits"),
+            ));
+        }
+        let max_connections = count(&get, "MAX_CONNECTIONS", default_max_connections().min(MAX_COUNT), 1, MAX_COUNT)?;
+        let request_timeout = secs(&get, "REQUEST_TIMEOUT_SECS", 10, MAX_TIMEOUT)?;
+        let shutdown_grace = secs(&get, "SHUTDOWN_GRACE_SECS", 5, MAX_TIMEOUT)?;
+        let client_msg_rate = rate(&get, "CLIENT_MESSAGES_PER_SEC", 50, 1)?;
+        let client_msg_burst = rate(&get, "CLIENT_MESSAGE_BURST", 100, 1)?;
+        let max_connections_per_ip = count(&get, "MAX_CONNECTIONS_PER_IP", 1000, 0, MAX_COUNT)?;
+        let auth_failures_per_min = rate(&get, "AUTH_FAILURES_PER_MIN", 30, 0)?;
+        let max_http_connections_per_ip = count(&get, "MAX_HTTP_CONNECTIONS_PER_IP", 256, 0, MAX_COUNT)?;
+        let broadcast_rate = rate(&get, "BROADCAST_RATE_PER_SEC", 1000, 0)?;
+        let broadcast_burst = rate(&get, "BROADCAST_BURST", 10_000, 1)?;
+        let jwt_leeway_secs = bounded(&get, "JWT_LEEWAY_SECS", 30, 0, MAX_LEEWAY_SECS)?;
+        let trusted_proxies = match optional(&get, "TRUSTED_PROXIES") {
+            Some(v) => TrustedProxies::parse(&v).map_err(|m| err("TRUSTED_PROXIES", m))?,
+            None => TrustedProxies::loopback(),
+        };
+        let broadcast_api_key = optional(&get, "BROADCAST_API_KEY").map(Secret);
+        if broadcast_api_key.as_ref().is_some_and(|k| k.expose().len() < 16) {
             return Err(err("BROADCAST_API_KEY", "must be at least 16 characters (use a long random string)"));
         }
         let drain =
@@ -351,22 +469,12 @@ impl Config {
         }
 
         let channels_claim = optional(&get, "CHANNELS_CLAIM").unwrap_or_else(|| "channels".into());
-        let max_subscriptions = at_most(positive(&get, "MAX_SUBSCRIPTIONS", 100)?, "MAX_SUBSCRIPTIONS", 10_000)?;
-        let max_publish_channels =
-            at_most(positive(&get, "MAX_PUBLISH_CHANNELS", 100)?, "MAX_PUBLISH_CHANNELS", 10_000)?;
-        let history_size =
-            at_most(parse_or(&get, "HISTORY_SIZE", 100, "a whole number (0 = no history)")?, "HISTORY_SIZE", 10_000)?;
-        let history_ttl = secs(&get, "HISTORY_TTL_SECS", 300)?;
-        if history_ttl > Duration::from_secs(7 * 24 * 3600) {
-            return Err(err("HISTORY_TTL_SECS", "must be at most 604800 (a week)"));
-        }
-        let history_max_bytes = at_most(positive(&get, "HISTORY_MAX_BYTES", 64 << 20)?, "HISTORY_MAX_BYTES", 1 << 40)?;
-
-        let flush_delay = Duration::from_micros(at_most(
-            parse_or(&get, "FLUSH_DELAY_MICROS", 1000, "a whole number of microseconds")?,
-            "FLUSH_DELAY_MICROS",
-            100_000,
-        )? as u64);
+        let max_subscriptions = count(&get, "MAX_SUBSCRIPTIONS", 100, 1, 10_000)?;
+        let max_publish_channels = count(&get, "MAX_PUBLISH_CHANNELS", 100, 1, 10_000)?;
+        let history_size = count(&get, "HISTORY_SIZE", 100, 0, 10_000)?;
+        let history_ttl = secs(&get, "HISTORY_TTL_SECS", 300, Duration::from_secs(7 * 24 * 3600))?;
+        let history_max_bytes = count(&get, "HISTORY_MAX_BYTES", 64 << 20, 1, 1 << 40)?;
+        let flush_delay = Duration::from_micros(bounded(&get, "FLUSH_DELAY_MICROS", 1000, 0, 100_000)?);
 
         let redis =
             crate::cluster::parse_redis_env(&get).map_err(|e| ConfigError { var: e.var, message: e.message })?;
@@ -383,9 +491,11 @@ impl Config {
             history_ttl,
             history_max_bytes,
             addr,
+            dev_loopback_only,
             allowed_origins,
             jwt_secret,
             jwt_secret_generated,
+            jwt_leeway_secs,
             jwt_issuer: optional(&get, "JWT_ISSUER"),
             jwt_audience: optional(&get, "JWT_AUDIENCE"),
             max_message_bytes,
@@ -394,6 +504,7 @@ impl Config {
             ping_interval,
             pong_wait,
             send_queue_limit,
+            max_output_bytes,
             max_connections,
             request_timeout,
             shutdown_grace,
@@ -401,6 +512,9 @@ impl Config {
             client_msg_burst,
             broadcast_api_key,
             max_connections_per_ip,
+            max_http_connections_per_ip,
+            auth_failures_per_min,
+            trusted_proxies,
             broadcast_rate,
             broadcast_burst,
             jwks_url,
@@ -475,10 +589,17 @@ mod tests {
     #[test]
     fn defaults() {
         let c = cfg(&[]).unwrap();
-        assert_eq!(c.addr, "0.0.0.0:8080".parse().unwrap());
+        // Development mode (no secret): loopback only, unless HOST is set.
+        assert_eq!(c.addr, "127.0.0.1:8080".parse().unwrap());
+        assert!(c.dev_loopback_only);
+        let c = cfg(&[("HOST", "0.0.0.0")]).unwrap();
+        assert_eq!((c.addr, c.dev_loopback_only), ("0.0.0.0:8080".parse().unwrap(), false));
+        let c = cfg(&[("JWT_SECRET", "s")]).unwrap();
+        assert_eq!((c.addr, c.dev_loopback_only), ("0.0.0.0:8080".parse().unwrap(), false));
+        let c = cfg(&[]).unwrap();
         assert_eq!(c.allowed_origins, Origins::List(vec!["http://localhost:3000".into()]));
         assert!(c.jwt_secret_generated);
-        assert_eq!(c.jwt_secret.map(|s| s.len()), Some(64));
+        assert_eq!(c.jwt_secret.map(|s| s.expose().len()), Some(64));
         assert_eq!(c.jwks_url, None);
         assert_eq!(c.jwks_file, None);
         assert_eq!(c.jwks_refresh, Duration::from_secs(600));
@@ -525,6 +646,23 @@ mod tests {
             (&[("JWKS_REFRESH_SECS", "soon")], "JWKS_REFRESH_SECS"),
             (&[("JWKS_REFRESH_SECS", "86401")], "JWKS_REFRESH_SECS"),
             (&[("JWKS_REFRESH_SECS", "99999999999999999999")], "JWKS_REFRESH_SECS"),
+            (&[("BROADCAST_BURST", "4294967296")], "BROADCAST_BURST"),
+            (&[("CLIENT_MESSAGE_BURST", "4294967296")], "CLIENT_MESSAGE_BURST"),
+            (&[("CLIENT_MESSAGES_PER_SEC", "1000000001")], "CLIENT_MESSAGES_PER_SEC"),
+            (&[("BROADCAST_RATE_PER_SEC", "4294967296")], "BROADCAST_RATE_PER_SEC"),
+            (&[("PONG_WAIT_SECS", "18446744073709551615")], "PONG_WAIT_SECS"),
+            (&[("PING_INTERVAL_SECS", "86401"), ("PONG_WAIT_SECS", "86400")], "PING_INTERVAL_SECS"),
+            (&[("REQUEST_TIMEOUT_SECS", "3601")], "REQUEST_TIMEOUT_SECS"),
+            (&[("SHUTDOWN_GRACE_SECS", "18446744073709551615")], "SHUTDOWN_GRACE_SECS"),
+            (&[("MAX_BROADCAST_BYTES", "18446744073709551615")], "MAX_BROADCAST_BYTES"),
+            (&[("MAX_MESSAGE_BYTES", "1048577")], "MAX_MESSAGE_BYTES"),
+            (&[("MAX_OUTPUT_BYTES", "1000")], "MAX_OUTPUT_BYTES"),
+            (&[("SEND_QUEUE_LIMIT", "10000001")], "SEND_QUEUE_LIMIT"),
+            (&[("MAX_CONNECTIONS", "0")], "MAX_CONNECTIONS"),
+            (&[("JWT_LEEWAY_SECS", "3601")], "JWT_LEEWAY_SECS"),
+            (&[("JWT_LEEWAY_SECS", "-1")], "JWT_LEEWAY_SECS"),
+            (&[("TRUSTED_PROXIES", "10.0.0.0/40")], "TRUSTED_PROXIES"),
+            (&[("TRUSTED_PROXIES", "nginx.local")], "TRUSTED_PROXIES"),
         ];
         for (pairs, var) in table {
             let e = cfg(pairs).unwrap_err();
@@ -547,7 +685,7 @@ mod tests {
     #[test]
     fn secret_and_claims() {
         let c = cfg(&[("JWT_SECRET", "s3cret"), ("JWT_ISSUER", "http://a"), ("JWT_AUDIENCE", " ")]).unwrap();
-        assert_eq!(c.jwt_secret.as_deref(), Some(&b"s3cret"[..]));
+        assert_eq!(c.jwt_secret.as_ref().map(|s| &s.expose()[..]), Some(&b"s3cret"[..]));
         assert!(!c.jwt_secret_generated);
         assert_eq!(c.jwt_issuer.as_deref(), Some("http://a"));
         assert_eq!(c.jwt_audience, None);
@@ -569,7 +707,7 @@ mod tests {
 
         // Both: HS256 tokens keep working next to the JWKS keys.
         let c = cfg(&[("JWKS_URL", "http://127.0.0.1/jwks"), ("JWT_SECRET", "s3cret")]).unwrap();
-        assert_eq!(c.jwt_secret.as_deref(), Some(&b"s3cret"[..]));
+        assert_eq!(c.jwt_secret.as_ref().map(|s| &s.expose()[..]), Some(&b"s3cret"[..]));
         assert!(!c.jwt_secret_generated);
 
         let c =

@@ -45,7 +45,7 @@ pub fn route(head: &Head, config: &Config) -> Option<Response> {
     let resp = match head.path.as_str() {
         "/" | "/index.html" => {
             let token = match (&config.jwt_secret, may_inject_token(head, config)) {
-                (Some(secret), true) => dev_token(secret),
+                (Some(secret), true) => dev_token(secret.expose()),
                 _ => String::new(),
             };
             Response::text(200, "text/html; charset=utf-8", PAGE.replace(TOKEN_SLOT, &token))

@@ -49,7 +49,8 @@ pub struct Head {
     pub ws_version: Option<String>,
     /// `Access-Control-Request-Method`: marks a CORS preflight.
     pub cors_request_method: Option<String>,
-    /// `X-Forwarded-For`, trusted only from a loopback peer (a local proxy).
+    /// `X-Forwarded-For` (repeated headers joined with commas, in order),
+    /// read only from a trusted proxy (see [`crate::proxies`]).
     pub forwarded_for: Option<String>,
     /// `Host` (the development demo page checks it is a loopback name).
     pub host: Option<String>,
@@ -77,20 +78,6 @@ impl Head {
         let (scheme, rest) = v.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
     }
-}
-
-/// The client's address: the TCP peer, or — when the peer is a reverse proxy
-/// on this machine (loopback) — the last address it added to
-/// `X-Forwarded-For`. A remote peer cannot choose its own address this way.
-pub fn client_ip(peer: std::net::IpAddr, head: &Head) -> std::net::IpAddr {
-    if !peer.is_loopback() {
-        return peer;
-    }
-    head.forwarded_for
-        .as_deref()
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|ip| ip.trim().parse().ok())
-        .unwrap_or(peer)
 }
 
 /// A request the server refuses before routing it.
@@ -182,7 +169,12 @@ pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, Reject> {
         } else if is("sec-websocket-version") {
             head.ws_version = Some(text()?.to_string());
         } else if is("x-forwarded-for") {
-            head.forwarded_for = Some(text()?.to_string());
+            // Repeated headers are one comma-separated list (RFC 9110 §5.3).
+            let v = text()?;
+            head.forwarded_for = Some(match head.forwarded_for.take() {
+                Some(earlier) => format!("{earlier}, {v}"),
+                None => v.to_string(),
+            });
         } else if is("host") {
             head.host = Some(text()?.to_string());
         } else if is("access-control-request-method") {
@@ -226,11 +218,17 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
+    /// Close the connection after this answer, whatever the request asked
+    /// (a refused upgrade or credential: no second try on the same one).
+    pub close: bool,
+    /// A credential failed a check that cost a signature verification:
+    /// counts toward AUTH_FAILURES_PER_MIN for the client's address.
+    pub auth_failure: bool,
 }
 
 impl Response {
     pub fn new(status: u16) -> Response {
-        Response { status, headers: Vec::new(), body: String::new() }
+        Response { status, headers: Vec::new(), body: String::new(), close: false, auth_failure: false }
     }
 
     /// A JSON body.
@@ -250,6 +248,12 @@ impl Response {
     /// `{"error": "<code>", "message": "..."}`.
     pub fn error(status: u16, message: &str) -> Response {
         Response::json(status, &serde_json::json!({"error": status_text(status).1, "message": message}))
+    }
+
+    /// Closes the connection after this answer.
+    pub fn closing(mut self) -> Response {
+        self.close = true;
+        self
     }
 
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Response {
@@ -377,12 +381,11 @@ mod tests {
     }
 
     #[test]
-    fn client_ip_trusts_forwarded_for_only_from_loopback() {
-        let h = parse_head(b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.2.3.4, 5.6.7.8\r\n\r\n", 0).unwrap().unwrap();
-        assert_eq!(client_ip("127.0.0.1".parse().unwrap(), &h), "5.6.7.8".parse::<std::net::IpAddr>().unwrap());
-        assert_eq!(client_ip("9.9.9.9".parse().unwrap(), &h), "9.9.9.9".parse::<std::net::IpAddr>().unwrap());
-        let h = parse_head(b"GET / HTTP/1.1\r\nX-Forwarded-For: junk\r\n\r\n", 0).unwrap().unwrap();
-        assert_eq!(client_ip("127.0.0.1".parse().unwrap(), &h), "127.0.0.1".parse::<std::net::IpAddr>().unwrap());
+    fn repeated_forwarded_for_headers_join_in_order() {
+        let h = parse_head(b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-For: 5.6.7.8\r\n\r\n", 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.forwarded_for.as_deref(), Some("1.2.3.4, 5.6.7.8"));
     }
 
     #[test]

@@ -13,11 +13,15 @@
 //!   on SIGTERM, the final shutdown), `scrape` (`GET /metrics`).
 //! - [`metrics`]: every Prometheus metric family, and encoding a scrape.
 //! - [`limits`]: every limit and rate decision (connections per server and
-//!   per address, client message rate, broadcast rate).
+//!   per address, HTTP connections per address, failed authentications per
+//!   address, client frame rate, per-turn budgets, broadcast rate).
 //! - [`api`]: routing decisions for each HTTP request (pure, no I/O).
 //! - [`http`]: request heads (httparse) and responses.
+//! - [`proxies`]: TRUSTED_PROXIES, and the client address X-Forwarded-For gives.
 //! - [`ws`]: the 101 handshake, per-client WebSocket state, client messages,
 //!   and every close code we send.
+//! - [`frame_meter`]: every frame a client sends, counted before tungstenite
+//!   parses it (rate, fragments, the per-turn budget).
 //! - [`broadcast`]: validating a broadcast (to everyone or to channels) and
 //!   framing it once.
 //! - [`channels`]: channel names, who may join which channel, and the JSON
@@ -25,7 +29,8 @@
 //! - [`hub`]: channel state — subscribers per channel, offsets and epochs,
 //!   bounded history for replay after a reconnect.
 //! - [`outqueue`]: a connection's pending output, written with one writev.
-//! - [`timers`]: connection deadlines in a min-heap (pings, timeouts).
+//! - [`timers`]: connection deadlines in an indexed min-heap, one entry per
+//!   connection (pings, timeouts).
 //! - [`auth`]: JWT verification (which key checks which token) and minting.
 //! - [`jwks`]: the front end's public keys (JWKS_URL / JWKS_FILE), refreshed
 //!   by one helper thread so the loop never waits on a fetch, with its
@@ -46,6 +51,7 @@ pub mod channels;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod frame_meter;
 pub mod http;
 pub mod hub;
 pub mod jwks;
@@ -53,6 +59,7 @@ pub mod limits;
 pub mod logs;
 pub mod metrics;
 pub mod outqueue;
+pub mod proxies;
 pub mod server;
 pub mod sys;
 pub mod timers;

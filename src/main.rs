@@ -55,10 +55,11 @@ fn serve() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if config.jwt_secret.as_ref().is_some_and(|s| s.len() < 32) && !config.jwt_secret_generated {
+    if config.jwt_secret.as_ref().is_some_and(|s| s.expose().len() < 32) && !config.jwt_secret_generated {
         log::warn!("JWT_SECRET is shorter than 32 bytes: use a long random secret in production");
     }
     let dev_secret = if config.jwt_secret_generated { config.jwt_secret.clone() } else { None };
+    let loopback_only = config.dev_loopback_only;
     let mut server = match Server::bind(config) {
         Ok(s) => s,
         Err(e) => {
@@ -77,7 +78,7 @@ fn serve() -> ExitCode {
     }
     taskcast::server::log_startup(&server);
     if let Some(secret) = dev_secret {
-        print_dev_help(&secret, server.local_addr());
+        print_dev_help(secret.expose(), server.local_addr(), loopback_only);
     }
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
@@ -90,13 +91,25 @@ fn serve() -> ExitCode {
 
 /// With no JWT_SECRET, the server runs on a random per-run secret; this
 /// prints a token for it so a newcomer can try the API straight away.
-fn print_dev_help(secret: &[u8], addr: std::net::SocketAddr) {
+/// Unless HOST was set, development mode listens on 127.0.0.1 only.
+fn print_dev_help(secret: &[u8], addr: std::net::SocketAddr, loopback_only: bool) {
     log::warn!("JWT_SECRET is not set: using a random secret for this run only (development mode)");
+    let reach = if loopback_only {
+        format!(
+            "Listening on {addr} only (this machine): development mode does not listen on other\n\
+             interfaces unless HOST is set (e.g. HOST=0.0.0.0).\n"
+        )
+    } else {
+        format!("Listening on {addr} (HOST is set).\n")
+    };
+    if loopback_only {
+        log::warn!("development mode: listening on {addr} only; set HOST to listen on other interfaces");
+    }
     let token = demo::dev_token(secret);
     let port = addr.port();
     println!(
         "\n=== taskcast development mode ===\n\
-         No JWT_SECRET set, so this run uses a random secret. A token valid for 24 h:\n\n  \
+         No JWT_SECRET set, so this run uses a random secret.\n{reach}A token valid for 24 h:\n\n  \
          TOKEN={token}\n\n\
          Demo page (a live task list; open it in two tabs):\n  \
          http://localhost:{port}/#token={token}\n\n\
@@ -144,6 +157,6 @@ fn token(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    println!("{}", auth::mint(secret, &sub, ttl));
+    println!("{}", auth::mint(secret.expose(), &sub, ttl));
     ExitCode::SUCCESS
 }

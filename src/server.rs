@@ -43,7 +43,7 @@ use self::conn::{Conn, Phase};
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::hub::{HistoryLimits, Hub};
-use crate::limits::Limits;
+use crate::limits::{Limits, READ_BUDGET_BYTES};
 use crate::metrics::Metrics;
 use crate::outqueue::Flush;
 use crate::timers::{Due, Timers};
@@ -53,8 +53,6 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
 
-/// Bytes read from one socket per turn before others get a go.
-const READ_BUDGET_BYTES: usize = 256 * 1024;
 /// WebSocket messages handled from one client per turn.
 const READ_BUDGET_MESSAGES: usize = 64;
 /// How long a closing connection may take to read our last bytes and close.
@@ -327,10 +325,27 @@ impl Server {
                         continue;
                     }
                     self.next_id += 1;
-                    let deadline = Instant::now() + self.config.request_timeout;
-                    entry.insert(Conn::new(self.next_id, stream, peer, deadline));
+                    let now = Instant::now();
+                    let mut conn = Conn::new(self.next_id, stream, peer, now + self.config.request_timeout);
+                    // Plain HTTP connections count per address too (they hold
+                    // fds); a trusted proxy's connections carry many clients.
+                    let ip = peer.ip().to_canonical();
+                    if !self.config.trusted_proxies.contains(ip) {
+                        match self.limits.add_http(&self.config, ip) {
+                            Ok(()) => conn.http_ip = Some(ip),
+                            Err(resp) => {
+                                debug!("{peer}: over MAX_HTTP_CONNECTIONS_PER_IP: 429");
+                                conn.out.push_owned(resp.encode(false, false));
+                                conn.phase = Phase::Closing { fin_sent: false };
+                                conn.deadline = now + LINGER;
+                                conn.dirty = true;
+                                self.dirty.push(key);
+                            }
+                        }
+                    }
                     self.metrics.connections_accepted.inc();
-                    self.timers.schedule(deadline, key, self.next_id);
+                    self.timers.set(conn.deadline, key, self.next_id);
+                    entry.insert(conn);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -490,7 +505,10 @@ impl Server {
     fn remove(&mut self, key: usize) {
         if self.conns.contains(key) {
             self.uncount(key, "dropped");
-            self.conns.remove(key);
+            self.timers.cancel(key);
+            if let Some(ip) = self.conns.remove(key).http_ip {
+                self.limits.remove_http(ip);
+            }
         }
     }
 
@@ -519,12 +537,12 @@ impl Server {
 
     // ---- timers ------------------------------------------------------------
 
+    /// Re-arms `key`'s one timer entry (a popped entry is gone, so this
+    /// sets it even when the deadline did not change).
     fn set_deadline(&mut self, key: usize, at: Instant) {
         let conn = &mut self.conns[key];
-        if conn.deadline != at {
-            conn.deadline = at;
-            self.timers.schedule(at, key, conn.id);
-        }
+        conn.deadline = at;
+        self.timers.set(at, key, conn.id);
     }
 
     fn run_timers(&mut self, now: Instant) {
@@ -536,7 +554,8 @@ impl Server {
         while let Some(Due { key, id }) = self.timers.pop_due(now) {
             match self.conns.get(key) {
                 Some(c) if c.id == id && c.deadline <= now => self.on_timer(key, now),
-                _ => {} // stale: removed, reused, or moved later
+                Some(c) if c.id == id => self.timers.set(c.deadline, key, id),
+                _ => {} // stale: the connection is gone (its key reused)
             }
         }
     }

@@ -2,15 +2,14 @@
 //! timeout and drains each turn (no thread per timer, no scan of all
 //! connections).
 //!
-//! Each connection has one current deadline. Moving it pushes a new entry;
-//! the old one stays in the heap and is recognised as stale when it pops
-//! (the caller compares it with the connection's current deadline and id).
-//! Entries carry the connection's lifetime-unique id because slab keys are
-//! reused. Cost: O(log n) per schedule and per pop; one heartbeat round over
-//! n clients is n pops + n pushes.
+//! Each connection has at most one entry: moving its deadline re-arms that
+//! entry in place (an indexed heap: `pos` maps a slab key to its entry), so
+//! the heap never holds more entries than there are connections, however
+//! often deadlines move — 300k pipelined keep-alive requests on one
+//! connection used to leave 300k stale entries behind. Entries carry the
+//! connection's lifetime-unique id because slab keys are reused. Cost:
+//! O(log n) per set, cancel and pop.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::time::Instant;
 
 /// A due entry: slab key and the id of the connection it was set for.
@@ -20,9 +19,22 @@ pub struct Due {
     pub id: u64,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    at: Instant,
+    key: usize,
+    id: u64,
+}
+
+/// No entry for this key.
+const NONE: usize = usize::MAX;
+
 #[derive(Debug, Default)]
 pub struct Timers {
-    heap: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// A binary min-heap on `at`.
+    heap: Vec<Entry>,
+    /// `heap` index of each slab key's entry, or [`NONE`].
+    pos: Vec<usize>,
 }
 
 impl Timers {
@@ -30,35 +42,107 @@ impl Timers {
         Timers::default()
     }
 
-    /// Wakes connection (`key`, `id`) at `at`.
-    pub fn schedule(&mut self, at: Instant, key: usize, id: u64) {
-        self.heap.push(Reverse((at, key, id)));
+    /// Wakes connection (`key`, `id`) at `at`, replacing its earlier
+    /// deadline if it had one.
+    pub fn set(&mut self, at: Instant, key: usize, id: u64) {
+        if key >= self.pos.len() {
+            self.pos.resize(key + 1, NONE);
+        }
+        let i = self.pos[key];
+        if i == NONE {
+            self.heap.push(Entry { at, key, id });
+            self.pos[key] = self.heap.len() - 1;
+            self.sift_up(self.heap.len() - 1);
+            return;
+        }
+        let old = self.heap[i].at;
+        self.heap[i] = Entry { at, key, id };
+        if at < old {
+            self.sift_up(i);
+        } else {
+            self.sift_down(i);
+        }
     }
 
-    /// The earliest deadline, stale or not (a stale one only wakes the loop
-    /// early once).
+    /// Forgets `key`'s deadline (the connection is gone).
+    pub fn cancel(&mut self, key: usize) {
+        if let Some(&i) = self.pos.get(key)
+            && i != NONE
+        {
+            self.remove_at(i);
+        }
+    }
+
+    /// The earliest deadline.
     pub fn next(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse((t, _, _))| *t)
+        self.heap.first().map(|e| e.at)
     }
 
     /// Removes and returns one entry due at `now`, if any.
     pub fn pop_due(&mut self, now: Instant) -> Option<Due> {
-        match self.heap.peek() {
-            Some(Reverse((at, _, _))) if *at <= now => {
-                let Reverse((_, key, id)) = self.heap.pop()?;
-                Some(Due { key, id })
+        match self.heap.first() {
+            Some(e) if e.at <= now => {
+                let e = self.remove_at(0);
+                Some(Due { key: e.key, id: e.id })
             }
             _ => None,
         }
     }
 
-    /// Entries held, stale ones included.
+    /// Entries held: at most one per connection.
     pub fn len(&self) -> usize {
         self.heap.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
+    }
+
+    fn remove_at(&mut self, i: usize) -> Entry {
+        let last = self.heap.len() - 1;
+        self.swap(i, last);
+        let e = self.heap.pop().expect("non-empty");
+        self.pos[e.key] = NONE;
+        if i < self.heap.len() {
+            self.sift_down(i);
+            self.sift_up(i);
+        }
+        e
+    }
+
+    fn swap(&mut self, a: usize, b: usize) {
+        self.heap.swap(a, b);
+        self.pos[self.heap[a].key] = a;
+        self.pos[self.heap[b].key] = b;
+    }
+
+    fn sift_up(&mut self, mut i: usize) {
+        while i > 0 {
+            let parent = (i - 1) / 2;
+            if self.heap[i].at >= self.heap[parent].at {
+                return;
+            }
+            self.swap(i, parent);
+            i = parent;
+        }
+    }
+
+    fn sift_down(&mut self, mut i: usize) {
+        loop {
+            let (l, r) = (2 * i + 1, 2 * i + 2);
+            let mut least = i;
+            if l < self.heap.len() && self.heap[l].at < self.heap[least].at {
+                least = l;
+            }
+            if r < self.heap.len() && self.heap[r].at < self.heap[least].at {
+                least = r;
+            }
+            if least == i {
+                return;
+            }
+            self.swap(i, least);
+            i = least;
+        }
     }
 }
 
@@ -71,9 +155,9 @@ mod tests {
     fn pops_in_deadline_order_only_when_due() {
         let t0 = Instant::now();
         let mut t = Timers::new();
-        t.schedule(t0 + Duration::from_secs(3), 3, 30);
-        t.schedule(t0 + Duration::from_secs(1), 1, 10);
-        t.schedule(t0 + Duration::from_secs(2), 2, 20);
+        t.set(t0 + Duration::from_secs(3), 3, 30);
+        t.set(t0 + Duration::from_secs(1), 1, 10);
+        t.set(t0 + Duration::from_secs(2), 2, 20);
         assert_eq!(t.next(), Some(t0 + Duration::from_secs(1)));
         assert_eq!(t.pop_due(t0), None);
         let now = t0 + Duration::from_secs(2);
@@ -81,5 +165,56 @@ mod tests {
         assert_eq!(t.pop_due(now), Some(Due { key: 2, id: 20 }));
         assert_eq!(t.pop_due(now), None);
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn moving_a_deadline_keeps_one_entry() {
+        let t0 = Instant::now();
+        let mut t = Timers::new();
+        for i in 0..10_000u64 {
+            t.set(t0 + Duration::from_millis(i % 97), 5, 1);
+            t.set(t0 + Duration::from_millis(50), 6, 2);
+        }
+        assert_eq!(t.len(), 2);
+        t.set(t0 + Duration::from_secs(9), 5, 1);
+        assert_eq!(t.pop_due(t0 + Duration::from_secs(1)), Some(Due { key: 6, id: 2 }));
+        t.cancel(5);
+        assert!(t.is_empty());
+        t.cancel(5); // twice, or never set: nothing happens
+        t.cancel(999);
+    }
+
+    #[test]
+    fn agrees_with_a_sorted_list_under_random_updates() {
+        let t0 = Instant::now();
+        let mut t = Timers::new();
+        let mut want: std::collections::HashMap<usize, Instant> = Default::default();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let key = (x % 64) as usize;
+            match x % 5 {
+                0 => {
+                    t.cancel(key);
+                    want.remove(&key);
+                }
+                1 => {
+                    let now = t0 + Duration::from_millis(x % 1000);
+                    while let Some(Due { key, .. }) = t.pop_due(now) {
+                        assert!(want.remove(&key).expect("popped a live key") <= now);
+                    }
+                    assert!(want.values().all(|at| *at > now));
+                }
+                _ => {
+                    let at = t0 + Duration::from_millis((x >> 8) % 1000);
+                    t.set(at, key, key as u64);
+                    want.insert(key, at);
+                }
+            }
+            assert_eq!(t.len(), want.len());
+            assert_eq!(t.next(), want.values().min().copied());
+        }
     }
 }

@@ -18,6 +18,7 @@ use tungstenite::protocol::{WebSocketConfig, WebSocketContext};
 
 use crate::channels::{self, Refusal};
 use crate::config::Config;
+use crate::frame_meter::FrameMeter;
 use crate::hub::{ChannelId, Since};
 use crate::outqueue::OutQueue;
 
@@ -46,13 +47,17 @@ pub enum Reason {
     /// server is draining before a restart or deploy; the client should
     /// reconnect after a random delay (and so reach another instance).
     Restart,
+    /// 1009: a message in more than `limits::MAX_MESSAGE_FRAGMENTS` frames.
+    TooFragmented,
     /// 1013 ("try again later"): the client read too slowly and SEND_QUEUE_LIMIT
     /// messages piled up; it should reconnect and refetch its state.
     SlowConsumer,
     /// 4001: the token expired and was not refreshed in time.
     TokenExpired,
-    /// 4003: an in-band `auth` token was invalid or for another user.
-    AuthFailed,
+    /// 4003: an in-band `auth` token was invalid (bad signature, expired, ...).
+    AuthInvalid,
+    /// 4003: an in-band `auth` token was valid but for another user.
+    AuthOtherUser,
 }
 
 impl Reason {
@@ -63,11 +68,11 @@ impl Reason {
             Reason::Binary => 1003,
             Reason::BadUtf8 => 1007,
             Reason::RateLimited => 1008,
-            Reason::TooBig => 1009,
+            Reason::TooBig | Reason::TooFragmented => 1009,
             Reason::Restart => 1012,
             Reason::SlowConsumer => 1013,
             Reason::TokenExpired => 4001,
-            Reason::AuthFailed => 4003,
+            Reason::AuthInvalid | Reason::AuthOtherUser => 4003,
         }
     }
 
@@ -80,9 +85,11 @@ impl Reason {
             Reason::RateLimited => "too many messages",
             Reason::TooBig => "message too big",
             Reason::Restart => "server restarting: reconnect",
+            Reason::TooFragmented => "message in too many fragments",
             Reason::SlowConsumer => "client too slow: reconnect",
             Reason::TokenExpired => "token expired",
-            Reason::AuthFailed => "invalid token",
+            Reason::AuthInvalid => "invalid token",
+            Reason::AuthOtherUser => "token is for another user",
         }
     }
 
@@ -117,11 +124,18 @@ pub fn handshake_response(key: &str) -> Vec<u8> {
 pub struct Wire<'a, S> {
     pub sock: &'a mut S,
     pub out: &'a mut OutQueue,
+    /// When reading a client's frames: counts each one before tungstenite
+    /// parses it and ends the read at the turn's budget (see [`FrameMeter`]).
+    /// `None` when the Wire only carries our writes.
+    pub meter: Option<&'a mut FrameMeter>,
 }
 
 impl<S: Read> Read for Wire<'_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.sock.read(buf)
+        match self.meter.as_deref_mut() {
+            Some(meter) => meter.read(buf, |b| self.sock.read(b)),
+            None => self.sock.read(buf),
+        }
     }
 }
 
@@ -152,8 +166,8 @@ pub struct WsConn {
     pub next_ping: Instant,
     /// Set once we sent a close frame: the peer must answer by then.
     pub close_deadline: Option<Instant>,
-    /// Inbound rate limit (a token bucket, refilled per second).
-    pub bucket: crate::limits::TokenBucket,
+    /// Every inbound frame counted: rate limit, fragments, per-turn budget.
+    pub meter: FrameMeter,
     /// What the connection token's channels claim grants.
     pub grants: Box<[Box<str>]>,
     /// The channels this connection is in (at most MAX_SUBSCRIPTIONS).

@@ -384,7 +384,7 @@ fn hs256_signed_with_the_public_key_is_refused() {
     // Both with HS256 off (JWKS only) and on (JWT_SECRET set too).
     for secret in [None, Some(SECRET)] {
         let mut config = jwks_config(&jwks.url());
-        config.jwt_secret = secret.map(|s| s.as_bytes().to_vec());
+        config.jwt_secret = secret.map(|s| s.as_bytes().to_vec().into());
         let s = start_with(config);
         for (i, token) in attempts.iter().enumerate() {
             let want = if secret.is_some() { AuthError::BadSignature } else { AuthError::SecretNotSet };
@@ -420,7 +420,7 @@ fn rsa_jwks_over_chunked_http() {
 fn hs256_with_jwt_secret_works_alongside_jwks() {
     let jwks = JwksServer::start(&[ed_jwk("key-a", ED_A_X)]);
     let mut config = jwks_config(&jwks.url());
-    config.jwt_secret = Some(SECRET.as_bytes().to_vec());
+    config.jwt_secret = Some(SECRET.as_bytes().to_vec().into());
     let s = start_with(config);
 
     // A token the app mints itself with the shared secret (iss/aud still checked).

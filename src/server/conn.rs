@@ -1,7 +1,7 @@
 //! One entry of the connection table: the socket, its pending output, and
 //! the phase of its life (HTTP requests → WebSocket → closing).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use log::debug;
@@ -26,6 +26,10 @@ pub(super) struct Conn {
     pub dirty: bool,
     /// Already listed in `Server::deferred` (broadcast frames only).
     pub deferred: bool,
+    /// The address this connection counts against in
+    /// MAX_HTTP_CONNECTIONS_PER_IP, until it upgrades or closes (`None`:
+    /// not counted — from a trusted proxy, refused, or upgraded).
+    pub http_ip: Option<IpAddr>,
 }
 
 /// A connection's life: HTTP requests, maybe an upgrade, then closing.
@@ -56,6 +60,9 @@ pub(super) struct HttpConn {
     /// A publish is waiting for Redis (cluster mode); requests behind it
     /// wait for its answer.
     pub parked: bool,
+    /// `head` passed `api::admit` while its body was arriving (its
+    /// credential is not checked again when the body is complete).
+    pub admitted: bool,
 }
 
 impl HttpConn {
@@ -82,6 +89,7 @@ impl Conn {
             deadline,
             dirty: false,
             deferred: false,
+            http_ip: None,
         }
     }
 
@@ -90,7 +98,7 @@ impl Conn {
     /// together. `None` unless this is an open WebSocket.
     pub fn ws_wire(&mut self) -> Option<(&mut WsConn, Wire<'_, TcpStream>)> {
         match &mut self.phase {
-            Phase::Ws(ws) => Some((ws, Wire { sock: &mut self.stream, out: &mut self.out })),
+            Phase::Ws(ws) => Some((ws, Wire { sock: &mut self.stream, out: &mut self.out, meter: None })),
             _ => None,
         }
     }

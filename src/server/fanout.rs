@@ -49,7 +49,7 @@ impl Server {
                 for name in &names {
                     let started = Instant::now();
                     let published = self.hub.publish(name, &publish.kind, &publish.payload, now);
-                    let limit = self.config.send_queue_limit;
+                    let limit = Limit { count: self.config.send_queue_limit, bytes: self.config.max_output_bytes };
                     let mut slow = Vec::new();
                     let mut written = 0;
                     let mut n = 0;
@@ -74,7 +74,7 @@ impl Server {
     /// Queues a channel frame to these connections; returns how many.
     pub(super) fn fan_out_keys(&mut self, keys: &[usize], frame: &Rc<[u8]>) -> usize {
         let started = Instant::now();
-        let limit = self.config.send_queue_limit;
+        let limit = Limit { count: self.config.send_queue_limit, bytes: self.config.max_output_bytes };
         let mut slow = Vec::new();
         let mut written = 0;
         let mut n = 0;
@@ -93,7 +93,7 @@ impl Server {
 
     /// Queues one framed broadcast to every open client; returns how many.
     pub(super) fn fan_out_all(&mut self, frame: Rc<[u8]>) -> usize {
-        let limit = self.config.send_queue_limit;
+        let limit = Limit { count: self.config.send_queue_limit, bytes: self.config.max_output_bytes };
         let mut sent = 0;
         let mut written = 0;
         let mut slow = Vec::new();
@@ -112,12 +112,25 @@ impl Server {
         for key in slow {
             let c = &mut self.conns[key];
             let sub = c.ws().map_or("", |w| w.sub.as_str());
-            warn!("{} ({sub:?}) too slow: {} messages queued; closing with 1013", c.peer, c.out.len());
+            warn!(
+                "{} ({sub:?}) too slow: {} messages ({} B) queued; closing with 1013",
+                c.peer,
+                c.out.len(),
+                c.out.bytes()
+            );
             c.out.drop_unstarted();
             self.metrics.slow_client_closes.inc();
             self.close_ws(key, Reason::SlowConsumer, now);
         }
     }
+}
+
+/// How far behind a client may fall: SEND_QUEUE_LIMIT messages and
+/// MAX_OUTPUT_BYTES bytes queued.
+#[derive(Clone, Copy)]
+struct Limit {
+    count: usize,
+    bytes: usize,
 }
 
 /// Queues `frame` to connection `key` if it is an open WebSocket, and lists
@@ -134,18 +147,19 @@ fn queue(
     coalesce: bool,
     frame: &Rc<[u8]>,
     slow: &mut Vec<usize>,
-    limit: usize,
+    limit: Limit,
     written: &mut usize,
 ) -> usize {
     let Phase::Ws(ws) = &conn.phase else { return 0 };
     if !ws.ctx.can_write() {
         return 0; // closing: no data after our close frame
     }
-    if conn.out.len() >= limit {
+    let over = |out: &crate::outqueue::OutQueue| out.len() >= limit.count || out.bytes() + frame.len() > limit.bytes;
+    if over(&conn.out) {
         let before = conn.out.bytes();
         let wrote = conn.out.write_to(&mut crate::sys::Send(&conn.stream));
         *written += before - conn.out.bytes();
-        if wrote.is_err() || conn.out.len() >= limit {
+        if wrote.is_err() || over(&conn.out) {
             slow.push(key);
             return 0;
         }

@@ -14,8 +14,8 @@ use super::conn::Phase;
 use super::{READ_BUDGET_BYTES, Server};
 use crate::api::{self, Action, Ctx};
 use crate::auth;
+use crate::frame_meter::FrameMeter;
 use crate::http::{self, Head, Response};
-use crate::limits::TokenBucket;
 use crate::ws::{self, WsConn};
 
 /// An HTTP client with this much unread output gets no more requests
@@ -118,16 +118,45 @@ impl Server {
                 },
             };
             let (start, end) = (h.consumed + head.head_len, h.consumed + head.head_len + head.content_length);
+            let ip = self.config.trusted_proxies.client_ip(conn.peer.ip(), head.forwarded_for.as_deref());
+            let now = Instant::now();
             if h.buf.len() < end {
+                // The body is still arriving: refuse what the head alone
+                // can refuse now (a forged credential), without waiting.
+                if !h.admitted {
+                    let ctx = Ctx {
+                        config: &self.config,
+                        verifier: &self.verifier,
+                        limits: &self.limits,
+                        ip,
+                        now,
+                        admitted: false,
+                        metrics: &self.metrics,
+                        draining,
+                        redis_up: self.cluster.as_ref().map(|c| c.up),
+                    };
+                    if let Err(resp) = api::admit(&head, &ctx) {
+                        h.buf = Vec::new();
+                        h.consumed = 0;
+                        if resp.auth_failure {
+                            self.limits.record_auth_failure(&self.config, ip, now);
+                        }
+                        self.respond(key, &head, resp);
+                        return published;
+                    }
+                    h.admitted = true;
+                }
                 h.head = Some(head);
                 return published;
             }
-            let ip = http::client_ip(conn.peer.ip(), &head);
+            let admitted = std::mem::take(&mut h.admitted);
             let ctx = Ctx {
                 config: &self.config,
                 verifier: &self.verifier,
                 limits: &self.limits,
                 ip,
+                now,
+                admitted,
                 metrics: &self.metrics,
                 draining,
                 redis_up: self.cluster.as_ref().map(|c| c.up),
@@ -144,7 +173,12 @@ impl Server {
                 h.consumed = 0;
             }
             let resp = match action {
-                Action::Respond(resp) => resp,
+                Action::Respond(resp) => {
+                    if resp.auth_failure {
+                        self.limits.record_auth_failure(&self.config, ip, now);
+                    }
+                    resp
+                }
                 Action::Broadcast(publish) => {
                     published = true;
                     match self.broadcast(key, &head, publish) {
@@ -167,7 +201,7 @@ impl Server {
         let resp = api::with_cors(resp, head, &self.config.allowed_origins);
         self.metrics.answered(head, resp.status);
         // Stopping: callers should reconnect, to another instance.
-        let keep = head.keep_alive && !self.stopping();
+        let keep = head.keep_alive && !resp.close && !self.stopping();
         let conn = &mut self.conns[key];
         // Log the path only: the query may hold a token.
         debug!("{} {:?} {} -> {}", conn.peer, head.method(), head.path, resp.status);
@@ -182,7 +216,7 @@ impl Server {
 
     fn upgrade(&mut self, key: usize, head: &Head, ip: IpAddr, ws_key: &str, claims: auth::Claims, leftover: Vec<u8>) {
         let now = Instant::now();
-        let expires_at = now + auth::time_left(claims.exp);
+        let expires_at = auth::expires_at(now, claims.exp, self.config.jwt_leeway_secs);
         let grants = crate::channels::grants_from_claim(
             claims.extra.get(&self.config.channels_claim),
             self.config.max_subscriptions,
@@ -198,19 +232,24 @@ impl Server {
         conn.out.push_owned(ws::handshake_response(ws_key));
         let has_leftover = !leftover.is_empty();
         conn.phase = Phase::Ws(Box::new(WsConn {
-            ctx: WebSocketContext::from_partially_read(leftover, Role::Server, Some(self.ws_config)),
+            // Bytes that came with the request go through the meter first,
+            // like every other frame byte.
+            ctx: WebSocketContext::new(Role::Server, Some(self.ws_config)),
             sub,
             ip,
             expires_at,
             last_seen: now,
             next_ping: now + self.config.ping_interval,
             close_deadline: None,
-            bucket: TokenBucket::new(self.config.client_msg_burst, now),
+            meter: FrameMeter::new(self.config.client_msg_rate, self.config.client_msg_burst, leftover, now),
             grants,
             subs,
         }));
         self.limits.add_client(ip);
         self.metrics.upgrade_answered(101);
+        if let Some(http_ip) = conn.http_ip.take() {
+            self.limits.remove_http(http_ip); // a WebSocket now: counted as one
+        }
         debug!(
             "{} connected as {:?} (origin {:?}); {} clients",
             conn.peer,

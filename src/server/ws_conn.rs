@@ -5,7 +5,7 @@
 use std::io::{self, Read};
 use std::time::Instant;
 
-use log::debug;
+use log::{debug, warn};
 use tungstenite::protocol::Message;
 
 use super::conn::Phase;
@@ -13,22 +13,32 @@ use super::{CLOSE_WAIT, READ_BUDGET_BYTES, READ_BUDGET_MESSAGES, Server};
 use crate::auth;
 use crate::channels::{self, Refusal};
 use crate::hub::Since;
-use crate::limits;
-use crate::ws::{self, Inbound, Reason, Subscription, WsConn};
+use crate::ws::{self, Inbound, Reason, Subscription, Wire, WsConn};
 
 impl Server {
+    /// Reads the client's frames (each one metered: see
+    /// [`crate::frame_meter`]) and acts on its messages, within the turn's
+    /// budget of frames, bytes and messages.
     pub(super) fn read_ws(&mut self, key: usize) {
         let now = Instant::now();
+        if let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) {
+            ws.meter.start_turn(now);
+        }
         for _ in 0..READ_BUDGET_MESSAGES {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            let Some((ws, mut wire)) = conn.ws_wire() else {
+            let Phase::Ws(ws) = &mut conn.phase else {
                 return;
             };
+            let ws = &mut **ws;
+            let mut wire = Wire { sock: &mut conn.stream, out: &mut conn.out, meter: Some(&mut ws.meter) };
             let result = ws.ctx.read(&mut wire);
             if !conn.out.is_empty() {
                 self.mark_dirty(key); // tungstenite may have queued a pong or close reply
+                if self.output_overflows(key, now) {
+                    return;
+                }
             }
             let conn = &mut self.conns[key];
             let peer = conn.peer;
@@ -36,14 +46,12 @@ impl Server {
                 return;
             };
             use tungstenite::Error as E;
+            if let Some(reason) = ws.meter.refused {
+                return self.fail_ws(key, reason);
+            }
             match result {
                 Ok(msg) => {
                     ws.last_seen = now;
-                    if !matches!(msg, Message::Close(_))
-                        && !limits::take_client_message(&mut ws.bucket, &self.config, now)
-                    {
-                        return self.fail_ws(key, Reason::RateLimited);
-                    }
                     match msg {
                         Message::Text(text) => self.on_client_text(key, text.as_str(), now),
                         Message::Binary(_) => return self.fail_ws(key, Reason::Binary),
@@ -52,7 +60,12 @@ impl Server {
                         _ => {}
                     }
                 }
-                Err(E::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(E::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if ws.meter.spent || ws.meter.has_pending() {
+                        self.again.push(key); // budget spent: more next turn
+                    }
+                    return;
+                }
                 Err(E::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 // The close handshake finished: send what is queued, then FIN.
                 Err(E::ConnectionClosed | E::AlreadyClosed) => return self.begin_close(key),
@@ -225,7 +238,7 @@ impl Server {
         };
         match self.verifier.verify(token) {
             Ok(claims) if claims.sub.as_deref().unwrap_or("") == ws.sub => {
-                ws.expires_at = now + auth::time_left(claims.exp);
+                ws.expires_at = auth::expires_at(now, claims.exp, self.config.jwt_leeway_secs);
                 let grants = channels::grants_from_claim(
                     claims.extra.get(&self.config.channels_claim),
                     self.config.max_subscriptions,
@@ -237,12 +250,12 @@ impl Server {
             Ok(_) => {
                 debug!("{} refresh token is for another subject", conn.peer);
                 self.metrics.auth_failed_because("wrong_subject");
-                self.close_ws(key, Reason::AuthFailed, now);
+                self.close_ws(key, Reason::AuthOtherUser, now);
             }
             Err(e) => {
                 debug!("{} refresh token refused: {}", conn.peer, e.message());
                 self.metrics.auth_failed(e);
-                self.close_ws(key, Reason::AuthFailed, now);
+                self.close_ws(key, Reason::AuthInvalid, now);
             }
         }
     }
@@ -254,7 +267,31 @@ impl Server {
         {
             let _ = ws.ctx.write(&mut wire, Message::text(text));
             self.mark_dirty(key);
+            self.output_overflows(key, Instant::now());
         }
+    }
+
+    /// Bounds a client's output in bytes whatever queued it (pongs to its
+    /// Pings, replies, our Pings — broadcasts check before queueing): past
+    /// MAX_OUTPUT_BYTES, after one more try at writing, its unsent output
+    /// is dropped and it is closed with 1013 like a slow consumer. True
+    /// when it was closed.
+    pub(super) fn output_overflows(&mut self, key: usize, now: Instant) -> bool {
+        let max = self.config.max_output_bytes;
+        let conn = &mut self.conns[key];
+        // Closing already: nothing more is queued, and the close frame
+        // at the end of the queue must stay.
+        if conn.out.bytes() <= max || conn.ws().is_none_or(|w| w.close_deadline.is_some() || !w.ctx.can_write()) {
+            return false;
+        }
+        if conn.out.write_to(&mut crate::sys::Send(&conn.stream)).is_ok() && conn.out.bytes() <= max {
+            return false;
+        }
+        let sub = conn.ws().map_or("", |w| w.sub.as_str());
+        warn!("{} ({sub:?}) not reading: {} B queued; closing with 1013", conn.peer, conn.out.bytes());
+        conn.out.drop_unstarted();
+        self.close_ws(key, Reason::SlowConsumer, now);
+        true
     }
 
     /// Discards input from a closing connection until the peer closes.
@@ -342,6 +379,9 @@ impl Server {
             if ws.ctx.can_write() {
                 let _ = ws.ctx.write(&mut wire, Message::Ping(Default::default()));
                 self.mark_dirty(key);
+                if self.output_overflows(key, now) {
+                    return;
+                }
             }
         }
         self.reschedule_ws(key);

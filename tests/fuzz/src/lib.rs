@@ -78,6 +78,9 @@ pub fn server() -> &'static Harness {
         // the paths behind.
         config.max_connections_per_ip = 0;
         config.broadcast_rate = 0;
+        // Likewise the per-address limit on failed authentications (most
+        // fuzzed tokens are forged).
+        config.auth_failures_per_min = 0;
         let (addr, _handle, thread) = Server::spawn(config).expect("bind the fuzzed server");
         // The server lives as long as the process.
         std::mem::forget(thread);
