@@ -520,3 +520,29 @@ fn random_interleavings_never_lose_or_duplicate_what_history_holds() {
         panic!("{e}");
     }
 }
+
+#[test]
+fn a_replay_larger_than_max_output_bytes_is_not_sent() {
+    let mut cfg = config();
+    cfg.max_broadcast_bytes = 1000;
+    cfg.max_output_bytes = 4000;
+    let s = start_with(cfg);
+    let t = token_with("u", &["project:1"]);
+    let mut c = ws(s.addr, &t);
+    let epoch = subscribe(&mut c, "project:1", None)["epoch"].as_str().unwrap().to_string();
+    drop(c);
+    wait_clients(s.addr, 0);
+    let pad = "x".repeat(800);
+    for _ in 0..10 {
+        publish(s.addr, json!({"channel": "project:1"}), json!(pad));
+    }
+    let mut c = ws(s.addr, &t);
+    // 10 x ~850 B would not fit 4000 B: not replayed, the app refetches.
+    let ok = subscribe(&mut c, "project:1", Some((&epoch, 0)));
+    assert_eq!((ok["recovered"].as_bool(), ok["offset"].as_u64()), (Some(false), Some(10)));
+    assert_nothing_before_sentinel(s.addr, &mut c);
+    // The last two fit: replayed.
+    let ok = subscribe(&mut c, "project:1", Some((&epoch, 8)));
+    assert_eq!(ok["recovered"], true);
+    assert_eq!(offsets(&mut c, 2), [9, 10]);
+}

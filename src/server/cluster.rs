@@ -314,6 +314,10 @@ impl Server {
                 return self.refuse_waiter(channel, w);
             }
         };
+        // As in single-process mode: a replay must fit MAX_OUTPUT_BYTES.
+        let queued = self.conns[w.key].out.bytes();
+        let size: usize = entries.iter().flatten().map(|e| e.payload.len() + e.kind.len() + channel.len() + 64).sum();
+        let entries = entries.filter(|_| queued + size <= self.config.max_output_bytes);
         let recovered = w.since.is_some() && entries.is_some();
         if w.since.is_some() {
             self.metrics.recovery(recovered);

@@ -141,6 +141,12 @@ impl Server {
             }
         }
         let replay = since.as_ref().and_then(|s| self.hub.replay(id, s, now));
+        // A replay must fit MAX_OUTPUT_BYTES with what is queued already;
+        // one that does not is not sent (recovered:false: the app refetches,
+        // which costs it one request instead of a 1013 loop).
+        let queued = self.conns[key].out.bytes();
+        let max = self.config.max_output_bytes;
+        let replay = replay.filter(|r| queued + r.iter().map(|f| f.len()).sum::<usize>() <= max);
         if since.is_some() {
             self.metrics.recovery(replay.is_some());
         }
