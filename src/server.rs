@@ -3,21 +3,28 @@
 //! Each turn (like Redis's `ae.c`):
 //! 1. wait for readiness, at most until the nearest timer;
 //! 2. accept, read and act on every ready socket — broadcasts are queued to
-//!    every client as they are parsed, in the order they were accepted;
-//! 3. run due timers (pings, silent clients, slowloris, token expiry);
+//!    their recipients as they are parsed, in the order they were accepted,
+//!    and the publisher's answer is written at once; Redis's answers and
+//!    messages (cluster mode) arrive through the waker;
+//! 3. run due timers (pings, silent clients, slowloris, token expiry) and
+//!    expire channel history;
 //! 4. "before sleep": write each connection that has output, once, with one
-//!    vectored write — so N broadcasts in a turn cost one syscall per client.
+//!    vectored write — so N broadcasts in a turn cost one syscall per client;
+//!    connections holding only broadcast frames wait up to
+//!    FLUSH_DELAY_MICROS when broadcasts come faster than that.
 //!
 //! mio is edge-triggered: a readable socket is read until WouldBlock (or a
 //! per-turn budget, so one flooding peer cannot starve the rest; it is then
 //! revisited next turn), and output that would block waits in the
-//! connection's [`OutQueue`] for the next writable event.
+//! connection's `OutQueue` for the next writable event.
 //!
 //! This file is the loop and the connection table. What happens to one
-//! connection lives next to it: [`conn`] (the table entry and its phases),
+//! connection lives next to it: `conn` (the table entry and its phases),
 //! `http_conn` (requests, the upgrade), `ws_conn` (frames, client messages,
-//! pings, the close handshake), `fanout` (broadcasts to recipients); and
-//! `drain` (signals, the staggered drain, shutdown), `scrape` (`/metrics`).
+//! subscribes, pings, the close handshake), `fanout` (broadcasts to
+//! recipients), `cluster` (cluster mode: parked publishes, history reads,
+//! gap repair); and `drain` (signals, the staggered drain, shutdown),
+//! `scrape` (`/metrics`).
 
 mod cluster;
 mod conn;
