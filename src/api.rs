@@ -120,7 +120,7 @@ fn metrics(head: &Head, ctx: &Ctx) -> Action {
     }
     if let Some(key) = &ctx.config.metrics_api_key {
         let presented = head.authorization_bearer().unwrap_or("");
-        if !bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
+        if !bool::from(presented.as_bytes().ct_eq(key.expose().as_bytes())) {
             return Action::Respond(
                 Response::error(401, "send METRICS_API_KEY as Authorization: Bearer <key>")
                     .header("WWW-Authenticate", "Bearer"),

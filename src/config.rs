@@ -286,7 +286,7 @@ pub struct Config {
     /// gradually instead of all at once (0 = all at once).
     pub drain: Duration,
     /// METRICS_API_KEY: when set, `GET /metrics` needs it as a Bearer token.
-    pub metrics_api_key: Option<String>,
+    pub metrics_api_key: Option<Secret<String>>,
 }
 
 /// DRAIN_SECS at most: a deploy should not wait more than an hour.
@@ -463,8 +463,8 @@ impl Config {
         if drain > MAX_DRAIN {
             return Err(err("DRAIN_SECS", format!("must be at most {} (an hour)", MAX_DRAIN.as_secs())));
         }
-        let metrics_api_key = optional(&get, "METRICS_API_KEY");
-        if metrics_api_key.as_ref().is_some_and(|k| k.len() < 16) {
+        let metrics_api_key = optional(&get, "METRICS_API_KEY").map(Secret);
+        if metrics_api_key.as_ref().is_some_and(|k| k.expose().len() < 16) {
             return Err(err("METRICS_API_KEY", "must be at least 16 characters (use a long random string)"));
         }
 
@@ -752,7 +752,10 @@ mod tests {
         let c = cfg(&[]).unwrap();
         assert_eq!((c.drain, c.metrics_api_key), (Duration::from_secs(10), None));
         let c = cfg(&[("DRAIN_SECS", "0"), ("METRICS_API_KEY", "metrics-key-0123456789")]).unwrap();
-        assert_eq!((c.drain, c.metrics_api_key.as_deref()), (Duration::ZERO, Some("metrics-key-0123456789")));
+        assert_eq!(
+            (c.drain, c.metrics_api_key.as_ref().map(|k| k.expose().as_str())),
+            (Duration::ZERO, Some("metrics-key-0123456789"))
+        );
         assert_eq!(cfg(&[("DRAIN_SECS", "3600")]).unwrap().drain, MAX_DRAIN);
         for (var, value) in [
             ("DRAIN_SECS", "3601"),

@@ -546,3 +546,36 @@ fn a_replay_larger_than_max_output_bytes_is_not_sent() {
     assert_eq!(ok["recovered"], true);
     assert_eq!(offsets(&mut c, 2), [9, 10]);
 }
+
+/// Reads one gauge from a real scrape.
+fn gauge(addr: std::net::SocketAddr, name: &str) -> u64 {
+    let body = get(addr, "/metrics").body;
+    let line = body.lines().find(|l| l.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("{name} in {body}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn thousands_of_subscribes_and_unsubscribes_leave_nothing_behind() {
+    let mut cfg = config();
+    cfg.client_msg_rate = 1_000_000;
+    cfg.client_msg_burst = 1_000_000;
+    let s = start_with(cfg);
+    let mut c = ws(s.addr, &token_with("u", &["project:*"]));
+    for i in 0..3000 {
+        let ch = format!("project:{i}");
+        send(&mut c, json!({"type": "subscribe", "channel": ch, "since": {"epoch": "bogus", "offset": u64::MAX}}));
+        send(&mut c, json!({"type": "unsubscribe", "channel": ch}));
+    }
+    for _ in 0..3000 {
+        let ok = next_json(&mut c);
+        assert_eq!((ok["type"].as_str(), ok["recovered"].as_bool()), (Some("subscribed"), Some(false)), "{ok}");
+        assert_eq!(next_json(&mut c)["type"], "unsubscribed");
+    }
+    // Only the connection's own user channel is left, with one subscription.
+    assert_eq!(gauge(s.addr, "taskcast_channels"), 1);
+    assert_eq!(gauge(s.addr, "taskcast_subscriptions"), 1);
+    assert_eq!(gauge(s.addr, "taskcast_history_entries"), 0);
+    drop(c);
+    wait_clients(s.addr, 0);
+    assert_eq!(gauge(s.addr, "taskcast_channels"), 0, "nothing left once the client is gone");
+}
