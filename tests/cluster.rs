@@ -168,6 +168,10 @@ fn redis_down_means_503_clients_kept_and_back_means_delivery_resumes() {
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.header("Retry-After").is_some());
     assert_eq!(r.json()["error"], "service_unavailable");
+    // Readiness says why; /health keeps its meaning (the process is up).
+    let ready = get(a.addr, "/ready");
+    assert_eq!((ready.status, ready.json()["reason"].as_str()), (503, Some("redis_down")));
+    assert_eq!(get(a.addr, "/health").status, 200);
     // Clients stay connected.
     c.send(Message::text(r#"{"type":"ping"}"#)).unwrap();
     loop {
@@ -180,6 +184,7 @@ fn redis_down_means_503_clients_kept_and_back_means_delivery_resumes() {
     redis.restart();
     wait_ready(a.addr);
     wait_ready(b.addr);
+    assert_eq!(get(a.addr, "/ready").status, 200);
     // Redis came back empty (no persistence): the stream restarted under a
     // new epoch, so B tells its client to refetch rather than hide the gap.
     let mut saw_resync = false;
@@ -284,4 +289,45 @@ fn two_processes_share_one_port_with_reuse_port() {
     for c in clients.iter_mut() {
         assert_eq!(next_json(c), json!({"type": "task_created", "payload": 1}));
     }
+}
+
+#[test]
+fn an_instance_killed_under_load_loses_nothing_its_clients_recover_elsewhere() {
+    let redis = RedisServer::start();
+    let mut a = start_binary(taskcast_cmd().envs([
+        ("JWT_SECRET", SECRET),
+        ("REDIS_URL", &redis.url()),
+        ("REDIS_PREFIX", "t7"),
+    ]));
+    wait_ready(a.addr);
+    let b = instance(&redis, "t7");
+    let t = member("victim");
+    let mut c = ws(a.addr, &t);
+    let ok = subscribe(&mut c, "project:9", None);
+    let (epoch, base) = (ok["epoch"].as_str().unwrap().to_string(), ok["offset"].as_u64().unwrap());
+    const TOTAL: u64 = 300;
+    let addr = b.addr;
+    let publisher = std::thread::spawn(move || {
+        let mut h = Http::connect(addr);
+        let t = token("publisher");
+        for i in 0..TOTAL {
+            let body = format!(r#"{{"type":"t","data":{i},"channel":"project:9"}}"#);
+            h.send(broadcast_request(&t, &body).as_bytes());
+            assert_eq!(h.response().status, 200);
+        }
+    });
+    let mut seen: Vec<u64> = (0..50).map(|_| offsets(&mut c, 1)[0].0).collect();
+    // The instance dies mid-stream: no close frame, no drain.
+    a.signal(libc::SIGKILL);
+    let _ = a.wait_exit(WAIT);
+    drop(c);
+    let mut c = ws(b.addr, &t);
+    let last = *seen.last().unwrap();
+    let ok = subscribe(&mut c, "project:9", Some((&epoch, last)));
+    assert_eq!(ok["recovered"], true, "{ok}");
+    while seen.len() < TOTAL as usize {
+        seen.push(offsets(&mut c, 1)[0].0);
+    }
+    publisher.join().unwrap();
+    assert_eq!(seen, (base + 1..=base + TOTAL).collect::<Vec<_>>(), "every message once, in order");
 }
