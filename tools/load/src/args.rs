@@ -103,6 +103,9 @@ pub struct SoakArgs {
     pub pong_wait: u64,
     pub send_queue_limit: usize,
     pub max_message_bytes: usize,
+    /// Cluster soak: this many started instances joined through one
+    /// redis-server started here (0: one instance, no Redis).
+    pub cluster: usize,
 }
 
 impl Config {
@@ -299,6 +302,11 @@ struct SoakFlags {
     /// Server setting MAX_MESSAGE_BYTES (as --ping-interval).
     #[arg(long, default_value_t = 512)]
     max_message_bytes: usize,
+    /// Cluster soak: start N instances (2-8) on their own ports, joined
+    /// through a redis-server (from PATH) started here; clients spread over
+    /// them, broadcasts posted to them in turn. Needs --spawn-server.
+    #[arg(long, value_name = "N")]
+    cluster: Option<u8>,
 }
 
 /// Parses the arguments after the program name (clap does the syntax; the
@@ -492,6 +500,7 @@ fn soak_args(f: SoakFlags) -> Result<SoakArgs, String> {
         pong_wait: f.pong_wait,
         send_queue_limit: count("send-queue-limit", f.send_queue_limit, 1_000_000)?,
         max_message_bytes: count("max-message-bytes", f.max_message_bytes, 1 << 20)?,
+        cluster: f.cluster.map_or(0, usize::from),
     };
     check_soak_combinations(&s)?;
     Ok(s)
@@ -512,6 +521,12 @@ fn check_soak_combinations(s: &SoakArgs) -> Result<(), String> {
     }
     if s.max_message_bytes == 0 {
         return Err("--max-message-bytes must be at least 1".into());
+    }
+    if s.cluster != 0 && !(2..=8).contains(&s.cluster) {
+        return Err("--cluster must be between 2 and 8".into());
+    }
+    if s.cluster != 0 && (s.spawn_server.is_none() || s.port != 0) {
+        return Err("--cluster needs --spawn-server (the instances are started here) and no --port".into());
     }
     if s.api_key.as_ref().is_some_and(|k| k.len() < 16) {
         return Err("--api-key must be at least 16 characters (the server refuses shorter keys)".into());
@@ -640,6 +655,8 @@ mod tests {
         assert_eq!((s.slow, s.silent, s.oversized, s.invalid), (3, 3, 2, 4));
         assert_eq!((s.ping_interval, s.pong_wait, s.send_queue_limit, s.max_message_bytes), (2, 5, 64, 512));
         assert_eq!((s.warmup_pct, s.rss_tol_pct, s.rss_tol_kib, s.port), (20.0, 10.0, 2048, 0));
+        assert_eq!(s.cluster, 0);
+        assert_eq!(p("soak --spawn-server x --cluster 2").unwrap().soak.unwrap().cluster, 2);
 
         let c = p(
             "soak --spawn-server x --duration 30 --base-conns 10 --churn-rate 5 --rate 20 --slow 0 --invalid 8 --json",
@@ -672,6 +689,12 @@ mod tests {
         assert!(p("soak --spawn-server x --api-key short").is_err());
         assert!(p("soak --spawn-server x --duration 0").is_err());
         assert!(p("soak --spawn-server x --rate 0").is_err());
+        assert!(p("soak --spawn-server x --cluster 1").unwrap_err().contains("between 2 and 8"));
+        assert!(p("soak --spawn-server x --cluster 9").unwrap_err().contains("between 2 and 8"));
+        assert!(p("soak --spawn-server x --cluster 2 --port 9000").unwrap_err().contains("no --port"));
+        assert!(
+            p("soak --url http://h:1 --server-pid 3 --secret s --cluster 2").unwrap_err().contains("--spawn-server")
+        );
     }
 
     #[test]

@@ -306,6 +306,9 @@ pub struct Engine {
     pub finished: Vec<Life>,
     /// Soak clients alive (connecting or open) per role (`Role::index`).
     pub live: [usize; ROLES.len()],
+    /// Cluster soak: the instances' addresses; a soak client connects to
+    /// `targets[life.instance]` (empty: every client to `addr`).
+    pub targets: Vec<SocketAddr>,
 }
 
 /// Non-blocking connect from `src` (port chosen at connect time thanks to
@@ -434,6 +437,7 @@ impl Engine {
             leave_deadlines: VecDeque::new(),
             finished: Vec::new(),
             live: [0; ROLES.len()],
+            targets: Vec::new(),
         })
     }
 
@@ -469,9 +473,11 @@ impl Engine {
         self.stats.started += 1;
         let now = Instant::now();
         let src = if self.sources.is_empty() { None } else { Some(self.sources[id % self.sources.len()]) };
-        let slow = self.clients[id].life.as_ref().is_some_and(|l| l.role == Role::Slow);
+        let life = self.clients[id].life.as_ref();
+        let slow = life.is_some_and(|l| l.role == Role::Slow);
         let opts = if slow { SLOW_READER_SOCKET } else { SockOpts::default() };
-        let mut stream = match connect_from(src, self.addr, opts) {
+        let addr = life.and_then(|l| self.targets.get(l.instance)).copied().unwrap_or(self.addr);
+        let mut stream = match connect_from(src, addr, opts) {
             Ok(s) => s,
             Err(e) => {
                 let cause = classify(&e);

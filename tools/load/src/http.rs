@@ -129,7 +129,7 @@ pub fn broadcast_data(seq: u64, payload: usize) -> String {
     s
 }
 
-fn append_request(out: &mut Vec<u8>, head: &str, seq: u64, payload: usize) {
+pub(crate) fn append_request(out: &mut Vec<u8>, head: &str, seq: u64, payload: usize) {
     let data = broadcast_data(seq, payload);
     let body_len = r#"{"type":"task_updated","data":}"#.len() + data.len();
     out.extend_from_slice(head.as_bytes());
@@ -235,7 +235,7 @@ pub struct SenderResult {
     pub reconnects: u64,
 }
 
-const MAX_RECONNECTS: u64 = 5;
+pub(crate) const MAX_RECONNECTS: u64 = 5;
 
 fn connect_sender(plan: &SenderPlan) -> Result<TcpStream, String> {
     let s = TcpStream::connect_timeout(&plan.addr, Duration::from_secs(5)).map_err(|e| {
@@ -503,7 +503,7 @@ impl Sender {
 
 /// Counts one answer: accepted (with its `recipients`) or rejected (with
 /// the first body per status; a 401 ends the run).
-fn record_outcome(sh: &SendShared, res: &mut SenderResult, seq: usize, status: u16, body: &[u8]) {
+pub(crate) fn record_outcome(sh: &SendShared, res: &mut SenderResult, seq: usize, status: u16, body: &[u8]) {
     *res.statuses.entry(status).or_default() += 1;
     if status == 200 {
         sh.status[seq].store(ST_ACCEPTED, Ordering::Relaxed);

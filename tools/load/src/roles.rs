@@ -265,6 +265,9 @@ pub struct Life {
     /// The stall ended at its time bound, not because the queue must have
     /// filled.
     pub stall_timed_out: bool,
+    /// Cluster soak: which instance it connects to (an index into
+    /// `Engine::targets`; 0 with one server).
+    pub instance: usize,
 }
 
 impl Life {
@@ -285,6 +288,7 @@ impl Life {
             stall: None,
             resumed: None,
             stall_timed_out: false,
+            instance: 0,
         }
     }
 

@@ -15,16 +15,22 @@
 //! 6. settle: fds back to baseline, `/health` back to 0;
 //! 7. SIGTERM to a server started here; its log is judged.
 //!
+//! `--cluster N`: the same run against N instances on their own ports,
+//! joined through a redis-server started here (`redis.rs`). Every client
+//! goes to one instance (healthy ones in turn, misbehaving slots fixed),
+//! broadcasts are posted to the instances in turn, one at a time
+//! (`round_robin.rs`), and every per-server check is made per instance
+//! (`instance.rs`), plus one on each instance's deliveries and one on
+//! Redis staying up.
+//!
 //! The verdicts are in `verdict.rs`; the clients' behaviour in `roles.rs`
 //! and the engine.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-use serde_json::Value;
 
 use crate::args::{Auth, Config, SoakArgs};
 use crate::engine::{ClientAuth, Engine, EngineOptions, SoakTrack};
@@ -35,8 +41,14 @@ use crate::stats::Hist;
 use crate::sysinfo;
 use crate::verdict;
 
+mod instance;
+mod redis;
 mod report;
+mod round_robin;
+use instance::{Instance, Settle, health_clients};
+use redis::RedisProc;
 use report::{ReportInputs, SoakReport};
+use round_robin::RoundRobinPlan;
 
 /// Engine slice between two scheduling steps (churn at 100/s: ~2 per slice).
 const SLICE: Duration = Duration::from_millis(20);
@@ -77,6 +89,8 @@ impl Phase {
 /// A healthy client's record kept for scoring at the end (when every POST
 /// has been answered and the rejected ones are known).
 struct HealthyRec {
+    /// The instance it was connected to (0 with one server).
+    instance: usize,
     opened: Instant,
     /// When it started leaving (or, if it was lost, when that was seen).
     until: Instant,
@@ -135,7 +149,13 @@ impl Book {
         match role {
             Role::Healthy => {
                 let until = life.left.or(life.ended).unwrap_or(opened);
-                self.healthy.push(HealthyRec { opened, until, seqs: life.seqs.clone(), lost: !ok });
+                self.healthy.push(HealthyRec {
+                    instance: life.instance,
+                    opened,
+                    until,
+                    seqs: life.seqs.clone(),
+                    lost: !ok,
+                });
             }
             Role::Silent if ok => {
                 widen(&mut self.silent_secs, secs);
@@ -175,50 +195,6 @@ impl Book {
     }
 }
 
-/// Polls /health from its own thread: a slow answer (a starved server) must
-/// not stall the clients' loop, which would delay their reads and show up
-/// as delivery latency. The latest answer is read from an atomic.
-struct HealthPoller {
-    /// connectedClients, or u64::MAX before the first answer / after a failure.
-    latest: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl HealthPoller {
-    fn start(addr: SocketAddr, host_header: String, every: Duration) -> HealthPoller {
-        let latest = Arc::new(AtomicU64::new(u64::MAX));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (l, s) = (latest.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
-            .name("health".into())
-            .spawn(move || {
-                while !s.load(Ordering::Relaxed) {
-                    l.store(health_clients(addr, &host_header).unwrap_or(u64::MAX), Ordering::Relaxed);
-                    // sleep in steps so that stop is prompt
-                    let until = Instant::now() + every;
-                    while !s.load(Ordering::Relaxed) && Instant::now() < until {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                }
-            })
-            .ok();
-        HealthPoller { latest, stop, thread }
-    }
-
-    fn latest(&self) -> Option<u64> {
-        Some(self.latest.load(Ordering::Relaxed)).filter(|&n| n != u64::MAX)
-    }
-
-    /// Stops and joins (bounded: one /health request times out within 8 s).
-    fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// A misbehaving-client slot: one client at a time, replaced when it ends.
 struct Slot {
     role: Role,
@@ -228,40 +204,35 @@ struct Slot {
     spawns: u64,
 }
 
-/// RSS/fd samples, seconds since the main phase began.
-#[derive(Default)]
-struct Samples {
-    rss: Vec<(f64, u64)>,
-    fds_peak: usize,
-    last_fds: Option<usize>,
-    last_health: Option<u64>,
-}
-
 struct Run<'a> {
     cfg: &'a Config,
     sa: &'a SoakArgs,
     engine: Engine,
-    server: ServerProc,
+    /// The server, or a cluster soak's instances (`--cluster`).
+    inst: Vec<Instance>,
+    /// A cluster soak's Redis.
+    redis: Option<RedisProc>,
+    /// Redis ended during the run (or stopped answering), and how.
+    redis_died: Option<String>,
+    /// Redis's RSS: last and highest sample.
+    redis_rss: Option<(u64, u64)>,
     shared: Arc<SendShared>,
-    addr: SocketAddr,
-    host_header: String,
     book: Book,
     slots: Vec<Slot>,
-    samples: Samples,
     t0: Instant,
     main_start: Instant,
     phase: Phase,
     abort: Option<String>,
-    /// The server exited during the run (not stopped by us).
-    server_died: bool,
     base_added: usize,
     churn_started: u64,
+    /// Healthy clients spread so far (the next one goes to instance
+    /// `spread mod N`).
+    spread: usize,
     peak_clients: usize,
     next_sample: Instant,
     next_progress: Instant,
     next_slow_watch: Instant,
     rng: crate::ws::XorShift,
-    health: HealthPoller,
     /// When the last engine slice began, and the longest time between two
     /// (normally SLICE plus bookkeeping; more means this process stalled).
     last_step: Option<Instant>,
@@ -273,39 +244,37 @@ pub fn run(cfg: &Config) -> Result<i32, String> {
     sysinfo::raise_nofile_limit();
     let t0 = Instant::now();
     let creds = credentials(cfg, sa)?;
-    let (mut server, addr, url) = start_or_attach(cfg, sa, &creds)?;
-    let host_header = addr.to_string();
-    wait_health(addr, &host_header, &mut server, Duration::from_secs(10))?;
-    let fd_baseline = baseline_fds(&server).ok_or("cannot read the server's /proc/PID/fd")?;
-    let rss_start = server.rss_kib();
+    let redis = if sa.cluster > 1 { Some(RedisProc::start(&workdir()?)?) } else { None };
+    let (servers, url) = start_or_attach(cfg, sa, &creds, redis.as_ref())?;
+    let mut inst = Vec::new();
+    for (server, addr) in servers {
+        inst.push(Instance::ready(server, addr, PROGRESS_EVERY)?);
+    }
 
     let horizon = sa.duration + wind_down_bound(sa).as_secs_f64() + 30.0;
     let shared = Arc::new(SendShared::new((cfg.rate * horizon).ceil() as usize + 1000));
     let Credentials { secret, client_auth, api_key } = creds;
-    let engine = soak_engine(cfg, sa, addr, &host_header, client_auth, &shared)?;
+    let engine = soak_engine(cfg, sa, &inst, client_auth, &shared)?;
     let seed = t0.elapsed().as_nanos() as u64 ^ std::process::id() as u64;
-    let mut r = Run::new(cfg, engine, server, shared, addr, t0, seed);
-    r.samples.last_fds = Some(fd_baseline);
-    let cost_start = CostMark::now(r.server.pid);
+    let mut r = Run::new(cfg, engine, inst, redis, shared, t0, seed);
+    let cost_start = CostMark::now(&r.pids());
 
     let sender_result = r.drive(&url, api_key, secret.as_deref())?;
     let main_end_secs = r.secs();
     r.leave_all();
-    r.health.stop();
-    let settle = r.settle(fd_baseline);
-    let cost = cost_start.since(r.server.pid);
-    let exit = r.server.stop(Duration::from_secs(15));
-    let log = r.server.log_book();
+    for i in 0..r.inst.len() {
+        r.inst[i].health.stop();
+    }
+    for i in 0..r.inst.len() {
+        r.inst[i].settle = r.settle(i);
+    }
+    let cost = cost_start.since(&r.pids());
+    r.stop_all();
 
     let mut rep = SoakReport::default();
     r.report(
         &mut rep,
         ReportInputs {
-            fd_baseline,
-            rss_start,
-            settle,
-            exit,
-            log,
             sender: sender_result,
             main_end_secs,
             cpu: cost.server_cpu_ms,
@@ -317,6 +286,13 @@ pub fn run(cfg: &Config) -> Result<i32, String> {
     let ok = rep.ok();
     rep.print(cfg.json);
     Ok(if ok { 0 } else { 1 })
+}
+
+/// Where started processes keep their logs (one directory per run).
+fn workdir() -> Result<std::path::PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("taskcast-soak-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
 }
 
 /// The JWT secret (for minting and for a started server), what the clients
@@ -348,13 +324,15 @@ fn credentials(cfg: &Config, sa: &SoakArgs) -> Result<Credentials, String> {
     Ok(Credentials { secret, client_auth, api_key })
 }
 
-/// Starts the server (`--spawn-server`) or attaches to `--url` +
-/// `--server-pid`. Returns it, its address and its base URL.
+/// Starts the server (`--spawn-server`; `--cluster N`: N of them, joined
+/// through `redis`) or attaches to `--url` + `--server-pid`. Returns them
+/// with their addresses, and the base URL of the first.
 fn start_or_attach(
     cfg: &Config,
     sa: &SoakArgs,
     creds: &Credentials,
-) -> Result<(ServerProc, SocketAddr, String), String> {
+    redis: Option<&RedisProc>,
+) -> Result<(Vec<(ServerProc, SocketAddr)>, String), String> {
     let Some(path) = &sa.spawn_server else {
         let pid = cfg.server_pid.ok_or("--server-pid is needed with --url")?;
         let host = cfg.host.trim_start_matches('[').trim_end_matches(']');
@@ -363,36 +341,55 @@ fn start_or_attach(
             .map_err(|e| format!("cannot resolve {}: {e}", cfg.host))?
             .find(SocketAddr::is_ipv4)
             .ok_or_else(|| format!("{} has no IPv4 address", cfg.host))?;
-        return Ok((ServerProc::attach(pid)?, addr, cfg.url.clone()));
+        return Ok((vec![(ServerProc::attach(pid)?, addr)], cfg.url.clone()));
     };
-    let workdir = std::env::temp_dir().join(format!("taskcast-soak-{}", std::process::id()));
-    std::fs::create_dir_all(&workdir).map_err(|e| format!("cannot create {}: {e}", workdir.display()))?;
-    let env = server_env(sa, creds.secret.as_deref().unwrap_or_default(), creds.api_key.as_deref());
-    let mut server = ServerProc::spawn(path, &env, &workdir)?;
-    let listening = server.wait_listening(Duration::from_secs(10))?;
-    let addr: SocketAddr =
-        listening.parse().map_err(|_| format!("cannot read the server's address from `{listening}`"))?;
-    eprintln!(
-        "taskcast-load: started {path} (pid {}) on {addr}; its log: {}",
-        server.pid,
-        server.log_path.as_ref().map_or(String::new(), |p| p.display().to_string())
-    );
-    Ok((server, addr, format!("http://{addr}")))
+    let n = sa.cluster.max(1);
+    let mut env = server_env(sa, creds.secret.as_deref().unwrap_or_default(), creds.api_key.as_deref());
+    if let Some(r) = redis {
+        env.push(("REDIS_URL".into(), r.url()));
+        // its own key space, should the Redis be shared after all
+        env.push(("REDIS_PREFIX".into(), format!("taskcast-soak-{}", std::process::id())));
+    }
+    let mut servers = Vec::new();
+    for i in 0..n {
+        let dir = if n == 1 { workdir()? } else { workdir()?.join(instance::letter(i).to_lowercase()) };
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let mut server = ServerProc::spawn(path, &env, &dir)?;
+        let listening = server.wait_listening(Duration::from_secs(10))?;
+        let addr: SocketAddr =
+            listening.parse().map_err(|_| format!("cannot read the server's address from `{listening}`"))?;
+        eprintln!(
+            "taskcast-load: started {path}{} (pid {}) on {addr}; its log: {}",
+            if n == 1 { String::new() } else { format!(" as {}", instance::label(i, n)) },
+            server.pid,
+            server.log_path.as_ref().map_or(String::new(), |p| p.display().to_string())
+        );
+        servers.push((server, addr));
+    }
+    if let Some(r) = redis {
+        eprintln!(
+            "taskcast-load: redis-server (pid {}) on 127.0.0.1:{}; its log: {}",
+            r.pid,
+            r.port,
+            r.log_path.display()
+        );
+    }
+    let url = format!("http://{}", servers[0].1);
+    Ok((servers, url))
 }
 
 /// The client loop, with soak bookkeeping and no clients yet.
 fn soak_engine(
     cfg: &Config,
     sa: &SoakArgs,
-    addr: SocketAddr,
-    host_header: &str,
+    inst: &[Instance],
     auth: ClientAuth,
     shared: &Arc<SendShared>,
 ) -> Result<Engine, String> {
     let mut engine = Engine::new(EngineOptions {
         conns: 0,
-        addr,
-        host_header: host_header.to_string(),
+        addr: inst[0].addr,
+        host_header: inst[0].host_header.clone(),
         auth,
         query_token: cfg.query_token,
         concurrency: cfg.concurrency,
@@ -408,6 +405,9 @@ fn soak_engine(
         max_message_bytes: sa.max_message_bytes,
         leave_timeout: LEAVE_TIMEOUT,
     });
+    if inst.len() > 1 {
+        engine.targets = inst.iter().map(|i| i.addr).collect();
+    }
     Ok(engine)
 }
 
@@ -425,11 +425,12 @@ fn misbehaver_slots(sa: &SoakArgs, now: Instant) -> Vec<Slot> {
     slots
 }
 
-/// CPU time and CPU wait of the server and of this process, at one moment.
+/// CPU time and CPU wait of the server (all instances together) and of
+/// this process, at one moment.
 struct CostMark {
     server_ticks: Option<u64>,
     own_ms: f64,
-    /// `sysinfo::sched_ns` of the server and of this process.
+    /// `sysinfo::sched_ns` of the server(s) and of this process.
     server_sched: Option<(u64, u64)>,
     own_sched: Option<(u64, u64)>,
 }
@@ -443,17 +444,18 @@ struct Cost {
 }
 
 impl CostMark {
-    fn now(pid: u32) -> CostMark {
+    fn now(pids: &[u32]) -> CostMark {
+        let sched: Option<Vec<(u64, u64)>> = pids.iter().map(|&p| sysinfo::sched_ns(Some(p))).collect();
         CostMark {
-            server_ticks: sysinfo::cpu_ticks(pid),
+            server_ticks: pids.iter().map(|&p| sysinfo::cpu_ticks(p)).sum(),
             own_ms: sysinfo::own_cpu_ms(),
-            server_sched: sysinfo::sched_ns(Some(pid)),
+            server_sched: sched.map(|v| v.iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))),
             own_sched: sysinfo::sched_ns(None),
         }
     }
 
-    fn since(&self, pid: u32) -> Cost {
-        let end = CostMark::now(pid);
+    fn since(&self, pids: &[u32]) -> Cost {
+        let end = CostMark::now(pids);
         let waited = |a: Option<(u64, u64)>, b: Option<(u64, u64)>| Some(b?.1.saturating_sub(a?.1) as f64 / 1e9);
         let hz = sysinfo::clock_ticks_per_sec() as f64;
         Cost {
@@ -472,9 +474,9 @@ impl<'a> Run<'a> {
     fn new(
         cfg: &'a Config,
         engine: Engine,
-        server: ServerProc,
+        inst: Vec<Instance>,
+        redis: Option<RedisProc>,
         shared: Arc<SendShared>,
-        addr: SocketAddr,
         t0: Instant,
         seed: u64,
     ) -> Run<'a> {
@@ -484,28 +486,56 @@ impl<'a> Run<'a> {
             cfg,
             sa,
             engine,
-            server,
+            inst,
+            redis,
+            redis_died: None,
+            redis_rss: None,
             shared,
-            addr,
-            host_header: addr.to_string(),
             book: Book::default(),
             slots: misbehaver_slots(sa, now),
-            samples: Samples::default(),
             t0,
             main_start: now,
             phase: Phase::Connect,
             abort: None,
-            server_died: false,
             base_added: 0,
             churn_started: 0,
+            spread: 0,
             peak_clients: 0,
             next_sample: now,
             next_progress: now + PROGRESS_EVERY,
             next_slow_watch: now,
             rng: crate::ws::XorShift::new(seed ^ 0xA5A5),
-            health: HealthPoller::start(addr, addr.to_string(), PROGRESS_EVERY),
             last_step: None,
             longest_turn: Duration::ZERO,
+        }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.inst.iter().map(|i| i.server.pid).collect()
+    }
+
+    /// A new healthy client, on the next instance in turn.
+    fn healthy_life(&mut self) -> Life {
+        let mut life = Life::new(Role::Healthy);
+        life.instance = self.spread % self.inst.len();
+        self.spread += 1;
+        life
+    }
+
+    /// SIGTERM to every started instance (each judged by its exit status
+    /// and its log), then Redis is checked and stopped.
+    fn stop_all(&mut self) {
+        for i in &mut self.inst {
+            i.exit = i.server.stop(Duration::from_secs(15));
+            i.log = i.server.log_book();
+        }
+        if let Some(r) = self.redis.as_mut() {
+            if let Some(e) = r.check_exit() {
+                self.redis_died.get_or_insert(e);
+            } else if !redis::ping(r.port) {
+                self.redis_died.get_or_insert("no answer to PING after the instances exited".into());
+            }
+            r.stop();
         }
     }
 
@@ -584,45 +614,6 @@ fn wind_down_bound(sa: &SoakArgs) -> Duration {
     Duration::from_secs_f64(secs + 5.0)
 }
 
-fn health_clients(addr: SocketAddr, host_header: &str) -> Option<u64> {
-    let (st, body) = http::get_health(addr, host_header).ok()?;
-    if st != 200 {
-        return None;
-    }
-    serde_json::from_str::<Value>(&body).ok()?.get("connectedClients")?.as_u64()
-}
-
-fn wait_health(addr: SocketAddr, host_header: &str, server: &mut ServerProc, bound: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + bound;
-    loop {
-        match http::get_health(addr, host_header) {
-            Ok((200, _)) => return Ok(()),
-            Ok((st, body)) if Instant::now() >= deadline => {
-                return Err(format!("GET /health answered {st}: {body}"));
-            }
-            Err(e) if Instant::now() >= deadline => return Err(format!("GET /health on {addr} failed: {e}")),
-            _ => {}
-        }
-        if let Some(e) = server.check_exit() {
-            return Err(format!("the server exited ({e}); its log:\n{}", server.log_tail()));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The server's fds at rest: the least of a few samples (our /health
-/// connection may still be closing when the first is taken).
-fn baseline_fds(server: &ServerProc) -> Option<usize> {
-    let mut best = None;
-    for _ in 0..5 {
-        std::thread::sleep(Duration::from_millis(100));
-        if let Some(n) = server.fds() {
-            best = Some(best.map_or(n, |b: usize| b.min(n)));
-        }
-    }
-    best
-}
-
 impl Run<'_> {
     fn secs(&self) -> f64 {
         self.main_start.elapsed().as_secs_f64()
@@ -652,7 +643,9 @@ impl Run<'_> {
         }
         if now >= self.next_progress {
             self.next_progress = now + PROGRESS_EVERY;
-            self.samples.last_health = self.health.latest();
+            for i in &mut self.inst {
+                i.samples.last_health = i.health.latest();
+            }
             self.progress();
         }
     }
@@ -670,23 +663,43 @@ impl Run<'_> {
         self.peak_clients = self.peak_clients.max(self.engine.live_total());
     }
 
-    /// RSS and fds every second; the server must be alive.
+    /// RSS and fds every second; every instance (and Redis) must be alive.
     fn sample(&mut self) {
-        if let Some(e) = self.server.check_exit() {
-            self.server_died = true;
-            if self.abort.is_none() {
-                self.abort =
-                    Some(format!("the server died {:.1} s into the run ({e})", self.t0.elapsed().as_secs_f64()));
-                eprintln!("taskcast-load: the server died ({e}); its last log lines:\n{}", self.server.log_tail());
+        let secs = self.secs();
+        let n = self.inst.len();
+        for (i, inst) in self.inst.iter_mut().enumerate() {
+            if inst.died {
+                continue;
             }
-            return;
+            if let Some(e) = inst.server.check_exit() {
+                inst.died = true;
+                let who = instance::label(i, n);
+                self.abort.get_or_insert(format!(
+                    "the {who} died {:.1} s into the run ({e})",
+                    self.t0.elapsed().as_secs_f64()
+                ));
+                eprintln!("taskcast-load: the {who} died ({e}); its last log lines:\n{}", inst.server.log_tail());
+                continue;
+            }
+            if let Some(k) = inst.server.rss_kib() {
+                inst.samples.rss.push((secs, k));
+            }
+            if let Some(f) = inst.server.fds() {
+                inst.samples.fds_peak = inst.samples.fds_peak.max(f);
+                inst.samples.last_fds = Some(f);
+            }
         }
-        if let Some(k) = self.server.rss_kib() {
-            self.samples.rss.push((self.secs(), k));
+        if let Some(k) = self.redis.as_ref().and_then(|r| r.rss_kib()) {
+            self.redis_rss = Some((k, self.redis_rss.map_or(k, |(_, p)| p.max(k))));
         }
-        if let Some(n) = self.server.fds() {
-            self.samples.fds_peak = self.samples.fds_peak.max(n);
-            self.samples.last_fds = Some(n);
+        if let Some(e) = self.redis.as_mut().and_then(|r| r.check_exit()) {
+            if self.redis_died.is_none() {
+                self.abort.get_or_insert(format!(
+                    "redis-server died {:.1} s into the run ({e})",
+                    self.t0.elapsed().as_secs_f64()
+                ));
+            }
+            self.redis_died.get_or_insert(e);
         }
         if let Some(f) = self.shared.fatal() {
             self.abort.get_or_insert(format!("the broadcast sender failed: {f}"));
@@ -712,10 +725,15 @@ impl Run<'_> {
             self.shared.sent.load(Ordering::Relaxed),
             self.shared.accepted.load(Ordering::Relaxed),
             d,
-            self.samples.rss.last().map_or("?".into(), |s| mib(s.1)),
-            self.samples.last_fds.map_or("?".into(), |n| n.to_string()),
-            self.samples.last_health.map_or("?".into(), |n| n.to_string()),
+            self.per_instance(|i| i.samples.rss.last().map_or("?".into(), |s| mib(s.1))),
+            self.per_instance(|i| i.samples.last_fds.map_or("?".into(), |n| n.to_string())),
+            self.per_instance(|i| i.samples.last_health.map_or("?".into(), |n| n.to_string())),
         );
+    }
+
+    /// One value per instance, joined by `/` (just the value with one).
+    fn per_instance(&self, f: impl Fn(&Instance) -> String) -> String {
+        self.inst.iter().map(f).collect::<Vec<_>>().join("/")
     }
 
     fn connect_base(&mut self) {
@@ -723,7 +741,8 @@ impl Run<'_> {
         let n = self.sa.base_conns;
         while self.abort.is_none() {
             while self.base_added < n && self.engine.stats.in_flight < self.cfg.concurrency {
-                self.engine.add_client(Life::new(Role::Healthy));
+                let life = self.healthy_life();
+                self.engine.add_client(life);
                 self.base_added += 1;
             }
             if self.base_added == n && self.engine.stats.in_flight == 0 {
@@ -756,20 +775,35 @@ impl Run<'_> {
             (None, None, Auth::Token(t)) => t.clone(),
             (None, None, _) => return Err("no credential for /api/broadcast".into()),
         };
+        let deadline = Instant::now() + Duration::from_secs_f64(self.sa.duration) + wind_down_bound(self.sa) * 2;
+        let sh = self.shared.clone();
+        if self.inst.len() > 1 {
+            let plan = RoundRobinPlan {
+                targets: self.inst.iter().map(|i| i.addr).collect(),
+                token,
+                rate: self.cfg.rate,
+                payload: self.cfg.payload,
+                total_msgs: self.shared.send_ns.len(),
+                deadline,
+            };
+            return std::thread::Builder::new()
+                .name("sender".into())
+                .spawn(move || round_robin::run(plan, sh))
+                .map_err(|e| format!("cannot start the sender thread: {e}"));
+        }
         let plan = SenderPlan {
             id: 0,
             senders: 1,
             total_msgs: self.shared.send_ns.len(),
             rate: Some(self.cfg.rate),
             pipeline: self.cfg.pipeline,
-            addr: self.addr,
+            addr: self.inst[0].addr,
             url: url.to_string(),
-            host_header: self.host_header.clone(),
+            host_header: self.inst[0].host_header.clone(),
             token,
             payload: self.cfg.payload,
-            deadline: Instant::now() + Duration::from_secs_f64(self.sa.duration) + wind_down_bound(self.sa) * 2,
+            deadline,
         };
-        let sh = self.shared.clone();
         std::thread::Builder::new()
             .name("sender".into())
             .spawn(move || http::run_sender(plan, sh))
@@ -786,7 +820,7 @@ impl Run<'_> {
             let due = (self.sa.churn_rate * self.secs()) as u64;
             let mut budget = self.sa.churn_rate.ceil() as u64;
             while self.churn_started < due && budget > 0 {
-                let mut life = Life::new(Role::Healthy);
+                let mut life = self.healthy_life();
                 let u = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
                 life.lifetime = Some(Duration::from_secs_f64(lo + (hi - lo) * u));
                 self.engine.add_client(life);
@@ -812,6 +846,7 @@ impl Run<'_> {
             };
             let mut life = Life::new(role);
             life.slot = Some(i);
+            life.instance = i % self.inst.len();
             life.big = s.spawns % 2 == 1;
             s.busy = true;
             s.spawns += 1;
@@ -867,36 +902,38 @@ impl Run<'_> {
     /// After everyone left: fds back to the baseline and /health at 0,
     /// within `--settle`. Returns (fds at the end, seconds it took or None,
     /// connectedClients at the end, seconds or None).
-    fn settle(&mut self, fd_baseline: usize) -> Settle {
+    fn settle(&mut self, i: usize) -> Settle {
         self.phase = Phase::Settle;
         let start = Instant::now();
         let deadline = start + Duration::from_secs_f64(self.sa.settle);
+        let main_start = self.main_start;
+        let inst = &mut self.inst[i];
         let mut s = Settle::default();
         loop {
-            let fds = self.server.fds();
-            if s.fds_at.is_none() && fds.is_some_and(|n| n <= fd_baseline) {
+            let fds = inst.server.fds();
+            if s.fds_at.is_none() && fds.is_some_and(|n| n <= inst.fd_baseline) {
                 s.fds_at = Some(start.elapsed().as_secs_f64());
             }
             s.fds = fds;
-            let h = health_clients(self.addr, &self.host_header);
+            let h = health_clients(inst.addr, &inst.host_header);
             if s.health_at.is_none() && h == Some(0) {
                 s.health_at = Some(start.elapsed().as_secs_f64());
             }
             s.health = h;
-            if let Some(k) = self.server.rss_kib() {
-                self.samples.rss.push((self.secs(), k));
+            if let Some(k) = inst.server.rss_kib() {
+                inst.samples.rss.push((main_start.elapsed().as_secs_f64(), k));
             }
             if (s.fds_at.is_some() && s.health_at.is_some()) || Instant::now() >= deadline {
                 break;
             }
-            if self.server.check_exit().is_some() {
+            if inst.server.check_exit().is_some() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(250));
         }
         // The /health request itself holds an fd for a moment: count again.
         std::thread::sleep(Duration::from_millis(100));
-        if let Some(n) = self.server.fds() {
+        if let Some(n) = inst.server.fds() {
             s.fds = Some(s.fds.map_or(n, |m| m.min(n)));
         }
         s
@@ -909,11 +946,13 @@ impl Run<'_> {
     /// then must have closed it with 1013 moments ago, well inside the
     /// 5 s it gives a client to answer a close frame.
     fn watch_slow_readers(&mut self, now: Instant) {
-        let server = match self.addr {
+        let v4 = |a: SocketAddr| match a {
             SocketAddr::V4(a) => a,
             SocketAddr::V6(_) => SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
         };
-        let stalled: Vec<(usize, u32, Option<SocketAddrV4>)> = self
+        let inst = &self.inst;
+        // (client, epoch, its address, the address of the instance it is on)
+        let stalled: Vec<(usize, u32, Option<SocketAddrV4>, SocketAddrV4)> = self
             .engine
             .lives()
             .filter(|l| l.3.stall.is_some())
@@ -922,14 +961,14 @@ impl Run<'_> {
                     Some(SocketAddr::V4(a)) => Some(a),
                     _ => None,
                 };
-                (l.0, l.1, local)
+                (l.0, l.1, local, v4(inst[l.3.instance.min(inst.len() - 1)].addr))
             })
             .collect();
         if stalled.is_empty() {
             return;
         }
         let mut wanted = HashSet::new();
-        for &(_, _, local) in &stalled {
+        for &(_, _, local, server) in &stalled {
             if let Some(l) = local {
                 wanted.insert((server, l));
                 wanted.insert((l, server));
@@ -938,7 +977,7 @@ impl Run<'_> {
         let queues = sysinfo::tcp_queues(&wanted).unwrap_or_default();
         let accepted = self.shared.accepted.load(Ordering::Relaxed);
         let need = (self.sa.send_queue_limit + self.cfg.pipeline + 8) as u64;
-        for (id, epoch, local) in stalled {
+        for (id, epoch, local, server) in stalled {
             let written = local.and_then(|l| Some(queues.get(&(server, l))?.0 + queues.get(&(l, server))?.1));
             let Some(life) = self.engine.life_mut(id, epoch) else { continue };
             let Some(stall) = life.stall.as_mut() else { continue };
@@ -988,15 +1027,6 @@ impl Run<'_> {
             self.engine.begin_leave(id, epoch);
         }
     }
-}
-
-/// How the end state was reached.
-#[derive(Default)]
-struct Settle {
-    fds: Option<usize>,
-    fds_at: Option<f64>,
-    health: Option<u64>,
-    health_at: Option<f64>,
 }
 
 fn mib(kib: u64) -> String {

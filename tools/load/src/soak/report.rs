@@ -2,11 +2,12 @@
 //! JSON). The verdicts themselves are computed in `verdict.rs`.
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
-use super::{Run, Settle, mib, warmup_secs};
+use super::instance::{self, Instance};
+use super::{Run, mib, warmup_secs};
 use crate::http::{self, ST_ACCEPTED};
 use crate::roles::{ROLES, Role};
 use crate::stats::round3;
@@ -15,11 +16,6 @@ use crate::verdict::{self, Check};
 
 /// What the run measured besides the clients' records.
 pub(super) struct ReportInputs {
-    pub(super) fd_baseline: usize,
-    pub(super) rss_start: Option<u64>,
-    pub(super) settle: Settle,
-    pub(super) exit: Option<String>,
-    pub(super) log: Option<verdict::LogBook>,
     pub(super) sender: Option<http::SenderResult>,
     pub(super) main_end_secs: f64,
     pub(super) cpu: Option<f64>,
@@ -113,31 +109,69 @@ impl Run<'_> {
         self.report_connections(rep);
         self.report_broadcasts(rep, &inp);
         self.report_deliveries(rep);
-        self.report_rss(rep, &inp);
-        self.report_settle(rep, &inp);
-        self.report_log(rep, &inp);
+        if self.inst.len() > 1 {
+            self.report_per_instance(rep);
+        }
+        for i in 0..self.inst.len() {
+            self.report_rss(rep, i);
+        }
+        for i in 0..self.inst.len() {
+            self.report_settle(rep, i);
+        }
+        for i in 0..self.inst.len() {
+            self.report_log(rep, i);
+        }
         self.report_misbehaving(rep);
-        self.report_exit(rep, &inp);
+        for i in 0..self.inst.len() {
+            self.report_exit(rep, i);
+        }
+        if self.redis.is_some() {
+            self.report_redis(rep);
+        }
         self.report_cost(rep, &inp);
+    }
+
+    /// "server", or "instance A" in a cluster soak.
+    fn who(&self, i: usize) -> String {
+        instance::label(i, self.inst.len())
+    }
+
+    fn key(&self, key: &str, i: usize) -> String {
+        instance::json_key(key, i, self.inst.len())
     }
 
     /// The server, its settings and the run's length.
     fn report_run(&mut self, rep: &mut SoakReport, inp: &ReportInputs) {
         let sa = self.sa;
-        let spawned = self.server.spawned();
-        rep.info(
-            "server",
-            "server",
-            json!({"addr": self.addr.to_string(), "pid": self.server.pid, "started_here": spawned,
-                   "log": self.server.log_path.as_ref().map(|p| p.display().to_string())}),
-            format!(
-                "{} (pid {}, {}){}",
-                self.addr,
-                self.server.pid,
-                if spawned { "started here" } else { "attached" },
-                self.server.log_path.as_ref().map_or(String::new(), |p| format!(", log {}", p.display()))
-            ),
-        );
+        let spawned = self.inst[0].server.spawned();
+        for (i, inst) in self.inst.iter().enumerate() {
+            let (addr, server) = (inst.addr, &inst.server);
+            rep.info(
+                &self.key("server", i),
+                &self.who(i),
+                json!({"addr": addr.to_string(), "pid": server.pid, "started_here": spawned,
+                       "log": server.log_path.as_ref().map(|p| p.display().to_string())}),
+                format!(
+                    "{addr} (pid {}, {}){}",
+                    server.pid,
+                    if spawned { "started here" } else { "attached" },
+                    server.log_path.as_ref().map_or(String::new(), |p| format!(", log {}", p.display()))
+                ),
+            );
+        }
+        if let Some(r) = &self.redis {
+            rep.info(
+                "redis",
+                "redis-server",
+                json!({"port": r.port, "pid": r.pid, "log": r.log_path.display().to_string()}),
+                format!(
+                    "127.0.0.1:{} (pid {}, started here, no persistence), log {}",
+                    r.port,
+                    r.pid,
+                    r.log_path.display()
+                ),
+            );
+        }
         rep.info(
             "settings",
             "server settings",
@@ -150,7 +184,7 @@ impl Run<'_> {
                 sa.send_queue_limit,
                 sa.max_message_bytes,
                 if spawned { " MAX_CONNECTIONS_PER_IP=0 BROADCAST_RATE_PER_SEC=0 RUST_LOG=info" } else { "" }
-            ),
+            ) + if self.redis.is_some() { " REDIS_URL=(above) REDIS_PREFIX=taskcast-soak-PID" } else { "" },
         );
         rep.info(
             "duration_secs",
@@ -248,7 +282,7 @@ impl Run<'_> {
         let sa = self.sa;
         let b = &self.book;
         let HealthyScore { expected, delivered, failures, gaps, disorder, failed_clients, examples } =
-            self.score_healthy();
+            self.score_healthy(None);
         for e in &examples {
             eprintln!("taskcast-load: incomplete healthy client: {e}");
         }
@@ -290,9 +324,10 @@ impl Run<'_> {
         ));
     }
 
-    /// Scores every healthy client's record against the broadcasts sent
-    /// while it was connected (module `verdict`).
-    fn score_healthy(&self) -> HealthyScore {
+    /// Scores every healthy client's record (or only those on instance
+    /// `only`) against the broadcasts sent while it was connected (module
+    /// `verdict`).
+    fn score_healthy(&self, only: Option<usize>) -> HealthyScore {
         let sh = &self.shared;
         let n = sh.send_ns.len();
         let mut rejected_seqs: Vec<u64> = (0..n)
@@ -307,8 +342,10 @@ impl Run<'_> {
         let send = |s: usize| sh.send_ns[s].load(Ordering::Relaxed);
         let ack = |s: usize| sh.ack_ns[s].load(Ordering::Relaxed);
         let mut t = HealthyScore::default();
-        for h in &self.book.healthy {
-            let w = verdict::expected_window(n, send, ack, ns(h.opened), ns(h.until));
+        let grace = self.delivery_grace();
+        for h in self.book.healthy.iter().filter(|h| only.is_none_or(|i| h.instance == i)) {
+            let until = expected_until(h.opened, h.until, grace);
+            let w = verdict::expected_window(n, send, ack, ns(h.opened), ns(until));
             let s = verdict::score(&h.seqs, w, &rejected_seqs);
             t.expected += s.expected;
             t.delivered += s.delivered;
@@ -326,6 +363,54 @@ impl Run<'_> {
             }
         }
         t
+    }
+
+    /// How long before a client left a broadcast may have been answered
+    /// and still not reach it. None with one server: it queues a broadcast
+    /// to every client before answering the POST. In a cluster the answer
+    /// comes once Redis has stored the message; every instance, the one
+    /// posted to included, delivers what arrives on pub/sub, moments later.
+    /// The p99 latency limit bounds those moments (a later delivery fails
+    /// the latency check anyway).
+    fn delivery_grace(&self) -> Option<Duration> {
+        (self.inst.len() > 1).then(|| Duration::from_secs_f64(self.sa.latency_limit_ms / 1000.0))
+    }
+
+    /// Cluster check: the healthy clients of every instance, each scored
+    /// on its own (every broadcast, strictly in seq order, which is the
+    /// order Redis stored them in: the sender posts one at a time).
+    fn report_per_instance(&mut self, rep: &mut SoakReport) {
+        let mut parts = Vec::new();
+        let mut all_ok = self.abort.is_none();
+        let mut per = Map::new();
+        for i in 0..self.inst.len() {
+            let s = self.score_healthy(Some(i));
+            let clients = self.book.healthy.iter().filter(|h| h.instance == i).count();
+            all_ok &= s.failures == 0 && s.disorder == 0 && s.expected > 0;
+            per.insert(
+                instance::letter(i),
+                json!({"clients": clients, "expected": s.expected, "delivered": s.delivered,
+                       "failures": s.failures, "disorder": s.disorder, "clients_failed": s.failed_clients}),
+            );
+            parts.push(format!(
+                "{}: {}/{} over {clients} clients, missing {}, dup/out of order {}",
+                instance::letter(i),
+                s.delivered,
+                s.expected,
+                s.failures,
+                s.disorder
+            ));
+        }
+        rep.json.insert("deliveries_per_instance".into(), Value::Object(per));
+        let grace = self.delivery_grace().map_or(0.0, |g| g.as_secs_f64());
+        rep.check(Check::new(
+            "every instance delivered every broadcast in Redis order",
+            all_ok,
+            format!(
+                "{} (a broadcast answered < {grace} s before a client left is not required of it)",
+                parts.join("; ")
+            ),
+        ));
     }
 
     /// Every client connected, and no healthy one was dropped.
@@ -348,23 +433,25 @@ impl Run<'_> {
         rep.check(Check::new("every client connected; healthy ones were kept", lost == 0 && hs_fail == 0, lost_detail));
     }
 
-    /// Check 2: server RSS flat after the warm-up.
-    fn report_rss(&mut self, rep: &mut SoakReport, inp: &ReportInputs) {
+    /// Check 2: server (instance `i`) RSS flat after the warm-up.
+    fn report_rss(&mut self, rep: &mut SoakReport, i: usize) {
         let sa = self.sa;
         let warm = warmup_secs(sa);
-        match verdict::rss_flat(&self.samples.rss, warm, sa.duration, sa.rss_tol_pct, sa.rss_tol_kib) {
+        let who = self.who(i);
+        let inst = &self.inst[i];
+        match verdict::rss_flat(&inst.samples.rss, warm, sa.duration, sa.rss_tol_pct, sa.rss_tol_kib) {
             Some(v) => {
-                let end = self.samples.rss.last().map(|s| s.1);
+                let end = inst.samples.rss.last().map(|s| s.1);
                 rep.info(
-                    "rss_kib",
-                    "server RSS",
-                    json!({"start": inp.rss_start, "first_after_warmup": v.first.1, "first_at_secs": round3(v.first.0),
+                    &self.key("rss_kib", i),
+                    &format!("{who} RSS"),
+                    json!({"start": inst.rss_start, "first_after_warmup": v.first.1, "first_at_secs": round3(v.first.0),
                            "last": v.last.1, "last_at_secs": round3(v.last.0), "peak": v.peak.1, "peak_at_secs": round3(v.peak.0),
                            "limit": v.limit, "slope_kib_per_min": round3(v.slope_kib_per_min), "after_all_left": end,
-                           "samples": self.samples.rss.len()}),
+                           "samples": inst.samples.rss.len()}),
                     format!(
                         "start {}, first after warm-up {} (t={:.0} s), last {} (t={:.0} s), peak {} (t={:.0} s), after all left {}; trend {:+.0} KiB/min",
-                        inp.rss_start.map_or("?".into(), mib),
+                        inst.rss_start.map_or("?".into(), mib),
                         mib(v.first.1),
                         v.first.0,
                         mib(v.last.1),
@@ -376,7 +463,7 @@ impl Run<'_> {
                     ),
                 );
                 rep.check(Check::new(
-                    "server RSS flat after warm-up",
+                    &format!("{who} RSS flat after warm-up"),
                     v.pass,
                     format!(
                         "first {} KiB (t={:.0} s), last {} KiB (t={:.0} s), peak {} KiB; limit {} KiB = first + {}% + {} KiB",
@@ -385,7 +472,7 @@ impl Run<'_> {
                 ));
             }
             None => rep.check(Check::new(
-                "server RSS flat after warm-up",
+                &format!("{who} RSS flat after warm-up"),
                 false,
                 format!("no RSS samples after the warm-up ({warm:.0} s)"),
             )),
@@ -393,40 +480,47 @@ impl Run<'_> {
     }
 
     /// Checks 3 and 4: fds and /health back to their baseline.
-    fn report_settle(&mut self, rep: &mut SoakReport, inp: &ReportInputs) {
+    fn report_settle(&mut self, rep: &mut SoakReport, i: usize) {
         let sa = self.sa;
-        let st = &inp.settle;
+        let who = self.who(i);
+        let inst: &Instance = &self.inst[i];
+        let (st, fd_baseline) = (&inst.settle, inst.fd_baseline);
         rep.info(
-            "fds",
-            "server fds",
-            json!({"baseline": inp.fd_baseline, "peak": self.samples.fds_peak, "end": st.fds, "settled_after_secs": st.fds_at}),
+            &self.key("fds", i),
+            &format!("{who} fds"),
+            json!({"baseline": fd_baseline, "peak": inst.samples.fds_peak, "end": st.fds, "settled_after_secs": st.fds_at}),
             format!(
                 "baseline {}, peak {}, end {}",
-                inp.fd_baseline,
-                self.samples.fds_peak,
+                fd_baseline,
+                inst.samples.fds_peak,
                 st.fds.map_or("?".into(), |n| n.to_string())
             ),
         );
         rep.check(Check::new(
-            "server fds back to baseline",
-            st.fds.is_some_and(|n| n <= inp.fd_baseline),
+            &format!("{who} fds back to baseline"),
+            st.fds.is_some_and(|n| n <= fd_baseline),
             match st.fds_at {
                 Some(t) => format!(
                     "baseline {}, end {} ({t:.1} s after the last client left)",
-                    inp.fd_baseline,
+                    fd_baseline,
                     st.fds.unwrap_or(0)
                 ),
                 None => format!(
                     "baseline {}, still {} after {} s",
-                    inp.fd_baseline,
+                    fd_baseline,
                     st.fds.map_or("?".into(), |n| n.to_string()),
                     sa.settle
                 ),
             },
         ));
-        rep.json.insert("connected_clients_end".into(), json!(st.health));
+        rep.json.insert(self.key("connected_clients_end", i), json!(st.health));
+        let name = if self.inst.len() > 1 {
+            format!("{who} /health connectedClients back to 0")
+        } else {
+            "/health connectedClients back to 0".into()
+        };
         rep.check(Check::new(
-            "/health connectedClients back to 0",
+            &name,
             st.health == Some(0),
             match (st.health, st.health_at) {
                 (Some(0), Some(t)) => format!("0 ({t:.1} s after the last client left)"),
@@ -437,13 +531,19 @@ impl Run<'_> {
     }
 
     /// Check 5: no error-level server log lines.
-    fn report_log(&mut self, rep: &mut SoakReport, inp: &ReportInputs) {
-        match &inp.log {
+    fn report_log(&mut self, rep: &mut SoakReport, i: usize) {
+        let who = self.who(i);
+        let name = if self.inst.len() > 1 {
+            format!("no error-level log lines ({who})")
+        } else {
+            "no error-level server log lines".into()
+        };
+        match &self.inst[i].log {
             Some(log) => {
                 let warn_parts: Vec<String> = log.warnings.iter().map(|(t, n)| format!("{n}× {t}")).collect();
                 rep.info(
-                    "log",
-                    "server log lines",
+                    &self.key("log", i),
+                    &format!("{who} log lines"),
                     json!({"lines": log.lines, "by_level": log.by_level, "warnings": log.warnings, "errors": log.errors,
                            "not_log_records": log.other}),
                     format!(
@@ -459,7 +559,7 @@ impl Run<'_> {
                     rep.row("  warnings by kind", warn_parts.join("; "));
                 }
                 for l in log.error_lines.iter().chain(&log.other_lines) {
-                    eprintln!("taskcast-load: server log: {l}");
+                    eprintln!("taskcast-load: {who} log: {l}");
                 }
                 let unexpected_w = log.unexpected_warnings();
                 let slow_warns = log.server_warnings_containing("too slow");
@@ -472,12 +572,9 @@ impl Run<'_> {
                 if !unexpected_w.is_empty() {
                     d += &format!(", other warnings: {unexpected_w:?}");
                 }
-                rep.check(Check::new("no error-level server log lines", log.unexpected_errors() == 0, d));
+                rep.check(Check::new(&name, log.unexpected_errors() == 0, d));
             }
-            None => rep.check(Check::skip(
-                "no error-level server log lines",
-                "the log is only captured with --spawn-server".into(),
-            )),
+            None => rep.check(Check::skip(&name, "the log is only captured with --spawn-server".into())),
         }
     }
 
@@ -544,17 +641,40 @@ impl Run<'_> {
     }
 
     /// Check 7: the server stayed up, and exited cleanly on SIGTERM if started here.
-    fn report_exit(&mut self, rep: &mut SoakReport, inp: &ReportInputs) {
-        let spawned = self.server.spawned();
+    fn report_exit(&mut self, rep: &mut SoakReport, i: usize) {
+        let inst = &self.inst[i];
+        let spawned = inst.server.spawned();
         let completed = self.abort.is_none();
         let up = self.abort.as_deref().map_or("up for the whole run".to_string(), |a| format!("ABORTED: {a}"));
-        let (pass, detail) = match &inp.exit {
-            Some(e) if spawned && !self.server_died => {
+        let (pass, detail) = match &inst.exit {
+            Some(e) if spawned && !inst.died => {
                 (completed && e == "exit status: 0", format!("{up}; after SIGTERM: {e}"))
             }
-            _ => (completed, up),
+            _ => (completed && !inst.died, up),
         };
-        rep.check(Check::new("server stayed up (and exited cleanly)", pass, detail));
+        rep.check(Check::new(&format!("{} stayed up (and exited cleanly)", self.who(i)), pass, detail));
+    }
+
+    /// Cluster check: Redis stayed up until every instance had exited.
+    fn report_redis(&mut self, rep: &mut SoakReport) {
+        let Some(r) = &self.redis else { return };
+        rep.json.insert("redis_died".into(), json!(self.redis_died));
+        if let Some((last, peak)) = self.redis_rss {
+            rep.info(
+                "redis_rss_kib",
+                "redis-server RSS",
+                json!({"last": last, "peak": peak}),
+                format!("last {}, peak {}", mib(last), mib(peak)),
+            );
+        }
+        let detail = match &self.redis_died {
+            Some(e) => format!("redis-server ended during the run ({e}); its log: {}", r.log_path.display()),
+            None => format!(
+                "up for the whole run (checked every second and after the instances exited; then stopped: {})",
+                r.exit.as_deref().unwrap_or("?")
+            ),
+        };
+        rep.check(Check::new("redis-server stayed up", self.redis_died.is_none(), detail));
     }
 
     /// CPU time, memory and how starved the machine was.
@@ -594,9 +714,34 @@ impl Run<'_> {
                 sysinfo::loadavg().map_or("?".into(), |l| format!("{l:.2}"))
             ),
         );
-        rep.json.insert(
-            "rss_series".into(),
-            Value::Array(self.samples.rss.iter().map(|&(t, k)| json!([round3(t), k])).collect()),
-        );
+        for i in 0..self.inst.len() {
+            let series = self.inst[i].samples.rss.iter().map(|&(t, k)| json!([round3(t), k])).collect();
+            rep.json.insert(self.key("rss_series", i), Value::Array(series));
+        }
+    }
+}
+
+/// Until when a healthy client must have received every broadcast
+/// answered: when it started leaving, less the cluster's delivery grace
+/// (not before it opened).
+fn expected_until(opened: Instant, until: Instant, grace: Option<Duration>) -> Instant {
+    match grace {
+        Some(g) => until.checked_sub(g).unwrap_or(opened).max(opened),
+        None => until,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_grace_shortens_the_window_end_only() {
+        let opened = Instant::now();
+        let until = opened + Duration::from_secs(10);
+        assert_eq!(expected_until(opened, until, None), until);
+        assert_eq!(expected_until(opened, until, Some(Duration::from_secs(1))), opened + Duration::from_secs(9));
+        // a client shorter than the grace is expected nothing, not a negative window
+        assert_eq!(expected_until(opened, opened + Duration::from_millis(300), Some(Duration::from_secs(1))), opened);
     }
 }
