@@ -7,13 +7,11 @@
 //! Most run the real binary (configured through the environment, as in
 //! production) and speak raw bytes over loopback.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 // ---- raw WebSocket helpers ------------------------------------------------
@@ -659,9 +657,9 @@ fn behind_nginx_limits_apply_to_the_forwarded_address() {
 /// flooder and the loop). Run against a release build:
 ///
 /// ```sh
-/// cargo test --release --test hardening flood_bystander_latency -- --ignored --nocapture
+/// cargo test --release --test regressions flood_bystander_latency -- --ignored --nocapture
 /// # against another binary (e.g. an older build):
-/// TASKCAST_BIN=/path/to/taskcast cargo test --release --test hardening flood_bystander_latency -- --ignored --nocapture
+/// TASKCAST_BIN=/path/to/taskcast cargo test --release --test regressions flood_bystander_latency -- --ignored --nocapture
 /// ```
 /// FLOOD_SECS sets each flood's length (default 5); the bystander makes 40
 /// round trips a second (the default message rate allows 50).
