@@ -532,6 +532,14 @@ export class Client {
     if (sub) {
       sub.position.pending = false;
       this._call(sub, 'onError', err);
+      // Cluster mode, Redis unreachable for a moment: ask again after a
+      // random 1-3 s (on this connection; a reconnect resubscribes anyway).
+      if (payload.code === 'unavailable') {
+        const ws = this._ws;
+        setTimeout(() => {
+          if (ws === this._ws && sub.active && this._subs.get(sub.channel) === sub) this._sendSubscribe(sub);
+        }, 1000 + Math.floor(this._random() * 2000));
+      }
     }
     if (payload.code === 'invalid_token' && this._pendingToken) this._pendingToken = null;
     this._emit('error', err);
