@@ -272,9 +272,9 @@ pub struct Config {
     /// HISTORY_MAX_BYTES: all channels' history together; past it the
     /// oldest entries go first.
     pub history_max_bytes: usize,
-    /// FLUSH_DELAY_MICROS: when broadcasts come faster than this, a
-    /// subscriber's frames wait up to this long to leave in one write
-    /// (0 = write every turn). A lone broadcast is never delayed.
+    /// FLUSH_DELAY_MICROS: between two rounds of subscriber writes, frames
+    /// wait as long as the last round took, at most this (0 = write every
+    /// turn). A lone broadcast to few clients is never delayed.
     pub flush_delay: Duration,
     /// REDIS_URL / REDIS_PREFIX: cluster mode, when set.
     pub redis: Option<crate::cluster::RedisConfig>,

@@ -73,6 +73,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// tabs reconnect at once (after a deploy): SYNs are dropped and retried
 /// a second later.
 const LISTEN_BACKLOG: i32 = 4096;
+/// Longest stretch one turn spends writing held broadcast frames before it
+/// polls again (see `flush_deferred`): what a publisher's answer may wait.
+const FLUSH_SLICE: Duration = Duration::from_micros(200);
 /// One read buffer for every HTTP read (then copied into the connection's).
 const SCRATCH_BYTES: usize = 64 * 1024;
 
@@ -108,9 +111,16 @@ pub struct Server {
     /// sleeping too, unless broadcasts come faster than FLUSH_DELAY_MICROS
     /// (see `flush_deferred`).
     deferred: Vec<usize>,
-    /// When `deferred` was last flushed, and when it next must be (set only
-    /// while frames are being held back).
-    last_fanout_flush: Option<Instant>,
+    /// How far this flush round has got through `deferred` (a round spans
+    /// turns when it is longer than FLUSH_SLICE).
+    deferred_pos: usize,
+    /// When the round in progress started (`None`: no round in progress).
+    round_start: Option<Instant>,
+    /// The last finished round: its cost and its end. The hold before the
+    /// next round is that cost, capped at FLUSH_DELAY_MICROS.
+    last_round_cost: Duration,
+    last_round_end: Option<Instant>,
+    /// When held-back frames must be written (set only while holding).
     fanout_flush_at: Option<Instant>,
     /// Connections with input left over (budget spent, or bytes that arrived
     /// with the upgrade request): read again next turn without waiting.
@@ -172,7 +182,10 @@ impl Server {
             timers: Timers::new(),
             dirty: Vec::new(),
             deferred: Vec::new(),
-            last_fanout_flush: None,
+            deferred_pos: 0,
+            round_start: None,
+            last_round_cost: Duration::ZERO,
+            last_round_end: None,
             fanout_flush_at: None,
             again: Vec::new(),
             scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
@@ -247,7 +260,10 @@ impl Server {
 
             // Output queued outside the turn's flush (the shutdown's close
             // frames, queued just above) must not wait for the poll timeout.
-            let busy = !self.again.is_empty() || !self.dirty.is_empty() || std::mem::take(&mut self.cluster_again);
+            let busy = !self.again.is_empty()
+                || !self.dirty.is_empty()
+                || self.round_start.is_some()
+                || std::mem::take(&mut self.cluster_again);
             if busy && self.cluster.is_some() {
                 self.on_cluster_events();
             }
@@ -428,35 +444,50 @@ impl Server {
         }
     }
 
-    /// Writes connections that only have broadcast frames waiting — at once
-    /// when broadcasts are sparse, at most FLUSH_DELAY_MICROS after the
-    /// previous such flush when they come faster: then each write carries
-    /// every frame that arrived meanwhile (fewer syscalls per delivery, the
-    /// loop's main cost). HTTP answers, control and close frames never wait
-    /// here (they go through `dirty`).
+    /// Writes connections that only have broadcast frames waiting, in
+    /// rounds. A round writes every listed connection once, in the order
+    /// they were listed, at most FLUSH_SLICE per turn: past that the loop
+    /// polls again (a publisher's request is read and answered between two
+    /// slices, and the frames of broadcasts that arrive meanwhile ride along
+    /// in the writes still ahead). Between rounds the frames are held for as
+    /// long as the last round took, at most FLUSH_DELAY_MICROS: nothing for
+    /// a handful of clients (a lone broadcast leaves at once), up to the
+    /// delay when writing everyone is the loop's main cost — then each
+    /// write carries more frames. HTTP answers, control and close frames
+    /// never wait here (they go through `dirty`).
     fn flush_deferred(&mut self, now: Instant) {
         if self.deferred.is_empty() {
             return;
         }
-        let delay = self.config.flush_delay;
-        let due = match self.fanout_flush_at {
-            Some(at) => now >= at,
-            None => self.last_fanout_flush.is_none_or(|last| now.saturating_duration_since(last) >= delay),
-        };
-        if !due {
-            if self.fanout_flush_at.is_none() {
-                self.fanout_flush_at = self.last_fanout_flush.map(|last| last + delay);
+        if self.round_start.is_none() {
+            let hold = self.last_round_cost.min(self.config.flush_delay);
+            if let Some(end) = self.last_round_end
+                && now.saturating_duration_since(end) < hold
+            {
+                self.fanout_flush_at = Some(end + hold);
+                return;
             }
-            return;
+            self.fanout_flush_at = None;
+            self.round_start = Some(now);
         }
-        self.fanout_flush_at = None;
-        self.last_fanout_flush = Some(now);
-        for key in std::mem::take(&mut self.deferred) {
+        let slice_end = now + FLUSH_SLICE;
+        while self.deferred_pos < self.deferred.len() {
+            let key = self.deferred[self.deferred_pos];
+            self.deferred_pos += 1;
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.deferred = false;
                 self.flush_conn(key);
             }
+            // The clock is read every 16 writes (a write is ~1-5 µs).
+            if self.deferred_pos.is_multiple_of(16) && Instant::now() >= slice_end {
+                return; // the rest next turn, after a poll
+            }
         }
+        let end = Instant::now();
+        self.deferred.clear();
+        self.deferred_pos = 0;
+        self.last_round_cost = end.saturating_duration_since(self.round_start.take().unwrap_or(now));
+        self.last_round_end = Some(end);
     }
 
     /// One write attempt for one connection; after its last byte, FIN (if
