@@ -252,7 +252,7 @@ fn broadcast(head: &Head, body: &[u8], origin_ok: bool, ctx: &Ctx) -> Action {
             return Action::Respond(Response::error(415, "Content-Type must be application/json"));
         }
     }
-    match broadcast::parse_publish(body, ctx.config.max_publish_channels) {
+    match broadcast::parse_publish(body, ctx.config.max_publish_channels, ctx.redis_up.is_some()) {
         Ok(publish) => Action::Broadcast(publish),
         Err(msg) => Action::Respond(Response::error(400, &msg)),
     }

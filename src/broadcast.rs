@@ -54,8 +54,8 @@ pub enum Target {
 #[derive(Debug)]
 pub struct Publish {
     pub kind: String,
-    /// The raw JSON text of `data`, as sent (for channel envelopes, and for
-    /// Redis in cluster mode).
+    /// The raw JSON text of `data`, as sent: for channel envelopes, and for
+    /// Redis in cluster mode (empty for a broadcast to everyone otherwise).
     pub payload: Box<str>,
     pub target: Target,
 }
@@ -76,7 +76,7 @@ pub fn valid_type(t: &str) -> bool {
 /// or the message for a 400 (a body naming channels is refused here: see
 /// [`parse_publish`]).
 pub fn parse(body: &[u8]) -> Result<(String, Rc<[u8]>), String> {
-    let p = parse_publish(body, usize::MAX)?;
+    let p = parse_publish(body, usize::MAX, false)?;
     match p.target {
         Target::All(frame) => Ok((p.kind, frame)),
         Target::Channels(_) => Err("a targeted broadcast is not a broadcast to everyone".into()),
@@ -84,8 +84,10 @@ pub fn parse(body: &[u8]) -> Result<(String, Rc<[u8]>), String> {
 }
 
 /// Validates any `/api/broadcast` body (at most `max_channels` targets),
-/// or returns the message for a 400.
-pub fn parse_publish(body: &[u8], max_channels: usize) -> Result<Publish, String> {
+/// or returns the message for a 400. A broadcast to everyone is framed
+/// here; its raw `data` is kept too only with `keep_raw` (cluster mode sends
+/// it to Redis), so the single-process path copies nothing extra.
+pub fn parse_publish(body: &[u8], max_channels: usize, keep_raw: bool) -> Result<Publish, String> {
     // serde's derived struct reader also accepts an array (`["t", data]`
     // fills the fields in order); only an object is a broadcast.
     if body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b != b'{')
@@ -110,7 +112,8 @@ pub fn parse_publish(body: &[u8], max_channels: usize) -> Result<Publish, String
     let targets = match (parsed.channel, parsed.channels, parsed.users) {
         (None, None, None) => {
             let frame = frame(&envelope(&kind, data.get()));
-            return Ok(Publish { kind: kind.into_owned(), payload: data.get().into(), target: Target::All(frame) });
+            let payload = if keep_raw { data.get().into() } else { Box::from("") };
+            return Ok(Publish { kind: kind.into_owned(), payload, target: Target::All(frame) });
         }
         (Some(c), None, None) => vec![c.into_owned()],
         (None, Some(list), None) => list,
@@ -211,14 +214,14 @@ mod tests {
 
     #[test]
     fn targets() {
-        let p = parse_publish(br#"{"type":"t","data":{"a":1},"channel":"project:42"}"#, 10).unwrap();
+        let p = parse_publish(br#"{"type":"t","data":{"a":1},"channel":"project:42"}"#, 10, false).unwrap();
         assert!(matches!(&p.target, Target::Channels(c) if c == &["project:42"]));
         assert_eq!(&*p.payload, r#"{"a":1}"#);
-        let p = parse_publish(br#"{"type":"t","data":1,"channels":["a:1","b:2","a:1"]}"#, 10).unwrap();
+        let p = parse_publish(br#"{"type":"t","data":1,"channels":["a:1","b:2","a:1"]}"#, 10, false).unwrap();
         assert!(matches!(&p.target, Target::Channels(c) if c == &["a:1", "b:2"]));
-        let p = parse_publish(br#"{"type":"t","data":1,"users":["u1","u2"]}"#, 10).unwrap();
+        let p = parse_publish(br#"{"type":"t","data":1,"users":["u1","u2"]}"#, 10, false).unwrap();
         assert!(matches!(&p.target, Target::Channels(c) if c == &["user:u1", "user:u2"]));
-        let p = parse_publish(br#"{"type":"t","data":1}"#, 10).unwrap();
+        let p = parse_publish(br#"{"type":"t","data":1}"#, 10, false).unwrap();
         assert!(matches!(p.target, Target::All(_)));
         let bad: &[(&[u8], &str)] = &[
             (br#"{"type":"t","data":1,"channel":"nocolon"}"#, "invalid channel"),
@@ -230,7 +233,7 @@ mod tests {
             (br#"{"type":"t","data":1,"channel":7}"#, "body must be"),
         ];
         for (body, want) in bad {
-            let e = parse_publish(body, 2).unwrap_err();
+            let e = parse_publish(body, 2, false).unwrap_err();
             assert!(e.contains(want), "{:?}: {e}", String::from_utf8_lossy(body));
         }
         let env = channel_envelope("task_updated", r#"{"id":1}"#, "project:42", 18);
