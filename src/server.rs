@@ -615,6 +615,25 @@ impl Drop for Server {
     }
 }
 
+/// Sizes in bytes of what each connection holds (inline parts only; heap
+/// parts are counted by `benches/conn_memory.rs`, which prints this).
+pub fn memory_layout() -> Vec<(&'static str, usize)> {
+    use std::mem::size_of;
+    vec![
+        ("Conn (one slab entry's value)", size_of::<Conn>()),
+        ("conn::HttpConn", size_of::<conn::HttpConn>()),
+        ("ws::WsConn", size_of::<ws::WsConn>()),
+        ("tungstenite WebSocketContext", size_of::<tungstenite::protocol::WebSocketContext>()),
+        ("frame_meter::FrameMeter", size_of::<crate::frame_meter::FrameMeter>()),
+        ("outqueue::OutQueue", size_of::<crate::outqueue::OutQueue>()),
+        ("timers entry", crate::timers::ENTRY_BYTES),
+        ("hub::Channel", size_of::<crate::hub::Channel>()),
+        ("ws::Subscription", size_of::<ws::Subscription>()),
+        ("std::net::SocketAddr", size_of::<SocketAddr>()),
+        ("std::time::Instant", size_of::<Instant>()),
+    ]
+}
+
 /// Logs the start-up line.
 pub fn log_startup(server: &Server) {
     let c = &server.config;

@@ -26,6 +26,9 @@ struct Entry {
     id: u64,
 }
 
+/// Bytes of one heap entry (plus one `pos` slot per slab key).
+pub const ENTRY_BYTES: usize = std::mem::size_of::<Entry>() + std::mem::size_of::<usize>();
+
 /// No entry for this key.
 const NONE: usize = usize::MAX;
 
