@@ -91,12 +91,13 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-/// The live heap at one moment.
+/// The live heap at one moment, and the process's resident memory.
 struct Snapshot {
     bytes: isize,
     blocks: isize,
     usable: isize,
     by_size: Vec<isize>,
+    rss: isize,
 }
 
 fn snapshot() -> Snapshot {
@@ -105,7 +106,16 @@ fn snapshot() -> Snapshot {
         blocks: BLOCKS.load(Relaxed),
         usable: USABLE.load(Relaxed),
         by_size: BY_SIZE.iter().map(|c| c.load(Relaxed)).collect(),
+        rss: rss_bytes(),
     }
+}
+
+/// VmRSS of this process (the server's heap and tables; the clients hold
+/// only sockets, which are kernel memory).
+fn rss_bytes() -> isize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next());
+    kib.and_then(|k| k.parse::<isize>().ok()).unwrap_or(0) * 1024
 }
 
 /// Waits until the server stops allocating (it has handled what the
@@ -132,10 +142,11 @@ fn report(phase: &str, before: &Snapshot, after: &Snapshot, n: usize) {
     let blocks = per(after.blocks, before.blocks);
     let usable = per(after.usable, before.usable);
     println!(
-        "\n{phase}: {:.0} B requested, {:.2} blocks, {:.0} B malloc footprint per connection",
+        "\n{phase}: {:.0} B requested, {:.2} blocks, {:.0} B malloc footprint, {:.0} B RSS per connection",
         per(after.bytes, before.bytes),
         blocks,
-        usable + 8.0 * blocks
+        usable + 8.0 * blocks,
+        per(after.rss, before.rss)
     );
     let mut explained = 0.0;
     for (size, (a, b)) in after.by_size.iter().zip(&before.by_size).enumerate() {

@@ -52,18 +52,85 @@ struct Entry {
 }
 
 pub struct Channel {
-    pub name: Box<str>,
-    /// Names this stream of offsets; a replay never crosses epochs.
-    pub epoch: Box<str>,
+    /// Shared with the name index (one allocation per channel).
+    pub name: Rc<str>,
+    /// Names this stream of offsets; a replay never crosses epochs. Every
+    /// channel on its first stream shares the process's epoch string.
+    pub epoch: Rc<str>,
     /// The latest offset (0: no message yet).
     pub offset: u64,
     /// Connection keys (slab keys of the server's table).
-    pub subscribers: HashSet<usize>,
-    /// The last messages, oldest first, contiguous offsets.
-    history: VecDeque<Entry>,
-    /// Tells this channel from a later one in the same slot (log entries
-    /// outlive a forgotten channel).
+    subscribers: Subscribers,
+    /// The last messages (`None` while there are none: most channels —
+    /// every connection's own `user:` channel — never have any).
+    history: Option<Box<History>>,
+}
+
+/// A channel's retained messages.
+struct History {
+    /// Oldest first, contiguous offsets.
+    entries: VecDeque<Entry>,
+    /// Tells this history from a later one in the same channel slot (log
+    /// entries outlive a forgotten channel or an emptied history).
     generation: u64,
+}
+
+/// The connections in a channel. Most channels (every connection's own
+/// `user:` channel) have one subscriber: it is held inline, and a set is
+/// allocated only from the second one on.
+enum Subscribers {
+    None,
+    One(usize),
+    Many(Box<HashSet<usize>>),
+}
+
+impl Subscribers {
+    fn insert(&mut self, key: usize) {
+        match self {
+            Subscribers::None => *self = Subscribers::One(key),
+            Subscribers::One(k) if *k == key => {}
+            Subscribers::One(k) => *self = Subscribers::Many(Box::new(HashSet::from([*k, key]))),
+            Subscribers::Many(set) => {
+                set.insert(key);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: usize) {
+        match self {
+            Subscribers::One(k) if *k == key => *self = Subscribers::None,
+            Subscribers::Many(set) => {
+                set.remove(&key);
+                match set.len() {
+                    0 => *self = Subscribers::None,
+                    1 => *self = Subscribers::One(*set.iter().next().expect("one left")),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Subscribers::None)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &usize> {
+        let (one, many) = match self {
+            Subscribers::None => (None, None),
+            Subscribers::One(k) => (Some(k), None),
+            Subscribers::Many(set) => (None, Some(set.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
+impl Channel {
+    /// The oldest retained offset of history `generation`, if it is held.
+    fn front_of(&self, generation: u64) -> Option<u64> {
+        let h = self.history.as_ref().filter(|h| h.generation == generation)?;
+        h.entries.front().map(|e| e.offset)
+    }
 }
 
 /// One history entry in publish order, for TTL and byte-cap expiry.
@@ -77,7 +144,7 @@ struct LogEntry {
 
 pub struct Hub {
     channels: Slab<Channel>,
-    by_name: HashMap<Box<str>, ChannelId>,
+    by_name: HashMap<Rc<str>, ChannelId>,
     log: VecDeque<LogEntry>,
     /// Live history entries and their frame bytes (all channels).
     entries: usize,
@@ -86,7 +153,10 @@ pub struct Hub {
     /// Random per process (and per era): epochs differ between server
     /// lifetimes.
     epoch_seed: u64,
-    /// Channels created so far: epochs differ between a channel's lives.
+    /// The epoch of every channel's first stream in this era (shared).
+    first_epoch: Rc<str>,
+    /// Channels and histories created so far: epochs differ between a
+    /// channel's lives, log entries tell histories apart.
     generations: u64,
     /// Hashes of names forgotten after they had messages: their next stream
     /// must not reuse the first-stream epoch.
@@ -108,6 +178,7 @@ pub struct Published {
 
 impl Hub {
     pub fn new(limits: HistoryLimits) -> Hub {
+        let epoch_seed = random_u64();
         Hub {
             channels: Slab::new(),
             by_name: HashMap::new(),
@@ -115,7 +186,8 @@ impl Hub {
             entries: 0,
             bytes: 0,
             limits,
-            epoch_seed: random_u64(),
+            epoch_seed,
+            first_epoch: first_epoch(epoch_seed),
             generations: 0,
             retired: HashSet::new(),
             hasher: Default::default(),
@@ -135,19 +207,19 @@ impl Hub {
         // 64 random bits per process; a counter for a name's later lives:
         // short, unguessable across restarts, never reused within one.
         let epoch = if self.retired.contains(&self.name_hash(name)) {
-            format!("{:016x}-{:x}", self.epoch_seed, self.generations)
+            format!("{:016x}-{:x}", self.epoch_seed, self.generations).into()
         } else {
-            format!("{:016x}", self.epoch_seed)
+            self.first_epoch.clone()
         };
+        let name: Rc<str> = name.into();
         let id = self.channels.insert(Channel {
-            name: name.into(),
-            epoch: epoch.into(),
+            name: name.clone(),
+            epoch,
             offset: 0,
-            subscribers: HashSet::new(),
-            history: VecDeque::new(),
-            generation: self.generations,
+            subscribers: Subscribers::None,
+            history: None,
         });
-        self.by_name.insert(name.into(), id);
+        self.by_name.insert(name, id);
         id
     }
 
@@ -174,18 +246,19 @@ impl Hub {
     /// Removes `key`; forgets the channel if nothing is left in it.
     pub fn unsubscribe(&mut self, id: ChannelId, key: usize) {
         if let Some(c) = self.channels.get_mut(id) {
-            c.subscribers.remove(&key);
+            c.subscribers.remove(key);
             self.forget_if_idle(id);
         }
     }
 
     fn forget_if_idle(&mut self, id: ChannelId) {
         let c = &self.channels[id];
-        if c.subscribers.is_empty() && c.history.is_empty() {
+        if c.subscribers.is_empty() && c.history.is_none() {
             if c.offset > 0 {
                 if self.retired.len() >= MAX_RETIRED {
                     self.retired.clear();
                     self.epoch_seed = random_u64();
+                    self.first_epoch = first_epoch(self.epoch_seed);
                 }
                 self.retired.insert(self.name_hash(&c.name));
             }
@@ -204,16 +277,22 @@ impl Hub {
         let frame = broadcast::frame(&broadcast::channel_envelope(kind, payload, &c.name, c.offset));
         let offset = c.offset;
         if self.limits.size > 0 {
-            if c.history.len() == self.limits.size
-                && let Some(old) = c.history.pop_front()
+            let generations = &mut self.generations;
+            let h = c.history.get_or_insert_with(|| {
+                *generations += 1;
+                Box::new(History { entries: VecDeque::new(), generation: *generations })
+            });
+            if h.entries.len() == self.limits.size
+                && let Some(old) = h.entries.pop_front()
             {
                 self.entries -= 1;
                 self.bytes -= old.frame.len();
             }
-            c.history.push_back(Entry { offset, frame: frame.clone() });
+            h.entries.push_back(Entry { offset, frame: frame.clone() });
+            let generation = h.generation;
             self.entries += 1;
             self.bytes += frame.len();
-            self.log.push_back(LogEntry { channel: id, generation: c.generation, offset, bytes: frame.len(), at: now });
+            self.log.push_back(LogEntry { channel: id, generation, offset, bytes: frame.len(), at: now });
             self.compact_log();
             // The byte cap: oldest entries (of any channel) go first.
             while self.bytes > self.limits.max_bytes && self.pop_oldest() {}
@@ -234,12 +313,13 @@ impl Hub {
             return Some(Vec::new());
         }
         // History offsets are contiguous and end at c.offset.
-        let first = c.history.front()?.offset;
+        let entries = &c.history.as_ref()?.entries;
+        let first = entries.front()?.offset;
         if first > since.offset + 1 {
             return None;
         }
         let skip = (since.offset + 1 - first) as usize;
-        Some(c.history.iter().skip(skip).map(|e| e.frame.clone()).collect())
+        Some(entries.iter().skip(skip).map(|e| e.frame.clone()).collect())
     }
 
     /// Drops history older than the TTL; forgets channels left idle.
@@ -262,10 +342,13 @@ impl Hub {
             return false;
         };
         if let Some(c) = self.channels.get_mut(e.channel)
-            && c.generation == e.generation
-            && c.history.front().is_some_and(|h| h.offset == e.offset)
+            && c.front_of(e.generation) == Some(e.offset)
+            && let Some(h) = c.history.as_mut()
         {
-            c.history.pop_front();
+            h.entries.pop_front();
+            if h.entries.is_empty() {
+                c.history = None;
+            }
             self.entries -= 1;
             self.bytes -= e.bytes;
             self.forget_if_idle(e.channel);
@@ -282,9 +365,7 @@ impl Hub {
         }
         let channels = &self.channels;
         self.log.retain(|e| {
-            channels.get(e.channel).is_some_and(|c| {
-                c.generation == e.generation && c.history.front().is_some_and(|h| h.offset <= e.offset)
-            })
+            channels.get(e.channel).and_then(|c| c.front_of(e.generation)).is_some_and(|front| front <= e.offset)
         });
     }
 
@@ -297,6 +378,11 @@ impl Hub {
     pub fn history(&self) -> (usize, usize) {
         (self.entries, self.bytes)
     }
+}
+
+/// The epoch of a channel's first stream: the process's random seed.
+fn first_epoch(seed: u64) -> Rc<str> {
+    format!("{seed:016x}").into()
 }
 
 fn random_u64() -> u64 {
@@ -389,6 +475,51 @@ mod tests {
         h.unsubscribe(id, 1);
         let id = h.subscribe("p:1", 1);
         assert_ne!(h.channel(id).epoch, e2);
+    }
+
+    #[test]
+    fn subscribers_one_inline_then_a_set_and_back() {
+        let mut h = hub(0, 10, 1 << 20);
+        let keys = |h: &Hub| {
+            let mut k: Vec<usize> = h.subscribers("p:1").copied().collect();
+            k.sort();
+            k
+        };
+        let id = h.subscribe("p:1", 4);
+        h.subscribe("p:1", 4);
+        assert_eq!(keys(&h), [4], "a key joins once");
+        h.subscribe("p:1", 9);
+        h.subscribe("p:1", 2);
+        assert_eq!(keys(&h), [2, 4, 9]);
+        h.unsubscribe(id, 4);
+        h.unsubscribe(id, 77); // not in it: nothing happens
+        assert_eq!(keys(&h), [2, 9]);
+        h.unsubscribe(id, 9);
+        assert_eq!(keys(&h), [2]);
+        assert!(matches!(h.channel(id).subscribers, Subscribers::One(2)), "back to inline");
+        h.unsubscribe(id, 2);
+        assert_eq!(h.channels(), 0, "the last one out forgets the channel");
+        assert!(keys(&h).is_empty());
+    }
+
+    #[test]
+    fn a_history_emptied_by_expiry_starts_again_without_old_log_entries_touching_it() {
+        let t = Instant::now();
+        let mut h = hub(2, 10, usize::MAX);
+        let id = h.subscribe("p:1", 1);
+        for _ in 0..5 {
+            h.publish("p:1", "t", "1", t); // trims: log entries of offsets 1..=3 are stale
+        }
+        h.expire(t + Duration::from_secs(11));
+        assert_eq!(h.history(), (0, 0));
+        assert!(h.channel(id).history.is_none(), "an empty history holds no allocation");
+        let t2 = t + Duration::from_secs(12);
+        h.publish("p:1", "t", "1", t2);
+        h.publish("p:1", "t", "1", t2);
+        h.expire(t2 + Duration::from_secs(5));
+        let since = Since { epoch: h.channel(id).epoch.to_string(), offset: 5 };
+        assert_eq!(offsets(&h.replay(id, &since, t2).unwrap()), [6, 7]);
+        assert_eq!(h.history().0, 2);
     }
 
     #[test]

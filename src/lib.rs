@@ -31,6 +31,7 @@
 //! - [`outqueue`]: a connection's pending output, written with one writev.
 //! - [`timers`]: connection deadlines in an indexed min-heap, one entry per
 //!   connection (pings, timeouts).
+//! - [`compact`]: 8-byte moments and 16-byte addresses for per-connection state.
 //! - [`auth`]: JWT verification (which key checks which token) and minting.
 //! - [`jwks`]: the front end's public keys (JWKS_URL / JWKS_FILE), refreshed
 //!   by one helper thread so the loop never waits on a fetch, with its
@@ -48,6 +49,7 @@ pub mod api;
 pub mod auth;
 pub mod broadcast;
 pub mod channels;
+pub mod compact;
 pub mod cluster;
 pub mod config;
 pub mod demo;

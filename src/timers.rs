@@ -8,9 +8,13 @@
 //! often deadlines move — 300k pipelined keep-alive requests on one
 //! connection used to leave 300k stale entries behind. Entries carry the
 //! connection's lifetime-unique id because slab keys are reused. Cost:
-//! O(log n) per set, cancel and pop.
+//! O(log n) per set, cancel and pop; memory 28 bytes per connection
+//! (deadlines are kept as [`Millis`], rounded up to the millisecond: poll
+//! waits in whole milliseconds anyway, and a timer never fires early).
 
 use std::time::Instant;
+
+use crate::compact::Millis;
 
 /// A due entry: slab key and the id of the connection it was set for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,23 +25,24 @@ pub struct Due {
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    at: Instant,
-    key: usize,
+    at: Millis,
     id: u64,
+    /// A slab key (the table holds at most MAX_CONNECTIONS ≤ 10M).
+    key: u32,
 }
 
-/// Bytes of one heap entry (plus one `pos` slot per slab key).
-pub const ENTRY_BYTES: usize = std::mem::size_of::<Entry>() + std::mem::size_of::<usize>();
+/// Bytes of one heap entry plus one `pos` slot: one of each per connection.
+pub const ENTRY_BYTES: usize = std::mem::size_of::<Entry>() + std::mem::size_of::<u32>();
 
 /// No entry for this key.
-const NONE: usize = usize::MAX;
+const NONE: u32 = u32::MAX;
 
 #[derive(Debug, Default)]
 pub struct Timers {
     /// A binary min-heap on `at`.
     heap: Vec<Entry>,
     /// `heap` index of each slab key's entry, or [`NONE`].
-    pos: Vec<usize>,
+    pos: Vec<u32>,
 }
 
 impl Timers {
@@ -51,15 +56,17 @@ impl Timers {
         if key >= self.pos.len() {
             self.pos.resize(key + 1, NONE);
         }
+        let (at, key32) = (Millis::ceil(at), u32::try_from(key).expect("slab keys fit in u32"));
         let i = self.pos[key];
         if i == NONE {
-            self.heap.push(Entry { at, key, id });
-            self.pos[key] = self.heap.len() - 1;
+            self.heap.push(Entry { at, id, key: key32 });
+            self.pos[key] = (self.heap.len() - 1) as u32;
             self.sift_up(self.heap.len() - 1);
             return;
         }
+        let i = i as usize;
         let old = self.heap[i].at;
-        self.heap[i] = Entry { at, key, id };
+        self.heap[i] = Entry { at, id, key: key32 };
         if at < old {
             self.sift_up(i);
         } else {
@@ -72,13 +79,13 @@ impl Timers {
         if let Some(&i) = self.pos.get(key)
             && i != NONE
         {
-            self.remove_at(i);
+            self.remove_at(i as usize);
         }
     }
 
-    /// The earliest deadline.
+    /// The earliest deadline (rounded up to the millisecond).
     pub fn next(&self) -> Option<Instant> {
-        self.heap.first().map(|e| e.at)
+        self.heap.first().map(|e| e.at.instant())
     }
 
     /// Removes and returns one entry due at `now`, if any.
@@ -86,7 +93,7 @@ impl Timers {
         match self.heap.first() {
             Some(e) if e.at <= now => {
                 let e = self.remove_at(0);
-                Some(Due { key: e.key, id: e.id })
+                Some(Due { key: e.key as usize, id: e.id })
             }
             _ => None,
         }
@@ -105,7 +112,7 @@ impl Timers {
         let last = self.heap.len() - 1;
         self.swap(i, last);
         let e = self.heap.pop().expect("non-empty");
-        self.pos[e.key] = NONE;
+        self.pos[e.key as usize] = NONE;
         if i < self.heap.len() {
             self.sift_down(i);
             self.sift_up(i);
@@ -115,8 +122,8 @@ impl Timers {
 
     fn swap(&mut self, a: usize, b: usize) {
         self.heap.swap(a, b);
-        self.pos[self.heap[a].key] = a;
-        self.pos[self.heap[b].key] = b;
+        self.pos[self.heap[a].key as usize] = a as u32;
+        self.pos[self.heap[b].key as usize] = b as u32;
     }
 
     fn sift_up(&mut self, mut i: usize) {
@@ -154,6 +161,11 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// What `next` reports for a deadline `t`.
+    fn ms(t: Instant) -> Instant {
+        Millis::ceil(t).instant()
+    }
+
     #[test]
     fn pops_in_deadline_order_only_when_due() {
         let t0 = Instant::now();
@@ -161,9 +173,10 @@ mod tests {
         t.set(t0 + Duration::from_secs(3), 3, 30);
         t.set(t0 + Duration::from_secs(1), 1, 10);
         t.set(t0 + Duration::from_secs(2), 2, 20);
-        assert_eq!(t.next(), Some(t0 + Duration::from_secs(1)));
+        assert_eq!(t.next(), Some(ms(t0 + Duration::from_secs(1))));
         assert_eq!(t.pop_due(t0), None);
-        let now = t0 + Duration::from_secs(2);
+        assert_eq!(t.pop_due(t0 + Duration::from_secs(1) - Duration::from_nanos(1)), None, "never early");
+        let now = ms(t0 + Duration::from_secs(2));
         assert_eq!(t.pop_due(now), Some(Due { key: 1, id: 10 }));
         assert_eq!(t.pop_due(now), Some(Due { key: 2, id: 20 }));
         assert_eq!(t.pop_due(now), None);
@@ -208,7 +221,7 @@ mod tests {
                     while let Some(Due { key, .. }) = t.pop_due(now) {
                         assert!(want.remove(&key).expect("popped a live key") <= now);
                     }
-                    assert!(want.values().all(|at| *at > now));
+                    assert!(want.values().all(|at| ms(*at) > now));
                 }
                 _ => {
                     let at = t0 + Duration::from_millis((x >> 8) % 1000);
@@ -217,7 +230,7 @@ mod tests {
                 }
             }
             assert_eq!(t.len(), want.len());
-            assert_eq!(t.next(), want.values().min().copied());
+            assert_eq!(t.next(), want.values().min().copied().map(ms));
         }
     }
 }

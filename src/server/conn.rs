@@ -7,9 +7,10 @@ use std::time::Instant;
 use log::debug;
 use mio::net::TcpStream;
 
+use crate::compact::PackedAddr;
 use crate::http::Head;
 use crate::outqueue::OutQueue;
-use crate::ws::{Reason, Wire, WsConn};
+use crate::ws::{Protocol, Reason, Wire, WsConn};
 
 /// One accepted socket.
 pub(super) struct Conn {
@@ -17,31 +18,43 @@ pub(super) struct Conn {
     /// carry this to tell a live connection from a reused key.
     pub id: u64,
     pub stream: TcpStream,
-    pub peer: SocketAddr,
-    pub out: OutQueue,
-    pub phase: Phase,
-    /// When this connection's timer next fires (see `Server::on_timer`).
-    pub deadline: Instant,
     /// Already listed in `Server::dirty` for this turn's flush.
     pub dirty: bool,
     /// Already listed in `Server::deferred` (broadcast frames only).
     pub deferred: bool,
-    /// The address this connection counts against in
-    /// MAX_HTTP_CONNECTIONS_PER_IP, until it upgrades or closes (`None`:
-    /// not counted — from a trusted proxy, refused, or upgraded).
-    pub http_ip: Option<IpAddr>,
+    /// 18 bytes, packed with the fields above into one 32-byte head.
+    pub peer: PackedAddr,
+    pub out: OutQueue,
+    pub phase: Phase,
 }
 
 /// A connection's life: HTTP requests, maybe an upgrade, then closing.
+/// (Its deadline is its entry in `Server::timers`.)
 pub(super) enum Phase {
     Http(HttpConn),
-    Ws(Box<WsConn>),
+    /// Held inline: nearly every connection is one, and an idle one is
+    /// small (see [`WsConn`]).
+    Ws(WsConn),
     /// Sending the last queued bytes, then FIN, then discarding input until
     /// the peer closes (closing with unread input would send RST and could
     /// destroy our last response before the peer reads it).
     Closing {
         fin_sent: bool,
+        /// As in [`HttpConn::http_ip`], for a connection that never upgraded.
+        http_ip: Option<IpAddr>,
     },
+}
+
+impl Phase {
+    /// The address this connection counts against in
+    /// MAX_HTTP_CONNECTIONS_PER_IP, if it does.
+    pub fn http_ip(&self) -> Option<IpAddr> {
+        match self {
+            Phase::Http(h) => h.http_ip,
+            Phase::Closing { http_ip, .. } => *http_ip,
+            Phase::Ws(_) => None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -63,6 +76,10 @@ pub(super) struct HttpConn {
     /// `head` passed `api::admit` while its body was arriving (its
     /// credential is not checked again when the body is complete).
     pub admitted: bool,
+    /// The address this connection counts against in
+    /// MAX_HTTP_CONNECTIONS_PER_IP, until it upgrades or closes (`None`:
+    /// not counted — from a trusted proxy, or refused).
+    pub http_ip: Option<IpAddr>,
 }
 
 impl HttpConn {
@@ -79,17 +96,15 @@ impl HttpConn {
 }
 
 impl Conn {
-    pub fn new(id: u64, stream: TcpStream, peer: SocketAddr, deadline: Instant) -> Conn {
+    pub fn new(id: u64, stream: TcpStream, peer: SocketAddr) -> Conn {
         Conn {
             id,
             stream,
-            peer,
-            out: OutQueue::default(),
-            phase: Phase::Http(HttpConn::default()),
-            deadline,
             dirty: false,
             deferred: false,
-            http_ip: None,
+            peer: peer.into(),
+            out: OutQueue::default(),
+            phase: Phase::Http(HttpConn::default()),
         }
     }
 
@@ -111,15 +126,17 @@ impl Conn {
         }
     }
 
-    /// Queues a close frame with `reason` (tungstenite tracks the close state).
-    pub fn send_close(&mut self, reason: Reason) {
+    /// Queues a close frame with `reason` (tungstenite tracks the close
+    /// state: the connection holds a [`crate::ws::Reading`] from here on).
+    pub fn send_close(&mut self, reason: Reason, protocol: &mut Protocol) {
         let peer = self.peer;
         if let Some((ws, mut wire)) = self.ws_wire() {
             debug!("{peer} ({:?}) closing: {} {}", ws.sub, reason.code(), reason.text());
+            let ctx = &mut protocol.reading(ws, Instant::now()).ctx;
             // A Pong tungstenite still owes goes first: nothing may follow our
             // close frame (RFC 6455 §5.5.1).
-            let _ = ws.ctx.flush(&mut wire);
-            let _ = ws.ctx.close(&mut wire, Some(reason.close_frame()));
+            let _ = ctx.flush(&mut wire);
+            let _ = ctx.close(&mut wire, Some(reason.close_frame()));
         }
     }
 }

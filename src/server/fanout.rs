@@ -140,7 +140,7 @@ fn queue(
     written: &mut usize,
 ) -> usize {
     let Phase::Ws(ws) = &conn.phase else { return 0 };
-    if !ws.ctx.can_write() {
+    if !ws.can_write() {
         return 0; // closing: no data after our close frame
     }
     let over = |out: &crate::outqueue::OutQueue| out.len() >= limit.count || out.bytes() + frame.len() > limit.bytes;

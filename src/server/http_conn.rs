@@ -8,13 +8,11 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use log::debug;
-use tungstenite::protocol::{Role, WebSocketContext};
 
 use super::conn::Phase;
 use super::{READ_BUDGET_BYTES, Server};
 use crate::api::{self, Action, Ctx};
 use crate::auth;
-use crate::frame_meter::FrameMeter;
 use crate::http::{self, Head, Response};
 use crate::ws::{self, WsConn};
 
@@ -222,32 +220,39 @@ impl Server {
             self.config.max_subscriptions,
         );
         let sub = claims.sub.unwrap_or_default();
-        // Every connection is in its own user's channel.
-        let mut subs = Vec::new();
-        if let Some(name) = crate::channels::user_channel(&sub) {
-            subs.push(ws::Subscription { channel: self.hub.subscribe(&name, key), token_exp: None });
-            self.cluster_ensure(&name);
-        }
+        // Every connection is in its own user's channel. Most connections
+        // stay in that one: room for one subscription (a Vec's first
+        // allocation would otherwise hold four).
+        let mut subs = Vec::with_capacity(1);
+        let sub = match crate::channels::user_channel(&sub) {
+            Some(name) => {
+                let id = self.hub.subscribe(&name, key);
+                subs.push(ws::Subscription { channel: id, token_exp: None });
+                self.cluster_ensure(&name);
+                ws::Subject::shared(self.hub.channel(id).name.clone())
+            }
+            None => ws::Subject::new(&sub),
+        };
         let conn = &mut self.conns[key];
         conn.out.push_owned(ws::handshake_response(ws_key));
         let has_leftover = !leftover.is_empty();
-        conn.phase = Phase::Ws(Box::new(WsConn {
-            // Bytes that came with the request go through the meter first,
-            // like every other frame byte.
-            ctx: WebSocketContext::new(Role::Server, Some(self.ws_config)),
+        let (reading, bucket) = self.protocol.open(leftover, now);
+        let http_ip = conn.phase.http_ip();
+        conn.phase = Phase::Ws(WsConn {
+            reading,
             sub,
-            ip,
-            expires_at,
-            last_seen: now,
-            next_ping: now + self.config.ping_interval,
+            ip: ip.into(),
+            expires_at: expires_at.into(),
+            last_seen: now.into(),
+            next_ping: (now + self.config.ping_interval).into(),
             close_deadline: None,
-            meter: FrameMeter::new(self.config.client_msg_rate, self.config.client_msg_burst, leftover, now),
+            bucket,
             grants,
             subs,
-        }));
+        });
         self.limits.add_client(ip);
         self.metrics.upgrade_answered(101);
-        if let Some(http_ip) = conn.http_ip.take() {
+        if let Some(http_ip) = http_ip {
             self.limits.remove_http(http_ip); // a WebSocket now: counted as one
         }
         debug!(

@@ -22,7 +22,7 @@ impl Server {
     pub(super) fn read_ws(&mut self, key: usize) {
         let now = Instant::now();
         if let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) {
-            ws.meter.start_turn(now);
+            self.protocol.reading(ws, now).meter.start_turn(now);
         }
         for _ in 0..READ_BUDGET_MESSAGES {
             let Some(conn) = self.conns.get_mut(key) else {
@@ -31,9 +31,9 @@ impl Server {
             let Phase::Ws(ws) = &mut conn.phase else {
                 return;
             };
-            let ws = &mut **ws;
-            let mut wire = Wire { sock: &mut conn.stream, out: &mut conn.out, meter: Some(&mut ws.meter) };
-            let result = ws.ctx.read(&mut wire);
+            let r = self.protocol.reading(ws, now);
+            let mut wire = Wire { sock: &mut conn.stream, out: &mut conn.out, meter: Some(&mut r.meter) };
+            let result = r.ctx.read(&mut wire);
             if !conn.out.is_empty() {
                 self.mark_dirty(key); // tungstenite may have queued a pong or close reply
                 if self.output_overflows(key, now) {
@@ -46,12 +46,12 @@ impl Server {
                 return;
             };
             use tungstenite::Error as E;
-            if let Some(reason) = ws.meter.refused {
+            if let Some(reason) = ws.reading.as_ref().and_then(|r| r.meter.refused) {
                 return self.fail_ws(key, reason);
             }
             match result {
                 Ok(msg) => {
-                    ws.last_seen = now;
+                    ws.last_seen = now.into();
                     match msg {
                         Message::Text(text) => self.on_client_text(key, text.as_str(), now),
                         Message::Binary(_) => return self.fail_ws(key, Reason::Binary),
@@ -61,9 +61,12 @@ impl Server {
                     }
                 }
                 Err(E::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if ws.meter.spent || ws.meter.has_pending() {
+                    if ws.reading.as_ref().is_some_and(|r| r.meter.spent || r.meter.has_pending()) {
                         self.again.push(key); // budget spent: more next turn
                     }
+                    // Idle again: the Reading goes back (if nothing is
+                    // partly read).
+                    self.protocol.release(ws);
                     return;
                 }
                 Err(E::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -244,7 +247,7 @@ impl Server {
         };
         match self.verifier.verify(token) {
             Ok(claims) if claims.sub.as_deref().unwrap_or("") == ws.sub => {
-                ws.expires_at = auth::expires_at(now, claims.exp, self.config.jwt_leeway_secs);
+                ws.expires_at = auth::expires_at(now, claims.exp, self.config.jwt_leeway_secs).into();
                 let grants = channels::grants_from_claim(
                     claims.extra.get(&self.config.channels_claim),
                     self.config.max_subscriptions,
@@ -269,9 +272,9 @@ impl Server {
     /// Sends a text message through tungstenite (so it respects the close state).
     pub(super) fn send_text(&mut self, key: usize, text: String) {
         if let Some((ws, mut wire)) = self.conns[key].ws_wire()
-            && ws.ctx.can_write()
+            && ws.can_write()
         {
-            let _ = ws.ctx.write(&mut wire, Message::text(text));
+            let _ = self.protocol.write(ws, &mut wire, Message::text(text));
             self.mark_dirty(key);
             self.output_overflows(key, Instant::now());
         }
@@ -287,7 +290,7 @@ impl Server {
         let conn = &mut self.conns[key];
         // Closing already: nothing more is queued, and the close frame
         // at the end of the queue must stay.
-        if conn.out.bytes() <= max || conn.ws().is_none_or(|w| w.close_deadline.is_some() || !w.ctx.can_write()) {
+        if conn.out.bytes() <= max || conn.ws().is_none_or(|w| w.close_deadline.is_some() || !w.can_write()) {
             return false;
         }
         if conn.out.write_to(&mut crate::sys::Send(&conn.stream)).is_ok() && conn.out.bytes() <= max {
@@ -332,9 +335,9 @@ impl Server {
         self.uncount(key, reason.text());
         self.metrics.close_sent(reason);
         let conn = &mut self.conns[key];
-        conn.send_close(reason);
+        conn.send_close(reason, &mut self.protocol);
         if let Phase::Ws(ws) = &mut conn.phase {
-            ws.close_deadline = Some(now + CLOSE_WAIT);
+            ws.close_deadline = Some((now + CLOSE_WAIT).into());
         }
         self.mark_dirty(key);
         self.reschedule_ws(key);
@@ -344,7 +347,7 @@ impl Server {
     /// then no more reading of what is presumably garbage.
     pub(super) fn fail_ws(&mut self, key: usize, reason: Reason) {
         self.metrics.close_sent(reason);
-        self.conns[key].send_close(reason);
+        self.conns[key].send_close(reason, &mut self.protocol);
         self.begin_close(key);
     }
 
@@ -358,7 +361,7 @@ impl Server {
         if let Some(d) = ws.close_deadline {
             at = at.min(d);
         }
-        self.set_deadline(key, at);
+        self.set_deadline(key, at.instant());
     }
 
     /// A WebSocket's deadline: close handshake overdue, silent client,
@@ -381,9 +384,11 @@ impl Server {
             return self.close_ws(key, Reason::TokenExpired, now);
         }
         if now >= ws.next_ping {
-            ws.next_ping = now + self.config.ping_interval;
-            if ws.ctx.can_write() {
-                let _ = ws.ctx.write(&mut wire, Message::Ping(Default::default()));
+            ws.next_ping = (now + self.config.ping_interval).into();
+            // Idle housekeeping: a ring of output slots a past burst left.
+            wire.out.release_idle();
+            if ws.can_write() {
+                let _ = self.protocol.write(ws, &mut wire, Message::Ping(Default::default()));
                 self.mark_dirty(key);
                 if self.output_overflows(key, now) {
                     return;
