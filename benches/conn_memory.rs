@@ -45,9 +45,14 @@ struct Counting;
 static BYTES: AtomicIsize = AtomicIsize::new(0);
 static BLOCKS: AtomicIsize = AtomicIsize::new(0);
 static USABLE: AtomicIsize = AtomicIsize::new(0);
+/// Allocation calls (alloc, alloc_zeroed, realloc), freed or not.
+static CALLS: AtomicIsize = AtomicIsize::new(0);
 static BY_SIZE: [AtomicIsize; SIZES] = [const { AtomicIsize::new(0) }; SIZES];
 
 fn record(sign: isize, size: usize, ptr: *mut u8) {
+    if sign > 0 {
+        CALLS.fetch_add(1, Relaxed);
+    }
     BYTES.fetch_add(sign * size as isize, Relaxed);
     BLOCKS.fetch_add(sign, Relaxed);
     // SAFETY: `ptr` is a live block of the system allocator (malloc).
@@ -98,6 +103,7 @@ struct Snapshot {
     usable: isize,
     by_size: Vec<isize>,
     rss: isize,
+    calls: isize,
 }
 
 fn snapshot() -> Snapshot {
@@ -107,6 +113,7 @@ fn snapshot() -> Snapshot {
         usable: USABLE.load(Relaxed),
         by_size: BY_SIZE.iter().map(|c| c.load(Relaxed)).collect(),
         rss: rss_bytes(),
+        calls: CALLS.load(Relaxed),
     }
 }
 
@@ -142,11 +149,13 @@ fn report(phase: &str, before: &Snapshot, after: &Snapshot, n: usize) {
     let blocks = per(after.blocks, before.blocks);
     let usable = per(after.usable, before.usable);
     println!(
-        "\n{phase}: {:.0} B requested, {:.2} blocks, {:.0} B malloc footprint, {:.0} B RSS per connection",
+        "\n{phase}: {:.0} B requested, {:.2} blocks, {:.0} B malloc footprint, {:.0} B RSS per connection \
+         ({:.1} allocation calls each on the way)",
         per(after.bytes, before.bytes),
         blocks,
         usable + 8.0 * blocks,
-        per(after.rss, before.rss)
+        per(after.rss, before.rss),
+        per(after.calls, before.calls)
     );
     let mut explained = 0.0;
     for (size, (a, b)) in after.by_size.iter().zip(&before.by_size).enumerate() {
@@ -228,6 +237,11 @@ fn main() {
     }
     let idle = settled();
     report("3. upgraded, authenticated, idle", &arriving, &idle, n);
+    if std::env::var("TRIM").is_ok() {
+        unsafe { libc::malloc_trim(0) };
+        let t = snapshot();
+        report("   after malloc_trim", &arriving, &t, n);
+    }
     report("   total for an idle WebSocket (1+2+3)", &base, &idle, n);
 
     for s in clients.iter_mut() {

@@ -27,7 +27,8 @@
 //! - [`channels`]: channel names, who may join which channel, and the JSON
 //!   of the channel protocol's answers (pure).
 //! - [`hub`]: channel state — subscribers per channel, offsets and epochs,
-//!   bounded history for replay after a reconnect.
+//!   bounded history for replay after a reconnect; [`name_index`] finds a
+//!   channel by name in 8 bytes per channel.
 //! - [`outqueue`]: a connection's pending output, written with one writev.
 //! - [`timers`]: connection deadlines in an indexed min-heap, one entry per
 //!   connection (pings, timeouts).
@@ -49,8 +50,8 @@ pub mod api;
 pub mod auth;
 pub mod broadcast;
 pub mod channels;
-pub mod compact;
 pub mod cluster;
+pub mod compact;
 pub mod config;
 pub mod demo;
 pub mod frame_meter;
@@ -60,6 +61,7 @@ pub mod jwks;
 pub mod limits;
 pub mod logs;
 pub mod metrics;
+pub mod name_index;
 pub mod outqueue;
 pub mod proxies;
 pub mod server;

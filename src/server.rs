@@ -373,7 +373,7 @@ impl Server {
                         }
                     }
                     self.metrics.connections_accepted.inc();
-                    self.timers.set(deadline, key, self.next_id);
+                    self.timers.set(deadline, key);
                     entry.insert(conn);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -584,7 +584,7 @@ impl Server {
     /// Re-arms `key`'s one timer entry (a popped entry is gone, so this
     /// sets it even when the deadline did not change).
     fn set_deadline(&mut self, key: usize, at: Instant) {
-        self.timers.set(at, key, self.conns[key].id);
+        self.timers.set(at, key);
     }
 
     fn run_timers(&mut self, now: Instant) {
@@ -593,13 +593,12 @@ impl Server {
             self.accept_paused_until = None;
             self.accept();
         }
-        while let Some(Due { key, id }) = self.timers.pop_due(now) {
-            // A connection's one entry is re-armed in place and cancelled
-            // with it, so a due entry is its current deadline; the id check
-            // guards the rule.
-            match self.conns.get(key) {
-                Some(c) if c.id == id => self.on_timer(key, now),
-                _ => {} // stale: the connection is gone (its key reused)
+        // A connection's one entry is re-armed in place and cancelled with
+        // it (`remove`), so a due entry is the current deadline of the
+        // connection at its key.
+        while let Some(Due { key }) = self.timers.pop_due(now) {
+            if self.conns.contains(key) {
+                self.on_timer(key, now);
             }
         }
     }

@@ -14,8 +14,9 @@ use crate::ws::{Protocol, Reason, Wire, WsConn};
 
 /// One accepted socket.
 pub(super) struct Conn {
-    /// Unique for the server's lifetime: slab keys are reused, timer entries
-    /// carry this to tell a live connection from a reused key.
+    /// Unique for the server's lifetime: slab keys are reused, so what
+    /// waits on a connection (a Redis answer, a drain slice) carries this
+    /// to tell it from a later one at the same key.
     pub id: u64,
     pub stream: TcpStream,
     /// Already listed in `Server::dirty` for this turn's flush.
