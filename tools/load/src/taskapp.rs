@@ -219,7 +219,7 @@ pub fn publish_phase(
     let shared = Arc::new(SendShared::new(cfg.msgs));
     engine.taskapp.as_mut().expect("taskapp").shared = Some(shared.clone());
     let tokens = send::sender_tokens(cfg, k)?;
-    let server_ticks = cfg.server_pid.and_then(sysinfo::cpu_ticks);
+    let server_ticks = cfg.server_pid.and_then(sysinfo::cpu_ticks_split);
     let own_ms = sysinfo::own_cpu_ms();
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs_f64(cfg.timeout);
@@ -235,7 +235,7 @@ pub fn publish_phase(
                     || (shared.senders_done.load(Ordering::SeqCst) == k
                         && t.deliveries + t.gaps >= t.expected(&shared));
                 if done {
-                    server_ticks_after = cfg.server_pid.and_then(sysinfo::cpu_ticks);
+                    server_ticks_after = cfg.server_pid.and_then(sysinfo::cpu_ticks_split);
                 }
                 done
             },
@@ -255,7 +255,7 @@ pub fn publish_phase(
         )
         .map_err(|e| format!("poll failed: {e}"))?;
     let own_cpu_ms = sysinfo::own_cpu_ms() - own_ms;
-    let server_ticks_after = server_ticks_after.or_else(|| cfg.server_pid.and_then(sysinfo::cpu_ticks));
+    let server_ticks_after = server_ticks_after.or_else(|| cfg.server_pid.and_then(sysinfo::cpu_ticks_split));
     shared.stop.store(true, Ordering::SeqCst);
     let mut results = Vec::with_capacity(k);
     for h in handles {
@@ -273,15 +273,28 @@ pub fn publish_phase(
     report(cfg, t, rep, &shared, &merged.ack, completed, t0);
     let clk = sysinfo::clock_ticks_per_sec();
     if let (Some(b), Some(a)) = (server_ticks, server_ticks_after) {
-        let ms = a.saturating_sub(b) as f64 * 1000.0 / clk as f64;
+        let to_ms = |ticks: u64| ticks as f64 * 1000.0 / clk as f64;
+        let (user, system) = (to_ms(a.0.saturating_sub(b.0)), to_ms(a.1.saturating_sub(b.1)));
+        let ms = user + system;
         let publishes = shared.accepted.load(Ordering::Relaxed).max(1) as f64;
         let deliveries = t.deliveries.max(1) as f64;
-        rep.add("server_cpu_ms", "server CPU time", json!(round3(ms)), format!("{ms:.0} ms (utime+stime)"));
+        rep.add(
+            "server_cpu_ms",
+            "server CPU time",
+            json!(round3(ms)),
+            format!("{ms:.0} ms (user {user:.0} + kernel {system:.0})"),
+        );
+        rep.json_only("server_cpu_user_ms", json!(round3(user)));
         rep.add(
             "server_cpu_us_per_publish",
             "server CPU per publish",
             json!(round3(ms * 1000.0 / publishes)),
-            format!("{:.1} µs", ms * 1000.0 / publishes),
+            format!(
+                "{:.1} µs (user {:.1}, kernel {:.1})",
+                ms * 1000.0 / publishes,
+                user * 1000.0 / publishes,
+                system * 1000.0 / publishes
+            ),
         );
         rep.add(
             "server_cpu_us_per_delivery",
