@@ -170,6 +170,17 @@ test('connect refuses bad options at once', () => {
   assert.throws(() => connect({ url: 'ws://x/ws' }), /getToken/);
   assert.throws(() => connect({ getToken: () => 't' }), /url/);
   assert.throws(() => connect({ url: 'ftp://x/ws', getToken: () => 't', WebSocket: class {} }), /ws\(s\)/);
-  if (!globalThis.WebSocket) assert.throws(() => connect({ url: 'ws://x/ws', getToken: () => 't' }), /no global WebSocket/);
+  // No window (Node, or Next's server rendering, which has a global
+  // WebSocket in Node 22): refused unless a WebSocket is passed explicitly.
+  assert.equal(typeof window, 'undefined');
+  const saved = globalThis.WebSocket;
+  globalThis.WebSocket = class {};
+  try {
+    assert.throws(() => connect({ url: 'ws://x/ws', getToken: () => 't' }), /no window here \(server rendering\?\)/);
+  } finally {
+    if (saved === undefined) delete globalThis.WebSocket;
+    else globalThis.WebSocket = saved;
+  }
+  assert.throws(() => connect({ url: 'ws://x/ws', getToken: () => 't', WebSocket: class {}, getSubscriptionToken: 'x' }), /getSubscriptionToken/);
   assert.equal(DEFAULTS.refreshBeforeMs, 60_000);
 });
