@@ -16,6 +16,7 @@ use serde::Deserialize;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{WebSocketConfig, WebSocketContext};
 
+use crate::auth::AuthError;
 use crate::channels::{self, Refusal};
 use crate::config::Config;
 use crate::frame_meter::FrameMeter;
@@ -58,6 +59,17 @@ pub enum Reason {
     AuthInvalid,
     /// 4003: an in-band `auth` token was valid but for another user.
     AuthOtherUser,
+    /// In-band authentication (`?auth=message`) refused the first message's
+    /// token: 4001 when it expired (the client fetches a fresh one), 1013
+    /// ("try again later") when its key is not in the key set yet (a JWKS
+    /// refresh was asked for), else 4003. The reason is the token error.
+    AuthRefused(AuthError),
+    /// 4003: in-band authentication from an origin ALLOWED_ORIGINS does not list.
+    OriginRefused,
+    /// 4003: in-band authentication, and the first message was not `auth`.
+    AuthExpected,
+    /// 4008: in-band authentication, and no message within REQUEST_TIMEOUT_SECS.
+    AuthTimeout,
 }
 
 impl Reason {
@@ -71,8 +83,11 @@ impl Reason {
             Reason::TooBig | Reason::TooFragmented => 1009,
             Reason::Restart => 1012,
             Reason::SlowConsumer => 1013,
-            Reason::TokenExpired => 4001,
-            Reason::AuthInvalid | Reason::AuthOtherUser => 4003,
+            Reason::TokenExpired | Reason::AuthRefused(AuthError::Expired) => 4001,
+            Reason::AuthRefused(AuthError::UnknownKey) => 1013,
+            Reason::AuthInvalid | Reason::AuthOtherUser | Reason::AuthRefused(_) => 4003,
+            Reason::OriginRefused | Reason::AuthExpected => 4003,
+            Reason::AuthTimeout => 4008,
         }
     }
 
@@ -90,6 +105,13 @@ impl Reason {
             Reason::TokenExpired => "token expired",
             Reason::AuthInvalid => "invalid token",
             Reason::AuthOtherUser => "token is for another user",
+            // At most 123 bytes (RFC 6455 §5.5: a control frame's payload is
+            // at most 125 bytes, two of them the code); every message is.
+            Reason::AuthRefused(AuthError::Missing) => r#"missing token: send {"type":"auth","token":"<jwt>"}"#,
+            Reason::AuthRefused(e) => e.message(),
+            Reason::OriginRefused => "origin not allowed",
+            Reason::AuthExpected => r#"the first message must be {"type":"auth","token":"<jwt>"}"#,
+            Reason::AuthTimeout => "no auth message in time",
         }
     }
 
@@ -172,6 +194,10 @@ pub struct WsConn {
     pub grants: Box<[Box<str>]>,
     /// The channels this connection is in (at most MAX_SUBSCRIPTIONS).
     pub subs: Vec<Subscription>,
+    /// Upgraded with `?auth=message` and its first message (the token) has
+    /// not come yet: no user, no channels, no broadcasts; `expires_at` is the
+    /// deadline for that message (close 4008).
+    pub awaiting_auth: bool,
 }
 
 /// One channel a connection is in.
@@ -335,6 +361,36 @@ mod tests {
         assert!(matches!(on_text(&big, 512), Inbound::Subscribe { token: Some(_), .. }));
         let big = format!(r#"{{"type":"subscribe","channel":"p:{}"}}"#, "x".repeat(900));
         assert_eq!(on_text(&big, 512), Inbound::Close(Reason::TooBig));
+    }
+
+    #[test]
+    fn close_reasons_fit_a_close_frame() {
+        use AuthError::*;
+        let auth = [
+            Missing,
+            Expired,
+            NotYetValid,
+            BadSignature,
+            WrongAlgorithm,
+            WrongIssuer,
+            WrongAudience,
+            Malformed,
+            UnknownKey,
+            MissingKeyId,
+            SecretNotSet,
+        ];
+        let mut reasons = vec![Reason::OriginRefused, Reason::AuthExpected, Reason::AuthTimeout, Reason::AuthInvalid];
+        reasons.extend(auth.map(Reason::AuthRefused));
+        for r in reasons {
+            // RFC 6455 §5.5: control frame payloads are at most 125 bytes, 2 of them the code.
+            assert!(r.text().len() <= 123, "{r:?}: {} bytes", r.text().len());
+        }
+        // Refusals a client should not retry are 4003; an expired token
+        // (fetch another) 4001; an unknown key (JWKS refresh) 1013.
+        assert_eq!(Reason::AuthRefused(WrongIssuer).code(), 4003);
+        assert_eq!(Reason::AuthRefused(Expired).code(), 4001);
+        assert_eq!(Reason::AuthRefused(UnknownKey).code(), 1013);
+        assert_eq!(Reason::AuthTimeout.code(), 4008);
     }
 
     #[test]

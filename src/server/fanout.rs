@@ -140,8 +140,8 @@ fn queue(
     written: &mut usize,
 ) -> usize {
     let Phase::Ws(ws) = &conn.phase else { return 0 };
-    if !ws.ctx.can_write() {
-        return 0; // closing: no data after our close frame
+    if !ws.ctx.can_write() || ws.awaiting_auth {
+        return 0; // closing (no data after our close frame), or not authenticated yet
     }
     let over = |out: &crate::outqueue::OutQueue| out.len() >= limit.count || out.bytes() + frame.len() > limit.bytes;
     if over(&conn.out) {

@@ -12,11 +12,10 @@ use tungstenite::protocol::{Role, WebSocketContext};
 
 use super::conn::Phase;
 use super::{READ_BUDGET_BYTES, Server};
-use crate::api::{self, Action, Ctx};
-use crate::auth;
+use crate::api::{self, Action, Ctx, UpgradeAuth};
 use crate::frame_meter::FrameMeter;
 use crate::http::{self, Head, Response};
-use crate::ws::{self, WsConn};
+use crate::ws::{self, Reason, WsConn};
 
 /// An HTTP client with this much unread output gets no more requests
 /// parsed until it reads (pipelining without reading cannot grow memory).
@@ -162,9 +161,9 @@ impl Server {
                 redis_up: self.cluster.as_ref().map(|c| c.up),
             };
             let action = api::route(&head, &h.buf[start..end], &ctx);
-            if let Action::Upgrade { key: ws_key, claims } = action {
+            if let Action::Upgrade { key: ws_key, auth } = action {
                 let leftover = h.buf.split_off(end);
-                self.upgrade(key, &head, ip, &ws_key, claims, leftover);
+                self.upgrade(key, &head, ip, &ws_key, auth, leftover);
                 return published;
             }
             h.consumed = end;
@@ -214,20 +213,12 @@ impl Server {
         self.set_deadline(key, Instant::now() + self.config.request_timeout);
     }
 
-    fn upgrade(&mut self, key: usize, head: &Head, ip: IpAddr, ws_key: &str, claims: auth::Claims, leftover: Vec<u8>) {
+    /// Sends 101 and makes the connection a WebSocket. With the token
+    /// verified already it is authenticated at once; in band it waits for
+    /// its first message until REQUEST_TIMEOUT_SECS ([`Server::authenticate`]
+    /// is the one path that sets up an authenticated connection either way).
+    fn upgrade(&mut self, key: usize, head: &Head, ip: IpAddr, ws_key: &str, auth: UpgradeAuth, leftover: Vec<u8>) {
         let now = Instant::now();
-        let expires_at = auth::expires_at(now, claims.exp, self.config.jwt_leeway_secs);
-        let grants = crate::channels::grants_from_claim(
-            claims.extra.get(&self.config.channels_claim),
-            self.config.max_subscriptions,
-        );
-        let sub = claims.sub.unwrap_or_default();
-        // Every connection is in its own user's channel.
-        let mut subs = Vec::new();
-        if let Some(name) = crate::channels::user_channel(&sub) {
-            subs.push(ws::Subscription { channel: self.hub.subscribe(&name, key), token_exp: None });
-            self.cluster_ensure(&name);
-        }
         let conn = &mut self.conns[key];
         conn.out.push_owned(ws::handshake_response(ws_key));
         let has_leftover = !leftover.is_empty();
@@ -235,28 +226,30 @@ impl Server {
             // Bytes that came with the request go through the meter first,
             // like every other frame byte.
             ctx: WebSocketContext::new(Role::Server, Some(self.ws_config)),
-            sub,
+            sub: String::new(),
             ip,
-            expires_at,
+            // Replaced by the token's expiry once authenticated.
+            expires_at: now + self.config.request_timeout,
             last_seen: now,
             next_ping: now + self.config.ping_interval,
             close_deadline: None,
             meter: FrameMeter::new(self.config.client_msg_rate, self.config.client_msg_burst, leftover, now),
-            grants,
-            subs,
+            grants: Box::default(),
+            subs: Vec::new(),
+            awaiting_auth: matches!(auth, UpgradeAuth::FirstMessage { .. }),
         }));
         self.limits.add_client(ip);
         self.metrics.upgrade_answered(101);
         if let Some(http_ip) = conn.http_ip.take() {
             self.limits.remove_http(http_ip); // a WebSocket now: counted as one
         }
-        debug!(
-            "{} connected as {:?} (origin {:?}); {} clients",
-            conn.peer,
-            conn.ws().map_or("", |w| w.sub.as_str()),
-            head.origin.as_deref().unwrap_or("-"),
-            self.limits.clients()
-        );
+        debug!("{} upgraded (origin {:?})", conn.peer, head.origin.as_deref().unwrap_or("-"));
+        match auth {
+            UpgradeAuth::Verified(claims) => self.authenticate(key, claims, now),
+            // Refused after the upgrade, so the page learns why from the close frame.
+            UpgradeAuth::FirstMessage { origin_ok: false } => return self.close_ws(key, Reason::OriginRefused, now),
+            UpgradeAuth::FirstMessage { origin_ok: true } => {}
+        }
         self.mark_dirty(key);
         self.reschedule_ws(key);
         if has_leftover {

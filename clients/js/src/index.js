@@ -314,8 +314,7 @@ export class Client {
     };
     // By default the token travels in the first message, not the URL: URLs
     // end up in browser consoles, proxy logs and history.
-    // TEMPORARY until the server side of in-band auth lands on this branch.
-    this._tokenInUrl = options.tokenInUrl !== false;
+    this._tokenInUrl = options.tokenInUrl === true;
     this._debug = typeof options.debug === 'function' ? options.debug : options.debug ? (...a) => console.debug('taskcast:', ...a) : null;
     this._random = options.random ?? Math.random;
     /** 'connecting' | 'open' | 'closed' | 'error' (stopped by a refusal; see lastError). */
