@@ -54,9 +54,16 @@ function NewTask({ projectId }: { projectId: string }) {
   const [title, setTitle] = useState("");
   const submit = (e: FormEvent) => {
     e.preventDefault();
+    // Cleared now, not after the action: what the user types meanwhile stays.
+    const typed = title;
+    setTitle("");
     run(async () => {
-      store.getState().apply(await createTask(projectId, title));
-      setTitle("");
+      try {
+        store.getState().apply(await createTask(projectId, typed));
+      } catch (err) {
+        setTitle((current) => current || typed);
+        throw err;
+      }
     });
   };
   return (
@@ -158,13 +165,13 @@ function Members({ projectId }: { projectId: string }) {
   const [note, setNote] = useState<string | null>(null);
   const submit = (e: FormEvent) => {
     e.preventDefault();
+    const typed = email;
+    setEmail("");
     start(async () => {
-      const r = await addMember(projectId, email);
+      const r = await addMember(projectId, typed);
       setNote(r.error ?? null);
-      if (r.member) {
-        store.getState().addMember(projectId, r.member);
-        setEmail("");
-      }
+      if (r.member) store.getState().addMember(projectId, r.member);
+      else setEmail((current) => current || typed);
     });
   };
   return (

@@ -42,9 +42,10 @@ function NewProject() {
   const [pending, start] = useTransition();
   const submit = (e: FormEvent) => {
     e.preventDefault();
+    const typed = name;
+    setName("");
     start(async () => {
-      store.getState().addProject(await createProject(name));
-      setName("");
+      store.getState().addProject(await createProject(typed));
     });
   };
   return (

@@ -316,6 +316,7 @@ export async function person(browser, app, name) {
     baseURL: app.url,
     userAgent: `Mozilla/5.0 (X11; Linux x86_64) Chromium e2e-user/${name}`,
   });
+  context.setDefaultTimeout(WAIT_MS);
   const sockets = [];
   const requests = [];
   const problems = [];
