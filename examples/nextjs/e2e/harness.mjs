@@ -323,7 +323,7 @@ export async function person(browser, app, name) {
   context.on('page', (page) => watch(page));
   const watch = (page) => {
     page.on('websocket', (ws) => {
-      const rec = { url: ws.url(), sent: [], received: [], closed: false, openedAt: Date.now() };
+      const rec = { page, url: ws.url(), sent: [], received: [], closed: false, openedAt: Date.now() };
       sockets.push(rec);
       ws.on('framesent', (f) => rec.sent.push(String(f.payload)));
       ws.on('framereceived', (f) => rec.received.push(String(f.payload)));
