@@ -239,6 +239,9 @@ impl Server {
             awaiting_auth: matches!(auth, UpgradeAuth::FirstMessage { .. }),
         }));
         self.limits.add_client(ip);
+        if matches!(auth, UpgradeAuth::FirstMessage { .. }) {
+            self.awaiting_auth += 1;
+        }
         self.metrics.upgrade_answered(101);
         if let Some(http_ip) = conn.http_ip.take() {
             self.limits.remove_http(http_ip); // a WebSocket now: counted as one

@@ -286,7 +286,9 @@ impl Server {
         }
         let conn = &mut self.conns[key];
         let Phase::Ws(ws) = &mut conn.phase else { return };
-        ws.awaiting_auth = false;
+        if std::mem::take(&mut ws.awaiting_auth) {
+            self.awaiting_auth -= 1;
+        }
         ws.sub = sub;
         ws.grants = grants;
         ws.subs = subs;
