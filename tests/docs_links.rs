@@ -16,10 +16,8 @@ use std::path::{Path, PathBuf};
 fn pages(root: &Path) -> Vec<PathBuf> {
     let mut pages = vec![root.join("README.md")];
     if let Ok(dir) = fs::read_dir(root.join("docs")) {
-        let mut docs: Vec<PathBuf> = dir
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "md"))
-            .collect();
+        let mut docs: Vec<PathBuf> =
+            dir.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "md")).collect();
         docs.sort();
         pages.extend(docs);
     }
