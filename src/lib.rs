@@ -28,6 +28,9 @@
 //!   of the channel protocol's answers (pure).
 //! - [`hub`]: channel state — subscribers per channel, offsets and epochs,
 //!   bounded history for replay after a reconnect.
+//! - [`subscription`]: one connection's subscription to a channel — joining
+//!   or joined at a position — and the rule that a message reaches it only
+//!   if it is exactly the next offset.
 //! - [`outqueue`]: a connection's pending output, written with one writev.
 //! - [`timers`]: connection deadlines in an indexed min-heap, one entry per
 //!   connection (pings, timeouts).
@@ -61,6 +64,7 @@ pub mod metrics;
 pub mod outqueue;
 pub mod proxies;
 pub mod server;
+pub mod subscription;
 pub mod sys;
 pub mod timers;
 pub mod ws;

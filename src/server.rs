@@ -21,7 +21,8 @@
 //! This file is the loop and the connection table. What happens to one
 //! connection lives next to it: `conn` (the table entry and its phases),
 //! `http_conn` (requests, the upgrade), `ws_conn` (frames, client messages,
-//! subscribes, pings, the close handshake), `fanout` (broadcasts to
+//! pings, the close handshake), `subs` (joining and leaving channels),
+//! `fanout` (broadcasts to
 //! recipients), `cluster` (cluster mode: parked publishes, history reads,
 //! gap repair); and `drain` (signals, the staggered drain, shutdown),
 //! `scrape` (`/metrics`).
@@ -32,6 +33,7 @@ mod drain;
 mod fanout;
 mod http_conn;
 mod scrape;
+mod subs;
 mod ws_conn;
 
 use std::io;
@@ -312,6 +314,7 @@ impl Server {
             self.shutdown_deadline,
             self.hub.next_expiry(),
             self.fanout_flush_at,
+            self.next_cluster_retry(),
             drain,
         ]
         .into_iter()
@@ -551,8 +554,11 @@ impl Server {
     }
 
     /// Stops counting `key` as a connected client — once: a client we sent
-    /// a close frame was uncounted then (`close_deadline` is set).
+    /// a close frame was uncounted then (`close_deadline` is set). Leaves
+    /// every channel every time (idempotent): nothing more is sent to it,
+    /// and its slab key may be reused.
     fn uncount(&mut self, key: usize, what: &str) {
+        self.leave_all(key);
         let conn = &self.conns[key];
         let Some(ws) = conn.ws() else { return };
         if ws.close_deadline.is_some() {
@@ -560,17 +566,6 @@ impl Server {
         }
         self.limits.remove_client(ws.ip);
         debug!("{} ({:?}) {what}; {} clients", conn.peer, ws.sub, self.limits.clients());
-        // Out of every channel: nothing more is sent to it, and its slab
-        // key may be reused.
-        if let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) {
-            for s in std::mem::take(&mut ws.subs) {
-                let name = self.cluster.as_ref().map(|_| self.hub.channel(s.channel).name.to_string());
-                self.hub.unsubscribe(s.channel, key);
-                if let Some(name) = name {
-                    self.maybe_unsubscribe_remote(&name);
-                }
-            }
-        }
     }
 
     // ---- timers ------------------------------------------------------------
@@ -585,6 +580,7 @@ impl Server {
 
     fn run_timers(&mut self, now: Instant) {
         self.drain_tick(now);
+        self.run_cluster_retries(now);
         if self.accept_paused_until.is_some_and(|t| now >= t) {
             self.accept_paused_until = None;
             self.accept();

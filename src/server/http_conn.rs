@@ -222,12 +222,7 @@ impl Server {
             self.config.max_subscriptions,
         );
         let sub = claims.sub.unwrap_or_default();
-        // Every connection is in its own user's channel.
-        let mut subs = Vec::new();
-        if let Some(name) = crate::channels::user_channel(&sub) {
-            subs.push(ws::Subscription { channel: self.hub.subscribe(&name, key), token_exp: None });
-            self.cluster_ensure(&name);
-        }
+        let user_channel = crate::channels::user_channel(&sub);
         let conn = &mut self.conns[key];
         conn.out.push_owned(ws::handshake_response(ws_key));
         let has_leftover = !leftover.is_empty();
@@ -243,8 +238,13 @@ impl Server {
             close_deadline: None,
             meter: FrameMeter::new(self.config.client_msg_rate, self.config.client_msg_burst, leftover, now),
             grants,
-            subs,
+            subs: Vec::new(),
         }));
+        // Every connection is in its own user's channel.
+        if let Some(name) = user_channel {
+            self.join_user_channel(key, &name);
+        }
+        let conn = &mut self.conns[key];
         self.limits.add_client(ip);
         self.metrics.upgrade_answered(101);
         if let Some(http_ip) = conn.http_ip.take() {
