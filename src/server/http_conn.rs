@@ -69,6 +69,9 @@ impl Server {
         }
         if eof {
             match self.conns.get(key).map(|c| &c.phase) {
+                // A publish waiting for Redis (cluster mode) is answered
+                // first: its answer reads again, sees this EOF, and closes.
+                Some(Phase::Http(h)) if h.parked => {}
                 // Half-close: answer what arrived whole, then close.
                 Some(Phase::Http(_)) => self.begin_close(key),
                 // The EOF came in the same read as an upgrade request: let
@@ -238,7 +241,11 @@ impl Server {
             subs: Vec::new(),
             awaiting_auth: matches!(auth, UpgradeAuth::FirstMessage { .. }),
         }));
+        let conn = &mut self.conns[key];
         self.limits.add_client(ip);
+        if matches!(auth, UpgradeAuth::FirstMessage { .. }) {
+            self.awaiting_auth += 1;
+        }
         self.metrics.upgrade_answered(101);
         if let Some(http_ip) = conn.http_ip.take() {
             self.limits.remove_http(http_ip); // a WebSocket now: counted as one
@@ -267,6 +274,13 @@ impl Server {
         };
         if h.is_idle() {
             return self.remove(key);
+        }
+        if h.parked {
+            // Its publish is with Redis, stored or about to be: a 408 now
+            // would make the client retry a message that is delivered. The
+            // link answers or fails every command (REDIS_* timeouts).
+            let at = Instant::now() + self.config.request_timeout;
+            return self.set_deadline(key, at);
         }
         debug!("{} request not completed in time: 408", conn.peer);
         let resp = Response::error(408, "request not completed in time");
