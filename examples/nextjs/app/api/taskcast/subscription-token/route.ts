@@ -1,11 +1,11 @@
 // A subscription token: lets this user's connection join one project's
 // channel that its connection token does not list (a project joined after
-// the token was minted). Signed by BetterAuth with its own key, so taskcast
-// checks it through the same JWKS as every other token.
+// the token was minted). Signed by BetterAuth with its own key
+// (auth.api.signJWT), so taskcast checks it through the same JWKS as every
+// other token: no shared secret.
+import { mintSubscriptionToken } from "taskcast-client/server";
 import { auth, currentUser } from "@/lib/auth";
 import { isMember } from "@/lib/projects";
-
-const LIFETIME_SECS = 300;
 
 export async function GET(req: Request) {
   const me = await currentUser();
@@ -15,9 +15,6 @@ export async function GET(req: Request) {
   if (!projectId || !(await isMember(me.id, projectId))) {
     return Response.json({ error: "not a member of this project" }, { status: 403 });
   }
-  const now = Math.floor(Date.now() / 1000);
-  const { token } = await auth.api.signJWT({
-    body: { payload: { sub: me.id, channel, iat: now, exp: now + LIFETIME_SECS } },
-  });
+  const token = await mintSubscriptionToken({ auth, userId: me.id, channel, expiresIn: 300 });
   return Response.json({ token }, { headers: { "Cache-Control": "no-store" } });
 }
