@@ -30,8 +30,8 @@ function getDb(): Db {
 
 /**
  * The database, opened on first use rather than at import: `next build`
- * imports every route in several worker processes, which must not open
- * (or create) the data directory.
+ * imports the routes (in worker processes) to collect page data, and must
+ * not open or create the data directory.
  */
 export const db: Db = new Proxy({} as Db, {
   get(_target, prop) {
