@@ -12,7 +12,7 @@ import { renderToString } from 'react-dom/server';
 
 import { TaskcastProvider, useChannel, useConnectionState, useTaskcast } from '../src/react.js';
 import { broadcast } from '../src/server.js';
-import { CHROMIUM, launchChromium, metric, serveRoutes, startServer, token } from './helpers.js';
+import { CHROMIUM, launchChromium, metric, serveRoutes, sign, startServer, token } from './helpers.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const API_KEY = 'publisher-key-for-the-react-tests-0123';
@@ -83,7 +83,7 @@ describe('React bindings in chromium', { skip: existsSync(CHROMIUM) ? false : `$
   });
 
   /** A page of the app whose getToken mints `sub`'s tokens; `frames.sent` logs what its sockets send. */
-  async function appPage(sub) {
+  async function appPage(sub, mint = token) {
     const page = await context.newPage();
     const frames = { sent: [], received: [], sockets: 0 };
     page.on('websocket', (ws) => {
@@ -91,7 +91,7 @@ describe('React bindings in chromium', { skip: existsSync(CHROMIUM) ? false : `$
       ws.on('framesent', (f) => frames.sent.push(JSON.parse(f.payload)));
       ws.on('framereceived', (f) => frames.received.push(JSON.parse(f.payload)));
     });
-    await page.exposeFunction('getToken', () => token(sub));
+    await page.exposeFunction('getToken', () => mint(sub));
     await page.goto(`${app.origin}/`);
     await page.waitForFunction(() => window.ready === true, null, WAIT);
     page.frames = frames;
@@ -154,6 +154,21 @@ describe('React bindings in chromium', { skip: existsSync(CHROMIUM) ? false : `$
       // Unmounting the provider closes the client: the server sees the socket go.
       await page.evaluate(() => window.unmountAll());
       await waitFor(async () => (await metric(server.http, 'taskcast_subscriptions')) === before);
+    } finally {
+      await page.close();
+    }
+  });
+
+  test('a refused token: useConnectionState() is "error" and useTaskcast().lastError names the reason', async () => {
+    const now = Math.floor(Date.now() / 1000);
+    const page = await appPage('react-refused', (sub) => sign({ sub, iat: now, exp: now + 600 }, 'not-the-server-secret-0123456789'));
+    try {
+      await page.evaluate(({ url }) => window.render({ url, channel: 'project:r', boards: ['a'] }), { url: server.ws });
+      await page.waitForSelector('#status[data-state="error"]', ATTACHED);
+      const text = await page.textContent('#status');
+      assert.match(text, /^auth_failed: .*token signature is invalid/);
+      assert.equal(page.frames.sockets, 1, 'not retried');
+      assert.deepEqual([...new Set(await page.evaluate(() => window.log.states))], ['connecting', 'error']);
     } finally {
       await page.close();
     }
