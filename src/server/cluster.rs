@@ -324,6 +324,7 @@ impl Server {
         if j.silent {
             j.read = 0;
             debug!("cluster: joining {channel} failed ({why}); retrying");
+            self.uncork(key);
             return self.schedule_retry(channel);
         }
         debug!("cluster: a subscribe to {channel} failed: {why}");
@@ -385,7 +386,9 @@ impl Server {
             return;
         };
         let j = *j;
-        if !j.silent {
+        if j.silent {
+            self.uncork(key);
+        } else {
             // As in one process: a replay must fit MAX_OUTPUT_BYTES.
             let queued = self.conns[key].out.bytes();
             let size: usize =
@@ -416,6 +419,16 @@ impl Server {
         }
         if gap {
             self.start_repair(channel);
+        }
+    }
+
+    /// Lets a connection's held output (its 101 first) go.
+    fn uncork(&mut self, key: usize) {
+        if let Some(c) = self.conns.get_mut(key)
+            && c.corked
+        {
+            c.corked = false;
+            self.mark_dirty(key);
         }
     }
 
