@@ -387,7 +387,17 @@ impl Server {
         };
         let j = *j;
         if j.silent {
-            self.uncork(key);
+            if self.conns[key].corked {
+                self.uncork(key); // the 101 leaves now: exact from here on
+            } else {
+                // The 101 went out before the position was known (Redis was
+                // unreachable then): messages published in between may be
+                // missed. Say so, like any gap history cannot fill.
+                self.send_text(key, channels::subscribed(channel, &epoch, offset, false));
+                if !self.is_open_ws(key) {
+                    return;
+                }
+            }
         } else {
             // As in one process: a replay must fit MAX_OUTPUT_BYTES.
             let queued = self.conns[key].out.bytes();
