@@ -337,7 +337,7 @@ impl Server {
         let Some(remote) = self.cluster.as_mut().and_then(|c| c.channels.get_mut(channel)) else { return };
         remote.subscribed = true;
         if !remote.retry_pending {
-            self.resume_joins(channel);
+            self.resume_channel(channel);
         }
     }
 
@@ -614,6 +614,12 @@ impl Server {
             if behind && self.is_open_ws(key) {
                 self.resync(key, id, Position { epoch: epoch.clone(), offset });
             }
+        }
+        // Kept messages of another epoch were published before the stream
+        // this answer read (Redis was flushed): everyone here is past them
+        // now. Offered again, they would look like a gap forever.
+        if let Some(remote) = self.cluster.as_mut().and_then(|c| c.channels.get_mut(channel)) {
+            remote.kept.retain(|k| *k.epoch == *epoch);
         }
         self.release_kept(channel);
     }
