@@ -618,8 +618,12 @@ impl Server {
         // Kept messages of another epoch were published before the stream
         // this answer read (Redis was flushed): everyone here is past them
         // now. Offered again, they would look like a gap forever.
-        if let Some(remote) = self.cluster.as_mut().and_then(|c| c.channels.get_mut(channel)) {
-            remote.kept.retain(|k| *k.epoch == *epoch);
+        let Some(remote) = self.cluster.as_mut().and_then(|c| c.channels.get_mut(channel)) else { return };
+        remote.kept.retain(|k| *k.epoch == *epoch);
+        if remote.needs_repair {
+            // Owed since this read was sent (the link went down and came
+            // back meanwhile): what it read may be stale, so read again.
+            self.start_repair(channel);
         }
         self.release_kept(channel);
     }
