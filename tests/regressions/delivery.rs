@@ -507,7 +507,11 @@ fn defect_04_unsubscribe_while_joining_leaves_the_channel() {
     for trial in 0..3 {
         let mut c = ws(s.addr, &member(&format!("m{trial}"), &["project:*"]));
         // Both in one write: the unsubscribe is read while the subscribe waits for Redis.
-        let both = [raw_ws::text(&subscribe_text(channel, None)), raw_ws::text(&json!({"type": "unsubscribe", "channel": channel}).to_string())].concat();
+        let both = [
+            raw_ws::text(&subscribe_text(channel, None)),
+            raw_ws::text(&json!({"type": "unsubscribe", "channel": channel}).to_string()),
+        ]
+        .concat();
         c.get_mut().write_all(&both).unwrap();
         let got = answers_until(&mut c, |g| {
             g.iter().any(|m| is_answer_to_subscribe(m, channel)) && g.iter().any(|m| m["type"] == "unsubscribed")
@@ -587,8 +591,9 @@ fn defect_05_a_subscribe_while_redis_is_down_is_answered_unavailable() {
     wait_status(s.addr, "/ready", 503);
     for attempt in 0..5 {
         send(&mut c, subscribe_text("project:5", None));
-        let m = next_within(&mut c, WAIT)
-            .unwrap_or_else(|| panic!("attempt {attempt}: no answer to a subscribe within {WAIT:?} while Redis is down"));
+        let m = next_within(&mut c, WAIT).unwrap_or_else(|| {
+            panic!("attempt {attempt}: no answer to a subscribe within {WAIT:?} while Redis is down")
+        });
         assert_eq!(m["type"], "error", "attempt {attempt}: {m}");
         assert_eq!(m["payload"]["code"], "unavailable", "attempt {attempt}: {m}");
         assert_eq!(m["payload"]["channel"], "project:5", "attempt {attempt}: {m}");
@@ -626,7 +631,8 @@ fn defect_06_a_failing_repair_is_not_retried_in_a_tight_loop() {
     publish_ok(b.addr, json!({"channel": channel}), json!(1));
     assert_eq!(offset_in(&next_json(&mut c), channel), Some(1));
     let _: String = redis.cmd(&["ACL", "SETUSER", "tc_a", "resetpass", ">changed"]);
-    let ids = client_ids(&redis, |l| field(l, "user") == Some("tc_a") && !field(l, "flags").unwrap_or("").contains('P'));
+    let ids =
+        client_ids(&redis, |l| field(l, "user") == Some("tc_a") && !field(l, "flags").unwrap_or("").contains('P'));
     assert_eq!(ids.len(), 1, "A's command connection");
     let _: i64 = redis.cmd(&["CLIENT", "KILL", "ID", &ids[0]]);
     wait_status(a.addr, "/ready", 503);
@@ -673,7 +679,12 @@ fn defect_07_subscribes_to_silent_channels_leave_no_long_lived_keys() {
         })
         .filter(|(_, ttl)| *ttl < 0 || *ttl > 60)
         .collect();
-    assert!(long.is_empty(), "{} keys outlive HISTORY_TTL_SECS=60 (TTL in s, -1 = none): {:?}", long.len(), &long[..long.len().min(3)]);
+    assert!(
+        long.is_empty(),
+        "{} keys outlive HISTORY_TTL_SECS=60 (TTL in s, -1 = none): {:?}",
+        long.len(),
+        &long[..long.len().min(3)]
+    );
 }
 
 // ---- defect 8: a publish waiting for Redis keeps its answer -----------------
@@ -760,7 +771,9 @@ fn defect_10_a_user_channel_loses_no_message_after_moving_instance() {
         }
         let channel = format!("user:{user}");
         let m = next_within(&mut c, WAIT).unwrap_or_else(|| {
-            panic!("trial {trial}: nothing arrived on {channel}; offsets 1 and 2 were published after the tab connected")
+            panic!(
+                "trial {trial}: nothing arrived on {channel}; offsets 1 and 2 were published after the tab connected"
+            )
         });
         if m["type"] == "subscribed" && m["recovered"] == false {
             continue; // told to refetch: honest
@@ -815,7 +828,8 @@ fn suspicion_overlapping_reads_do_not_starve_live_delivery() {
     let mut want = base + 1;
     let deadline = Instant::now() + Duration::from_secs(4);
     while Instant::now() < deadline {
-        let m = next_within(&mut live, Duration::from_secs(3)).unwrap_or_else(|| panic!("live delivery stopped for 3 s at {want}, publisher at {}", hammer.last()));
+        let m = next_within(&mut live, Duration::from_secs(3))
+            .unwrap_or_else(|| panic!("live delivery stopped for 3 s at {want}, publisher at {}", hammer.last()));
         let Some(o) = offset_in(&m, channel) else { continue };
         assert_eq!(o, want, "{m}");
         let sent = hammer.sent.lock().unwrap().iter().find(|(_, x)| *x == o).map(|(at, _)| *at);
@@ -882,7 +896,10 @@ fn suspicion_a_reused_slab_key_inherits_no_held_back_state() {
                 break o;
             }
         };
-        assert!(first <= must, "trial {trial}: a new tab's first message on {channel} was {first}; {must}, published after it connected, was lost");
+        assert!(
+            first <= must,
+            "trial {trial}: a new tab's first message on {channel} was {first}; {must}, published after it connected, was lost"
+        );
         expect_run(&mut c, channel, first + 1, must + 10, &format!("trial {trial}: the new tab"));
         drop(slow);
     }
