@@ -197,9 +197,21 @@ fn steady_fds(addr: SocketAddr) -> u64 {
 }
 
 fn gauge(addr: SocketAddr, name: &str) -> u64 {
+    gauges(addr, &[name])[0]
+}
+
+/// Several gauges from one scrape (a scrape per gauge would count the
+/// previous scrape's connection, still closing, in `process_open_fds`).
+fn gauges(addr: SocketAddr, names: &[&str]) -> Vec<u64> {
     let body = get(addr, "/metrics").body;
-    let line = body.lines().find(|l| l.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("{name} in {body}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
+    names
+        .iter()
+        .map(|name| {
+            let line =
+                body.lines().find(|l| l.split(' ').next() == Some(*name)).unwrap_or_else(|| panic!("{name} in {body}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        })
+        .collect()
 }
 
 // ---- connections: a writer for the driver, a reader thread logging all ---------
@@ -1121,13 +1133,10 @@ impl Run {
         for i in 0..self.inst.procs.len() {
             let deadline = Instant::now() + settle;
             loop {
-                let addr = self.addr(i);
-                let got = [
-                    ("taskcast_clients", gauge(addr, "taskcast_clients"), 0),
-                    ("taskcast_subscriptions", gauge(addr, "taskcast_subscriptions"), 0),
-                    ("taskcast_channels", gauge(addr, "taskcast_channels"), 0),
-                    ("process_open_fds", gauge(addr, "process_open_fds"), self.inst.fds[i]),
-                ];
+                let names = ["taskcast_clients", "taskcast_subscriptions", "taskcast_channels", "process_open_fds"];
+                let now = gauges(self.addr(i), &names);
+                let want = [0, 0, 0, self.inst.fds[i]];
+                let got: Vec<(&str, u64, u64)> = (0..4).map(|k| (names[k], now[k], want[k])).collect();
                 if got.iter().all(|(_, v, want)| v == want) {
                     break;
                 }
