@@ -694,8 +694,10 @@ impl Server {
             let Some(id) = self.hub.find(&channel) else { continue };
             let keys: Vec<usize> = self.hub.channel(id).subscribers.iter().copied().collect();
             for key in keys {
-                if self.conns[key]
-                    .ws()
+                if self
+                    .conns
+                    .get(key)
+                    .and_then(|c| c.ws())
                     .and_then(|ws| ws.subs.iter().find(|s| s.channel == id))
                     .is_some_and(|s| s.joining_read().is_some())
                 {

@@ -70,6 +70,9 @@ impl Server {
         }
         if eof {
             match self.conns.get(key).map(|c| &c.phase) {
+                // A publish waiting for Redis (cluster mode) is answered
+                // first: its answer reads again, sees this EOF, and closes.
+                Some(Phase::Http(h)) if h.parked => {}
                 // Half-close: answer what arrived whole, then close.
                 Some(Phase::Http(_)) => self.begin_close(key),
                 // The EOF came in the same read as an upgrade request: let
@@ -274,6 +277,13 @@ impl Server {
         };
         if h.is_idle() {
             return self.remove(key);
+        }
+        if h.parked {
+            // Its publish is with Redis, stored or about to be: a 408 now
+            // would make the client retry a message that is delivered. The
+            // link answers or fails every command (REDIS_* timeouts).
+            let at = Instant::now() + self.config.request_timeout;
+            return self.set_deadline(key, at);
         }
         debug!("{} request not completed in time: 408", conn.peer);
         let resp = Response::error(408, "request not completed in time");
