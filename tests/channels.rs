@@ -111,20 +111,27 @@ impl Drop for StopOnDrop<'_> {
 
 // ---- scenarios, each run in both homes -----------------------------------------
 
+/// Each tab joins its user channel explicitly, as the browser client's
+/// `subscribeUser()` does (answered with its position); what is published
+/// to the user then reaches both of its tabs once, and no other user, who
+/// may not join the channel either.
 fn user_channels_reach_only_that_user(home: Home) {
     let mut a1 = home.ws(0, &token("a"));
     let mut a2 = home.ws(1, &token("a"));
     let mut b = home.ws(2, &token("b"));
-    home.wait_clients(3);
+    for c in [&mut a1, &mut a2] {
+        let ok = subscribe(c, "user:a", None);
+        assert_eq!((ok["type"].as_str(), ok["offset"].as_u64()), (Some("subscribed"), Some(0)), "{ok}");
+    }
     let answer = home.publish(3, json!({"users": ["a"]}), json!({"id": 1}));
     let local = home.local(3, &[0, 1]);
     assert_eq!(answer["recipients"], local);
     assert_eq!(answer["channels"]["user:a"], json!({"offset": 1, "recipients": local}));
-    // Both tabs are connected (the publish even counted them): they get it.
-    for (i, c) in [&mut a1, &mut a2].into_iter().enumerate() {
-        let m = try_next(c)
-            .unwrap_or_else(|| panic!("tab {i} of a never got the message published after it connected: {answer}"));
-        assert_eq!(m, json!({"type": "task_updated", "payload": {"id": 1}, "channel": "user:a", "offset": 1}));
+    for c in [&mut a1, &mut a2] {
+        assert_eq!(
+            next_json(c),
+            json!({"type": "task_updated", "payload": {"id": 1}, "channel": "user:a", "offset": 1})
+        );
     }
     home.sentinel(4, &mut b);
     // B may not join A's channel.
@@ -139,6 +146,30 @@ fn user_channels_reach_only_that_user(home: Home) {
         assert_eq!(offsets(c, 1), [2]);
     }
     home.sentinel(5, &mut b);
+    for c in [&mut a1, &mut a2] {
+        assert_eq!(next_json(c)["type"], "sentinel");
+    }
+}
+
+/// The user channel the server joins at connect (no `subscribe` from the
+/// tab): once a tab is connected — counted in `connectedClients`, and by
+/// the publish's `recipients` — what is published to its user reaches it.
+fn the_user_channel_joined_at_connect_gets_what_is_published_after(home: Home) {
+    let mut a1 = home.ws(0, &token("a"));
+    let mut a2 = home.ws(1, &token("a"));
+    home.wait_clients(2);
+    let answer = home.publish(0, json!({"users": ["a"]}), json!({"id": 1}));
+    assert_eq!(answer["channels"]["user:a"], json!({"offset": 1, "recipients": home.local(0, &[0, 1])}));
+    for (i, c) in [&mut a1, &mut a2].into_iter().enumerate() {
+        let m = try_next(c)
+            .unwrap_or_else(|| panic!("tab {i} of a never got the message published after it connected: {answer}"));
+        assert_eq!(m, json!({"type": "task_updated", "payload": {"id": 1}, "channel": "user:a", "offset": 1}));
+    }
+    home.publish(1, json!({"users": ["a"]}), json!({"id": 2}));
+    for c in [&mut a1, &mut a2] {
+        assert_eq!(offsets(c, 1), [2]);
+        home.sentinel(2, c);
+    }
 }
 
 fn project_messages_reach_exactly_their_subscribers(home: Home) {
@@ -984,6 +1015,7 @@ fn bad_publish_bodies_get_400_and_global_broadcasts_are_unchanged() {
 
 both_homes! {
     user_channels_reach_only_that_user: untuned,
+    the_user_channel_joined_at_connect_gets_what_is_published_after: untuned,
     project_messages_reach_exactly_their_subscribers: untuned,
     refused_subscribes_get_their_error_and_the_connection_works: |c| c.max_subscriptions = 3,
     reconnect_with_since_replays_exactly_the_gap_then_live: untuned,
