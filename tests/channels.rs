@@ -1015,7 +1015,10 @@ fn bad_publish_bodies_get_400_and_global_broadcasts_are_unchanged() {
 
 both_homes! {
     user_channels_reach_only_that_user: untuned,
-    the_user_channel_joined_at_connect_gets_what_is_published_after: untuned,
+    the_user_channel_joined_at_connect_gets_what_is_published_after: untuned => cluster #[ignore =
+        "server bug (issue 22, defect 10): in cluster mode the user channel joined at connect takes Redis's \
+        position once its SUBSCRIBE is confirmed; a message published in between is lost, though the publish \
+        counted the tab in `recipients`"],
     project_messages_reach_exactly_their_subscribers: untuned,
     refused_subscribes_get_their_error_and_the_connection_works: |c| c.max_subscriptions = 3,
     reconnect_with_since_replays_exactly_the_gap_then_live: untuned,

@@ -232,10 +232,13 @@ pub fn wait_ready(addr: SocketAddr) {
 
 /// Generates, for every scenario `name: tune` (a `fn(Home)` in the calling
 /// file, and the [`Tune`] its homes start with), a test in
-/// `mod one_process` and one in `mod cluster`.
+/// `mod one_process` and one in `mod cluster`. A row may end in
+/// `=> cluster #[attribute]` for the cluster test alone — the project's
+/// `#[ignore = "server bug: …"]` for a scenario that finds a bug not fixed
+/// yet (run it with `--ignored`).
 #[macro_export]
 macro_rules! both_homes {
-    ($($name:ident: $tune:expr),* $(,)?) => {
+    ($($name:ident: $tune:expr $(=> cluster #[$cluster:meta])?),* $(,)?) => {
         mod one_process {
             // The tunes name what the calling file has in scope.
             #[allow(unused_imports)]
@@ -253,6 +256,7 @@ macro_rules! both_homes {
             use super::*;
             $(
                 #[test]
+                $(#[$cluster])?
                 fn $name() {
                     super::$name($crate::common::home::Home::cluster($tune));
                 }
