@@ -883,8 +883,11 @@ fn suspicion_a_reused_slab_key_inherits_no_held_back_state() {
             }
         }
         drop(a); // gone with unread input: a reset, removed at once
-        let connected = Instant::now();
+        // Connected when the 101 has arrived: in cluster mode it leaves
+        // once the user channel's position is known, and everything whose
+        // publish starts after it must arrive.
         let mut c = ws(i.addr, &t);
+        let connected = Instant::now();
         let must = {
             hammer.wait_past(hammer.last() + 30);
             let sent = hammer.sent.lock().unwrap();
