@@ -5,6 +5,10 @@
 //! fixed yet; remove the mark with the fix.
 
 mod common;
+/// Issue 22, delivery you can prove: each test failed on the code the issue
+/// was filed against (see its doc comment).
+#[path = "regressions/delivery.rs"]
+mod delivery;
 /// Issue 10's hardening round: each test failed before its fix.
 #[path = "regressions/hardening.rs"]
 mod hardening;
