@@ -88,7 +88,12 @@ describe('the Next.js example', () => {
     await page.getByRole('button', { name: 'Save' }).click();
     await task(page, to).waitFor({ timeout: WAIT_MS });
   }
-  const move = (page, title) => task(page, title).getByLabel('Move right').click();
+  /** Moves a task one column right, and waits until this page shows the action's result (one version up). */
+  async function move(page, title) {
+    const version = Number(await task(page, title).getAttribute('data-version'));
+    await task(page, title).getByLabel('Move right').click();
+    await task(page, title).and(page.locator(`[data-version="${version + 1}"]`)).waitFor();
+  }
   async function remove(page, title) {
     await task(page, title).getByLabel('Delete').click();
     await task(page, title).waitFor({ state: 'detached', timeout: WAIT_MS });
