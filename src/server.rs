@@ -23,11 +23,13 @@
 //! `http_conn` (requests, the upgrade), `ws_conn` (frames, client messages,
 //! subscribes, pings, the close handshake), `fanout` (broadcasts to
 //! recipients), `cluster` (cluster mode: parked publishes, history reads,
-//! gap repair); and `drain` (signals, the staggered drain, shutdown),
-//! `scrape` (`/metrics`).
+//! gap repair), `control` (the server API: unsubscribe, disconnect,
+//! revoke, positions and history for pages); and `drain` (signals, the
+//! staggered drain, shutdown), `scrape` (`/metrics`).
 
 mod cluster;
 mod conn;
+mod control;
 mod drain;
 mod fanout;
 mod http_conn;
@@ -137,6 +139,9 @@ pub struct Server {
     cluster: Option<cluster::Cluster>,
     /// The link had more events than one turn takes: drain again next turn.
     cluster_again: bool,
+    /// The server API: denials and revocations in force, idempotency keys,
+    /// requests waiting for Redis (see `control`).
+    control: control::ControlState,
     next_id: u64,
     stop: Arc<AtomicBool>,
     /// Set by [`ShutdownHandle::drain`]; the loop starts the drain.
@@ -201,6 +206,7 @@ impl Server {
             }),
             cluster,
             cluster_again: false,
+            control: control::ControlState::new(&config),
             metrics: Metrics::new(verifier_has_jwks, config.redis.is_some()),
             config,
             next_id: 0,

@@ -115,6 +115,24 @@ pub enum Command {
         /// `(epoch, offset)` the subscriber last saw.
         since: Option<(String, u64)>,
     },
+    /// [`Command::Publish`] with an `Idempotency-Key`: stored and published
+    /// only if `key` was not seen on this channel within `ttl_secs`, in the
+    /// same atomic step. Answered by [`Event::Published`] (with `duplicate`
+    /// set, and the first publish's epoch and offset, when it was seen) or
+    /// [`Event::PublishFailed`]. [`BROADCAST`] works too (PUBLISH only).
+    PublishOnce { id: u64, channel: String, kind: String, payload: String, key: String, ttl_secs: u64 },
+    /// Store a control record under `field` (the later `before` wins) and
+    /// PUBLISH `message` on the control channel, in one step (`control.lua`).
+    /// Answered by [`Event::ControlStored`] or [`Event::ControlFailed`].
+    Control { id: u64, field: String, record: String, message: String, before: u64, expires: u64 },
+    /// Every control record in force. Answered by [`Event::ControlLoaded`]
+    /// or [`Event::ControlFailed`].
+    LoadControl { id: u64 },
+    /// A channel's position, the oldest offset it holds, and up to `limit`
+    /// held messages after `since` (from the oldest without it, or when its
+    /// epoch is not the channel's). Fixes the epoch like [`Command::History`].
+    /// Answered by [`Event::Page`] or [`Event::ControlFailed`].
+    Page { id: u64, channel: String, since: Option<(String, u64)>, limit: usize },
     /// SUBSCRIBE to the channel; answered by [`Event::Subscribed`] once it is
     /// in effect. The broadcast channel is always subscribed.
     Subscribe { channel: String },
@@ -141,6 +159,9 @@ pub enum Event {
         channel: String,
         epoch: String,
         offset: u64,
+        /// A [`Command::PublishOnce`] whose key was seen: nothing was
+        /// stored or published; `epoch` and `offset` are the first publish's.
+        duplicate: bool,
     },
     /// Not published, or not known to be: Redis is down, the link is
     /// reconnecting, the queue is full, or the connection broke while the
@@ -185,6 +206,38 @@ pub enum Event {
     /// connection is back (around [`Event::LinkUp`], in either order).
     Subscribed {
         channel: String,
+    },
+    /// A [`Command::Control`] is stored and published.
+    ControlStored {
+        id: u64,
+    },
+    /// The control records in force, as stored (see [`crate::control::Record`]).
+    ControlLoaded {
+        id: u64,
+        records: Vec<String>,
+    },
+    /// A [`Command::Control`], [`Command::LoadControl`] or [`Command::Page`]
+    /// failed (Redis down or refused, or the connection broke: a Control
+    /// may or may not have been stored).
+    ControlFailed {
+        id: u64,
+        error: String,
+    },
+    /// The answer to [`Command::Page`]: `first` is the oldest offset the
+    /// channel's history holds (0: none); `entries` oldest first.
+    Page {
+        id: u64,
+        channel: String,
+        epoch: String,
+        offset: u64,
+        first: u64,
+        entries: Vec<Entry>,
+    },
+    /// A message on the control channel: `<instance> <record>`, from any
+    /// instance (this one's own included). At most once, like every pub/sub
+    /// message: [`Command::LoadControl`] after [`Event::LinkUp`] catches up.
+    Control {
+        message: String,
     },
     /// Both connections are up (again) and every channel asked for is
     /// subscribed. After a [`Event::LinkDown`], every subscribed channel may

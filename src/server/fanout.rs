@@ -18,6 +18,10 @@ use crate::broadcast::{Publish, Target};
 use crate::http::{Head, Response};
 use crate::ws::Reason;
 
+/// The idempotency cache's target for a broadcast to everyone (no channel
+/// name is `*`).
+const BROADCAST_TARGET: &str = crate::cluster::BROADCAST;
+
 impl Server {
     /// An authenticated, validated broadcast from connection `key`:
     /// rate-limited, then queued to its recipients — or, in cluster mode,
@@ -31,7 +35,38 @@ impl Server {
         if self.cluster.is_some() {
             return self.cluster_publish(key, head, publish);
         }
-        Some(self.publish_local(publish, now))
+        match head.idempotency_key.as_deref() {
+            Some(key) => Some(self.publish_once(publish, key, now)),
+            None => Some(self.publish_local(publish, now)),
+        }
+    }
+
+    /// Single-process mode with an `Idempotency-Key`: each target that saw
+    /// the key within IDEMPOTENCY_TTL_SECS gets nothing and answers with
+    /// the offset of the first publish; the others are published as usual.
+    fn publish_once(&mut self, publish: Publish, key: &str, now: Instant) -> Response {
+        let Target::Channels(names) = &publish.target else {
+            let seen = self.control.idempotency.get(BROADCAST_TARGET, key, now).is_some();
+            if seen {
+                debug!("broadcast {} repeated with the same Idempotency-Key: not delivered", publish.kind);
+                return api::broadcast_duplicate();
+            }
+            self.control.idempotency.insert(BROADCAST_TARGET, key, 0, now);
+            return self.publish_local(publish, now);
+        };
+        let mut answers = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(offset) = self.control.idempotency.get(name, key, now) {
+                answers.push((name.as_str(), offset, 0, true));
+                continue;
+            }
+            let published = self.hub.publish(name, &publish.kind, &publish.payload, now);
+            self.control.idempotency.insert(name, key, published.offset, now);
+            let keys: Vec<usize> = self.hub.subscribers(name).copied().collect();
+            let n = self.fan_out_keys(&keys, &published.frame);
+            answers.push((name.as_str(), published.offset, n, false));
+        }
+        api::published_once(&answers)
     }
 
     /// Single-process mode: offsets and history from the hub, delivery now.

@@ -169,6 +169,7 @@ impl Server {
     /// May this connection join `channel`? `Ok(Some(exp))` when only a
     /// subscription token grants it; `Err` is the error message to send.
     fn grant(&self, ws: &WsConn, channel: &str, token: Option<&str>) -> Result<Option<u64>, String> {
+        self.control_denies(ws, channel, token)?;
         if channels::may_join_user(channel, &ws.sub) || channels::granted(channel, &ws.grants) {
             return Ok(None);
         }
@@ -209,6 +210,20 @@ impl Server {
         self.send_text(key, channels::unsubscribed(channel, None));
     }
 
+    /// Ends one subscription of connection `key` on the server's initiative
+    /// (the server API: a denial or revocation): out of the channel, and the
+    /// client is told why. False if it was not subscribed.
+    pub(super) fn end_subscription(&mut self, key: usize, channel: &str, reason: &str) -> bool {
+        let Some(id) = self.hub.find(channel) else { return false };
+        let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) else { return false };
+        let Some(i) = ws.subs.iter().position(|s| s.channel == id) else { return false };
+        ws.subs.swap_remove(i);
+        self.hub.unsubscribe(id, key);
+        self.maybe_unsubscribe_remote(channel);
+        self.send_text(key, channels::unsubscribed(channel, Some(reason)));
+        true
+    }
+
     /// After a token refresh: leaves every channel the new token no longer
     /// grants (a subscription token that has not expired still does).
     fn recheck_grants(&mut self, key: usize, grants: Box<[Box<str>]>) {
@@ -244,6 +259,13 @@ impl Server {
         };
         match self.verifier.verify(token) {
             Ok(claims) if claims.sub.as_deref().unwrap_or("") == ws.sub => {
+                if let Err(why) = self.control.store.check_token(&ws.sub, claims.iat, claims.exp, auth::now_secs()) {
+                    debug!("{} refresh token refused: {}", conn.peer, why.message());
+                    self.metrics.auth_failed_because(why.label());
+                    return self.close_ws(key, Reason::AuthRevoked, now);
+                }
+                // A fresh token lifts the denials issued before it.
+                ws.iat = claims.iat;
                 ws.expires_at = auth::expires_at(now, claims.exp, self.config.jwt_leeway_secs);
                 let grants = channels::grants_from_claim(
                     claims.extra.get(&self.config.channels_claim),
