@@ -357,7 +357,7 @@ impl Server {
             }
         };
         // A denial or revocation (server API) may have come while the read was out.
-        if let Err(refusal) = self.control_join_refused(w.key, channel, w.token_exp.is_some()) {
+        if let Err(refusal) = self.control_join_refused(w.key, channel) {
             self.send_text(w.key, refusal);
             return self.maybe_unsubscribe_remote(channel);
         }

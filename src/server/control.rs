@@ -357,22 +357,21 @@ impl Server {
 
     /// Cluster mode, when a granted subscribe is about to join (its history
     /// read is back): a denial or revocation may have arrived meanwhile.
-    /// `Err` is the error message to send instead of joining.
-    pub(super) fn control_join_refused(&self, key: usize, channel: &str, by_token: bool) -> Result<(), String> {
+    /// The subscribe was let through by the connection token or by a
+    /// subscription token (`control_denies` noted its `iat`); the newer of
+    /// the two must still be newer than every cut-off that applies. `Err` is
+    /// the error message to send instead of joining.
+    pub(super) fn control_join_refused(&self, key: usize, channel: &str) -> Result<(), String> {
         let Some(ws) = self.conns.get(key).and_then(|c| c.ws()) else { return Ok(()) };
         let token_iat = self.control.grants_out.borrow_mut().take(&ws.sub, channel);
         if self.control.store.is_empty() {
             return Ok(());
         }
         let now = auth::now_secs();
-        // The newest token that granted it (no record of the subscription
-        // token's: unknown age, so old).
-        let iat = match (ws.iat, token_iat.filter(|_| by_token)) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
-        let refused = self.control.store.revoked_before(&ws.sub, now).is_some_and(|b| control::is_old(iat, b))
-            || self.control.store.denial(&ws.sub, channel, now).is_some_and(|d| control::is_old(iat, d.before));
+        let iat = ws.iat.max(token_iat);
+        let store = &self.control.store;
+        let refused = store.revoked_before(&ws.sub, now).is_some_and(|b| control::is_old(iat, b))
+            || store.denial(&ws.sub, channel, now).is_some_and(|d| control::is_old(iat, d.before));
         if refused {
             let m = "access to this channel was withdrawn while joining: a token issued after that is needed";
             return Err(channels::error(Refusal::Forbidden, m, Some(channel)));
