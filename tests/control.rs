@@ -179,7 +179,7 @@ fn a_removed_member_stops_receiving_at_once_and_rejoins_only_with_a_newer_token(
     // A pattern ends every matching subscription of the user, and only theirs.
     let r = ok(post(s.addr, "/api/unsubscribe", json!({"user": "u1", "channel": "project:*"})));
     assert_eq!(r["unsubscribed"], 3, "u1: project:7, project:8; tab: project:7");
-    let mut ended = vec![next_json(&mut u1), next_json(&mut u1)];
+    let mut ended = [next_json(&mut u1), next_json(&mut u1)];
     ended.sort_by_key(|m| m["channel"].as_str().unwrap().to_string());
     assert_eq!(ended[0]["channel"], "project:7");
     assert_eq!(ended[1]["channel"], "project:8");
