@@ -594,6 +594,32 @@ fn cluster_unsubscribe_and_disconnect_reach_every_instance_within_a_round_trip()
 }
 
 #[test]
+fn cluster_a_denial_that_comes_while_a_subscribe_waits_for_redis_refuses_the_join() {
+    let mut redis = RedisServer::start();
+    let b = instance(&redis, "c6");
+    let mut joined = ws(b.addr, &old_member("u1"));
+    let mut joining = ws(b.addr, &old_member("u1"));
+    assert_eq!(subscribe(&mut joined, "project:7", None, None)["type"], "subscribed");
+    // Redis hangs: a subscribe now is granted, then waits for its history read.
+    redis.pause();
+    joining.send(Message::text(json!({"type": "subscribe", "channel": "project:7"}).to_string())).unwrap();
+    quiet(&mut joining); // the subscribe was handled (its read is out)
+    let addr = b.addr;
+    let denial = std::thread::spawn(move || {
+        post(addr, "/api/unsubscribe", json!({"user": "u1", "channel": "project:7", "reason": "removed"}))
+    });
+    // Applied here at once (its answer waits for Redis).
+    assert_eq!(next_json(&mut joined)["type"], "unsubscribed");
+    redis.resume();
+    let m = next_json(&mut joining);
+    assert!(is_forbidden(&m), "the read came back after the denial: no join, got {m}");
+    assert_eq!(denial.join().unwrap().status, 200);
+    ok(publish(b.addr, "project:7", json!("after")));
+    quiet(&mut joining);
+    redis.stop();
+}
+
+#[test]
 fn cluster_revocation_reaches_every_instance() {
     let redis = RedisServer::start();
     let (a, b) = (instance(&redis, "c2"), instance(&redis, "c2"));
