@@ -10,9 +10,10 @@
 //! from [`RedisLink::try_recv`] after the loop's `mio::Waker` fires. Behind
 //! the link, two helper threads each own one connection:
 //!
-//! - `taskcast-redis` (`commands.rs`): publishes and history reads, each one
-//!   atomic Lua script (`publish.lua`, `history.lua`, kept as files next to
-//!   the code), pipelined: whatever has queued up while a round trip was out
+//! - `taskcast-redis` (`commands.rs`): publishes, history reads and control
+//!   records, each one atomic Lua script (`publish.lua`, `history.lua`,
+//!   `broadcast_once.lua`, `control.lua`, `control_load.lua`, `page.lua`,
+//!   kept as files next to the code), pipelined: whatever has queued up while a round trip was out
 //!   goes in the next one.
 //! - `taskcast-redis-sub` (`subscriber.rs`): the pub/sub connection, SUBSCRIBEd
 //!   to the broadcast channel and to every channel the loop asked for.
@@ -50,6 +51,14 @@
 //!   [`Event::Message`]'s offset is not last+1, or its epoch differs from the
 //!   one the loop knows (the channel's meta was flushed or evicted in Redis:
 //!   offsets restarted at 1 under a new epoch).
+//! - **The server API** (`crate::control`): a publish with an
+//!   `Idempotency-Key` is a [`Command::PublishOnce`]; an unsubscribe,
+//!   disconnect or revoke is stored and announced with [`Command::Control`];
+//!   every instance hears them as [`Event::Control`] (the pub/sub connection
+//!   is always in the control channel, like the broadcast one) and, after
+//!   every [`Event::LinkUp`], sends [`Command::LoadControl`] before any gap
+//!   repair, to catch up on what it missed. Positions and history for pages
+//!   are [`Command::Page`].
 
 mod commands;
 pub mod config;
