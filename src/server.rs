@@ -639,6 +639,11 @@ pub fn log_startup(server: &Server) {
     if c.broadcast_api_key.is_none() {
         warn!("BROADCAST_API_KEY is not set: any signed-in user's token can broadcast to everyone");
     }
+    if c.control_api_key.is_none() && c.broadcast_api_key.is_none() {
+        info!(
+            "the server API (/api/unsubscribe, /api/disconnect, /api/revoke, ...) is off: set CONTROL_API_KEY to use it"
+        );
+    }
     if c.allowed_origins == crate::config::Origins::Any {
         warn!("ALLOWED_ORIGINS=* lets any web page connect with a user's token; list your front-end origins instead");
     }
