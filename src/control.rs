@@ -436,8 +436,10 @@ pub struct Denied {
 pub struct Store {
     revoked: HashMap<Box<str>, Cut>,
     denied: HashMap<Box<str>, Vec<Denied>>,
-    /// Revocations plus denials held.
+    /// Revocations plus denials held...
     records: usize,
+    /// ...and at most ([`MAX_RECORDS`]).
+    cap: usize,
     /// JWT_MAX_LIFETIME_SECS and JWT_LEEWAY_SECS: how long a record is kept.
     max_lifetime: u64,
     leeway: u64,
@@ -450,7 +452,15 @@ const PURGE_EVERY_SECS: u64 = 60;
 
 impl Store {
     pub fn new(max_lifetime: u64, leeway: u64) -> Store {
-        Store { revoked: HashMap::new(), denied: HashMap::new(), records: 0, max_lifetime, leeway, last_purge: 0 }
+        Store {
+            revoked: HashMap::new(),
+            denied: HashMap::new(),
+            records: 0,
+            cap: MAX_RECORDS,
+            max_lifetime,
+            leeway,
+            last_purge: 0,
+        }
     }
 
     /// When a record with this cut-off may be dropped: every token issued
@@ -471,10 +481,10 @@ impl Store {
 
     /// True when no new record may be taken (after dropping expired ones).
     pub fn is_full(&mut self, now: u64) -> bool {
-        if self.records >= MAX_RECORDS {
+        if self.records >= self.cap {
             self.purge(now);
         }
-        self.records >= MAX_RECORDS
+        self.records >= self.cap
     }
 
     /// Keeps `rec` (a disconnect is not kept); an earlier record of the same
@@ -817,6 +827,22 @@ mod tests {
         assert!(s.revoked_before("u1", expires - 1).is_some());
         assert!(s.revoked_before("u1", expires).is_none());
         s.purge(expires);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_full_store_makes_room_only_by_expiry() {
+        let mut s = Store::new(100, 0);
+        s.cap = 2;
+        let revoke = |user: &str, expires: u64| Record::Revoke { user: user.into(), before: NOW, expires };
+        s.insert(&revoke("a", NOW + 10), NOW);
+        s.insert(&revoke("b", NOW + 20), NOW);
+        assert!(s.is_full(NOW), "nothing expired: no room (no record is dropped early)");
+        s.insert(&revoke("a", NOW + 30), NOW);
+        assert_eq!(s.len(), 2, "the same user's revocation is merged, not added");
+        assert!(!s.is_full(NOW + 20), "b expired: room again");
+        assert_eq!(s.revoked_before("a", NOW + 29), Some(NOW), "a was extended to NOW + 30");
+        s.purge(NOW + 30);
         assert!(s.is_empty());
     }
 
