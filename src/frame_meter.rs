@@ -15,8 +15,8 @@
 
 use std::time::Instant;
 
+use crate::close::Reason;
 use crate::limits::{self, TokenBucket};
-use crate::ws::Reason;
 
 /// Bytes handed to tungstenite per read call: small, so a refusal or the
 /// end of a turn's budget comes within a few hundred frames of its cause.

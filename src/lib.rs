@@ -18,8 +18,8 @@
 //! - [`api`]: routing decisions for each HTTP request (pure, no I/O).
 //! - [`http`]: request heads (httparse) and responses.
 //! - [`proxies`]: TRUSTED_PROXIES, and the client address X-Forwarded-For gives.
-//! - [`ws`]: the 101 handshake, per-client WebSocket state, client messages,
-//!   and every close code we send.
+//! - [`ws`]: the 101 handshake, per-client WebSocket state, client messages.
+//! - [`close`]: every close code we send, and why (one place).
 //! - [`frame_meter`]: every frame a client sends, counted before tungstenite
 //!   parses it (rate, fragments, the per-turn budget).
 //! - [`broadcast`]: validating a broadcast (to everyone or to channels) and
@@ -32,6 +32,9 @@
 //!   (pure; the loop's side is `server::control`).
 //! - [`hub`]: channel state — subscribers per channel, offsets and epochs,
 //!   bounded history for replay after a reconnect.
+//! - [`subscription`]: one connection's subscription to a channel — joining
+//!   or joined at a position — and the rule that a message reaches it only
+//!   if it is exactly the next offset.
 //! - [`outqueue`]: a connection's pending output, written with one writev.
 //! - [`timers`]: connection deadlines in an indexed min-heap, one entry per
 //!   connection (pings, timeouts).
@@ -52,6 +55,7 @@ pub mod api;
 pub mod auth;
 pub mod broadcast;
 pub mod channels;
+pub mod close;
 pub mod cluster;
 pub mod config;
 pub mod control;
@@ -66,6 +70,7 @@ pub mod metrics;
 pub mod outqueue;
 pub mod proxies;
 pub mod server;
+pub mod subscription;
 pub mod sys;
 pub mod timers;
 pub mod ws;

@@ -593,29 +593,48 @@ fn cluster_unsubscribe_and_disconnect_reach_every_instance_within_a_round_trip()
     quiet(&mut keeps);
 }
 
+/// `taskcast_subscriptions` from `/metrics` (served without Redis).
+fn subscriptions(addr: SocketAddr) -> u64 {
+    let m = get(addr, "/metrics");
+    m.body
+        .lines()
+        .find_map(|l| l.strip_prefix("taskcast_subscriptions "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no taskcast_subscriptions in {}", m.body))
+}
+
 #[test]
-fn cluster_a_denial_that_comes_while_a_subscribe_waits_for_redis_refuses_the_join() {
+fn cluster_a_denial_that_comes_while_a_subscribe_waits_for_redis_ends_it() {
     let mut redis = RedisServer::start();
     let b = instance(&redis, "c6");
     let mut joined = ws(b.addr, &old_member("u1"));
     let mut joining = ws(b.addr, &old_member("u1"));
     assert_eq!(subscribe(&mut joined, "project:7", None, None)["type"], "subscribed");
+    let before = subscriptions(b.addr);
     // Redis hangs: a subscribe now is granted, then waits for its history read.
     redis.pause();
     joining.send(Message::text(json!({"type": "subscribe", "channel": "project:7"}).to_string())).unwrap();
-    quiet(&mut joining); // the subscribe was handled (its read is out)
+    let deadline = Instant::now() + WAIT;
+    while subscriptions(b.addr) == before {
+        assert!(Instant::now() < deadline, "the subscribe never started joining");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let addr = b.addr;
     let denial = std::thread::spawn(move || {
         post(addr, "/api/unsubscribe", json!({"user": "u1", "channel": "project:7", "reason": "removed"}))
     });
-    // Applied here at once (its answer waits for Redis).
-    assert_eq!(next_json(&mut joined)["type"], "unsubscribed");
+    // Applied here at once (its answer waits for Redis), to the joining
+    // subscription too.
+    let ended = json!({"type": "unsubscribed", "channel": "project:7", "reason": "removed"});
+    assert_eq!(next_json(&mut joined), ended);
+    assert_eq!(next_json(&mut joining), ended, "the join in progress was ended");
     redis.resume();
-    let m = next_json(&mut joining);
-    assert!(is_forbidden(&m), "the read came back after the denial: no join, got {m}");
     assert_eq!(denial.join().unwrap().status, 200);
+    // Its read came back meanwhile: nothing joined, nothing delivered.
     ok(publish(b.addr, "project:7", json!("after")));
     quiet(&mut joining);
+    quiet(&mut joined);
+    assert!(is_forbidden(&subscribe(&mut joining, "project:7", None, None)));
     redis.stop();
 }
 

@@ -314,7 +314,10 @@ fn to_redis(c: &Request, names: &Names, history: HistorySettings, rng: &mut Rng,
                 .arg(names.meta(channel))
                 .arg(names.stream(channel))
                 .arg(rng.epoch())
-                .arg(meta_ttl)
+                // A read fixes a silent channel's epoch only for as long as
+                // its history would last: a subscribe alone never makes a
+                // long-lived key (a publish extends it to META_TTL).
+                .arg(history.ttl.as_secs().max(1))
                 .arg(since_epoch)
                 .arg(since_offset)
                 .arg(history.size)
@@ -376,7 +379,9 @@ fn to_redis(c: &Request, names: &Names, history: HistorySettings, rng: &mut Rng,
                 .arg(names.meta(channel))
                 .arg(names.stream(channel))
                 .arg(rng.epoch())
-                .arg(meta_ttl)
+                // Like a subscribe's read: a page's read fixes a silent
+                // channel's epoch for as long as its history would last.
+                .arg(history.ttl.as_secs().max(1))
                 .arg(since_epoch)
                 .arg(since_offset)
                 .arg(limit)

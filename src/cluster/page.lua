@@ -4,7 +4,8 @@
 -- KEYS[1]  the channel's meta hash   ({prefix}:meta:{channel}): epoch, offset
 -- KEYS[2]  the channel's stream      ({prefix}:stream:{channel})
 -- ARGV[1]  a fresh random epoch, used only if the meta hash does not exist
--- ARGV[2]  meta TTL in seconds (for a meta hash created here)
+-- ARGV[2]  TTL in seconds for a meta hash created here: the history TTL, as
+--          for a subscribe's read (a publish extends it)
 -- ARGV[3]  the epoch the caller last saw, or '' for none
 -- ARGV[4]  the offset the caller last saw (ignored unless ARGV[3] is the epoch)
 -- ARGV[5]  the most entries to return (0: the position only)

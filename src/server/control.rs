@@ -13,7 +13,6 @@
 //! them to its live connections: an instance cut off while the action was
 //! taken applies it once it is back (see docs/cluster.md for the bound).
 
-use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
@@ -28,24 +27,17 @@ use super::conn::Phase;
 use super::{CLOSE_WAIT, Server};
 use crate::auth;
 use crate::channels::{self, Refusal};
+use crate::close::Reason;
 use crate::cluster::{Command, Entry, Event};
 use crate::config::Config;
 use crate::control::{self, HeldMessage, IdempotencyCache, Record, Request, Store};
 use crate::http::{Head, Response};
 use crate::hub::{ChannelId, Since};
-use crate::ws::{Reason, WsConn};
+use crate::ws::WsConn;
 
-/// The hub forgets a channel with no subscribers and no history, and its
-/// next stream gets a new epoch. A page that read a channel's position
-/// must find the same stream when its browser subscribes, so the read
-/// holds the channel like a subscriber would, under this key — which no
-/// connection can have (slab keys count up from 0) — for HISTORY_TTL_SECS.
-const PAGE_HOLD: usize = usize::MAX;
-/// Channels held for pages at most; past it the oldest hold ends early.
+/// Channels held for pages at most (see `hold`); past it the oldest hold
+/// ends early.
 const MAX_HELD: usize = 100_000;
-/// Subscription-token grants waiting for their join (cluster mode) at most;
-/// past it the oldest is forgotten (its join is then refused: fail closed).
-const MAX_GRANTS_OUT: usize = 10_000;
 /// The `reason` of an `unsubscribed` when the app gave none.
 const DEFAULT_UNSUBSCRIBE_REASON: &str = "unsubscribed by the server";
 /// The close reason of a revocation.
@@ -70,17 +62,6 @@ pub(super) struct ControlState {
     /// This instance's name on the control channel, so it can skip its own
     /// messages (it applied them when it took the action).
     origin: String,
-    /// Cluster mode: the `iat` of the subscription token that let a
-    /// subscribe through `grant`, by (user, channel), until it joins after
-    /// its history read — a denial or revocation may arrive in between.
-    /// `RefCell` because `grant` only reads the server.
-    grants_out: RefCell<GrantsOut>,
-}
-
-#[derive(Default)]
-struct GrantsOut {
-    iat: HashMap<(Box<str>, Box<str>), u64>,
-    order: VecDeque<(Box<str>, Box<str>)>,
 }
 
 /// A server API request waiting for Redis.
@@ -124,7 +105,6 @@ impl ControlState {
             next_id: 0,
             loading: 0,
             origin: origin.iter().map(|b| format!("{b:02x}")).collect(),
-            grants_out: RefCell::default(),
         }
     }
 
@@ -229,7 +209,7 @@ impl Server {
                     // channels were joined with are of unknown age: those
                     // subscriptions end (fail closed), a fresh one rejoins.
                     for name in self.subscriptions_of(ws, |_, by_token| by_token) {
-                        self.end_subscription(key, &name, "token revoked");
+                        self.end_subscription(key, &name, Some("token revoked"));
                     }
                 }
                 Record::Deny { pattern, before, reason, .. } => {
@@ -241,7 +221,7 @@ impl Server {
                     let names = self
                         .subscriptions_of(ws, |name, by_token| channels::granted(name, &pattern) && (by_token || old));
                     for name in names {
-                        if self.end_subscription(key, &name, reason) {
+                        if self.end_subscription(key, &name, Some(reason)) {
                             n += 1;
                         }
                     }
@@ -275,9 +255,7 @@ impl Server {
         self.hub
             .subscribers(&name)
             .copied()
-            .filter(|&k| {
-                matches!(self.conns.get(k).and_then(|c| c.ws()), Some(ws) if ws.sub == user && ws.close_deadline.is_none())
-            })
+            .filter(|&k| matches!(self.conns.get(k).and_then(|c| c.ws()), Some(ws) if ws.sub == user && !ws.closing()))
             .collect()
     }
 
@@ -295,7 +273,7 @@ impl Server {
     /// Like `close_ws`, with the close frame's reason text given (the
     /// app's `reason`, at most 123 bytes: checked in [`crate::control`]).
     fn close_because(&mut self, key: usize, reason: Reason, text: &str, now: Instant) {
-        if !matches!(&self.conns[key].phase, Phase::Ws(ws) if ws.close_deadline.is_none()) {
+        if !self.is_open_ws(key) {
             return;
         }
         self.uncount(key, reason.text());
@@ -347,61 +325,35 @@ impl Server {
                 ));
             }
         }
-        if self.cluster.is_some()
-            && let Some(iat) = token_iat.flatten()
-        {
-            self.control.grants_out.borrow_mut().remember(&ws.sub, channel, iat);
-        }
-        Ok(())
-    }
-
-    /// Cluster mode, when a granted subscribe is about to join (its history
-    /// read is back): a denial or revocation may have arrived meanwhile.
-    /// The subscribe was let through by the connection token or by a
-    /// subscription token (`control_denies` noted its `iat`); the newer of
-    /// the two must still be newer than every cut-off that applies. `Err` is
-    /// the error message to send instead of joining.
-    pub(super) fn control_join_refused(&self, key: usize, channel: &str) -> Result<(), String> {
-        let Some(ws) = self.conns.get(key).and_then(|c| c.ws()) else { return Ok(()) };
-        let token_iat = self.control.grants_out.borrow_mut().take(&ws.sub, channel);
-        if self.control.store.is_empty() {
-            return Ok(());
-        }
-        let now = auth::now_secs();
-        let iat = ws.iat.max(token_iat);
-        let store = &self.control.store;
-        let refused = store.revoked_before(&ws.sub, now).is_some_and(|b| control::is_old(iat, b))
-            || store.denial(&ws.sub, channel, now).is_some_and(|d| control::is_old(iat, d.before));
-        if refused {
-            let m = "access to this channel was withdrawn while joining: a token issued after that is needed";
-            return Err(channels::error(Refusal::Forbidden, m, Some(channel)));
-        }
         Ok(())
     }
 
     // ---- positions and history (single process) ----------------------------------
 
-    /// Holds `channel` in the hub for HISTORY_TTL_SECS (see [`PAGE_HOLD`]).
+    /// The hub forgets a channel with no subscribers and no history, and
+    /// its next stream gets a new epoch. A page that read a channel's
+    /// position must find the same stream when its browser subscribes, so
+    /// the read holds the channel in the hub for HISTORY_TTL_SECS (one hold
+    /// per channel, extended by each read).
     fn hold(&mut self, channel: &str) -> ChannelId {
         let now = Instant::now();
         self.release_holds(now);
         let until = now + self.config.history_ttl;
-        match self.control.held.get_mut(channel) {
-            Some(t) => *t = until,
-            None => {
-                self.control.held.insert(channel.into(), until);
-                self.control.held_order.push_back((until, channel.into()));
-            }
+        if let Some(t) = self.control.held.get_mut(channel) {
+            *t = until;
+            return self.hub.find(channel).expect("a held channel is kept");
         }
+        self.control.held.insert(channel.into(), until);
+        self.control.held_order.push_back((until, channel.into()));
         if self.control.held.len() > MAX_HELD
             && let Some((_, oldest)) = self.control.held_order.pop_front()
         {
             self.control.held.remove(&oldest);
             if let Some(id) = self.hub.find(&oldest) {
-                self.hub.unsubscribe(id, PAGE_HOLD);
+                self.hub.release(id);
             }
         }
-        self.hub.subscribe(channel, PAGE_HOLD)
+        self.hub.hold(channel)
     }
 
     /// Ends the holds that are due (done on each read: a hold kept a bit
@@ -416,7 +368,7 @@ impl Server {
                 Some(_) => {
                     self.control.held.remove(&name);
                     if let Some(id) = self.hub.find(&name) {
-                        self.hub.unsubscribe(id, PAGE_HOLD);
+                        self.hub.release(id);
                     }
                 }
                 None => {}
@@ -427,8 +379,7 @@ impl Server {
     fn position_local(&mut self, channel: &str) -> Response {
         let id = self.hold(channel);
         let c = self.hub.channel(id);
-        let subscribers = c.subscribers.iter().filter(|&&k| k != PAGE_HOLD).count();
-        position_answer(channel, &c.epoch, c.offset, subscribers)
+        position_answer(channel, &c.epoch, c.offset, c.subscribers.len())
     }
 
     fn history_local(&mut self, channel: &str, since: Option<&Since>, limit: usize) -> Response {
@@ -586,29 +537,6 @@ impl Server {
             }),
             _ => {}
         }
-    }
-}
-
-impl GrantsOut {
-    fn remember(&mut self, user: &str, channel: &str, iat: u64) {
-        let k: (Box<str>, Box<str>) = (user.into(), channel.into());
-        if self.iat.insert(k.clone(), iat).is_none() {
-            self.order.push_back(k);
-        }
-        while self.iat.len() > MAX_GRANTS_OUT
-            && let Some(old) = self.order.pop_front()
-        {
-            self.iat.remove(&old);
-        }
-    }
-
-    fn take(&mut self, user: &str, channel: &str) -> Option<u64> {
-        let k: (Box<str>, Box<str>) = (user.into(), channel.into());
-        let iat = self.iat.remove(&k);
-        if iat.is_some() {
-            self.order.retain(|o| *o != k);
-        }
-        iat
     }
 }
 

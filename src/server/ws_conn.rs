@@ -12,8 +12,7 @@ use super::conn::Phase;
 use super::{CLOSE_WAIT, READ_BUDGET_BYTES, READ_BUDGET_MESSAGES, Server};
 use crate::auth;
 use crate::channels::{self, Refusal};
-use crate::hub::Since;
-use crate::ws::{self, Inbound, Reason, Subscription, Wire, WsConn};
+use crate::ws::{self, Inbound, Reason, Wire, WsConn};
 
 impl Server {
     /// Reads the client's frames (each one metered: see
@@ -21,6 +20,9 @@ impl Server {
     /// budget of frames, bytes and messages.
     pub(super) fn read_ws(&mut self, key: usize) {
         let now = Instant::now();
+        if self.conns.get(key).and_then(|c| c.ws()).is_some_and(|ws| ws.awaiting_answer()) {
+            return; // read when its subscribe is answered
+        }
         if let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) {
             ws.meter.start_turn(now);
         }
@@ -59,6 +61,12 @@ impl Server {
                         // peer's close only refresh `last_seen`.
                         _ => {}
                     }
+                    // A subscribe waits for Redis: the requests behind it
+                    // wait unread, so answers leave in request order
+                    // (reading resumes when it is answered).
+                    if self.conns.get(key).and_then(|c| c.ws()).is_some_and(|ws| ws.awaiting_answer()) {
+                        return;
+                    }
                 }
                 Err(E::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     if ws.meter.spent || ws.meter.has_pending() {
@@ -91,6 +99,12 @@ impl Server {
     }
 
     fn on_client_text(&mut self, key: usize, text: &str, now: Instant) {
+        // A connection that is closing (say, its last answer overflowed its
+        // output bound) takes no more requests: nothing may follow its
+        // close frame, and it must join nothing.
+        if !self.is_open_ws(key) {
+            return;
+        }
         match ws::on_text(text, self.config.max_message_bytes) {
             Inbound::Ignore => debug!("{} sent an unhandled message", self.conns[key].peer),
             Inbound::Reply(reply) => self.send_text(key, reply),
@@ -102,73 +116,9 @@ impl Server {
         }
     }
 
-    /// `{"type":"subscribe"}`: checks the name, the limit and the grant,
-    /// joins, answers with the channel's position, then replays what the
-    /// client missed since `since` — all of it, or nothing and
-    /// `recovered: false`. One loop turn does all of this, so no message
-    /// published meanwhile can fall between the replay and live delivery.
-    fn subscribe(&mut self, key: usize, channel: &str, token: Option<&str>, since: Option<Since>, now: Instant) {
-        let refuse = |r: Refusal, m: &str| channels::error(r, m, Some(channel));
-        if !channels::valid_name(channel) {
-            return self.send_text(key, refuse(Refusal::InvalidChannel, channels::NAME_RULE));
-        }
-        let Some(ws) = self.conns[key].ws() else { return };
-        let existing = self.hub.find(channel).and_then(|id| ws.subs.iter().position(|s| s.channel == id));
-        if existing.is_none() && ws.subs.len() >= self.config.max_subscriptions {
-            let msg =
-                format!("at most {} subscriptions per connection (MAX_SUBSCRIPTIONS)", self.config.max_subscriptions);
-            return self.send_text(key, refuse(Refusal::TooManySubscriptions, &msg));
-        }
-        let token_exp = match self.grant(ws, channel, token) {
-            Ok(exp) => exp,
-            Err(error) => return self.send_text(key, error),
-        };
-        if self.cluster.is_some() {
-            // Position and replay come from Redis; joined when they arrive.
-            return self.cluster_subscribe(key, channel, since, token_exp);
-        }
-        let id = self.hub.subscribe(channel, key);
-        if let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) {
-            match existing {
-                // Joined again (say, with a fresh subscription token): keep
-                // the longer-lived grant.
-                Some(i) => {
-                    let s = &mut ws.subs[i];
-                    s.token_exp =
-                        if s.token_exp.is_none() || token_exp.is_none() { None } else { s.token_exp.max(token_exp) };
-                }
-                None => ws.subs.push(Subscription { channel: id, token_exp }),
-            }
-        }
-        let replay = since.as_ref().and_then(|s| self.hub.replay(id, s, now));
-        // A replay must fit MAX_OUTPUT_BYTES with what is queued already;
-        // one that does not is not sent (recovered:false: the app refetches,
-        // which costs it one request instead of a 1013 loop).
-        let queued = self.conns[key].out.bytes();
-        let max = self.config.max_output_bytes;
-        let replay = replay.filter(|r| queued + r.iter().map(|f| f.len()).sum::<usize>() <= max);
-        if since.is_some() {
-            self.metrics.recovery(replay.is_some());
-        }
-        let c = self.hub.channel(id);
-        let answer = channels::subscribed(channel, &c.epoch, c.offset, replay.is_some());
-        debug!(
-            "{} subscribed to {channel} (since {:?}: {:?} replayed)",
-            self.conns[key].peer,
-            since,
-            replay.as_ref().map(Vec::len)
-        );
-        self.send_text(key, answer);
-        let conn = &mut self.conns[key];
-        for frame in replay.into_iter().flatten() {
-            conn.out.push_shared(frame);
-        }
-        self.mark_dirty(key);
-    }
-
     /// May this connection join `channel`? `Ok(Some(exp))` when only a
     /// subscription token grants it; `Err` is the error message to send.
-    fn grant(&self, ws: &WsConn, channel: &str, token: Option<&str>) -> Result<Option<u64>, String> {
+    pub(super) fn grant(&self, ws: &WsConn, channel: &str, token: Option<&str>) -> Result<Option<u64>, String> {
         self.control_denies(ws, channel, token)?;
         if channels::may_join_user(channel, &ws.sub) || channels::granted(channel, &ws.grants) {
             return Ok(None);
@@ -189,64 +139,6 @@ impl Server {
             }
             Ok(claims) => Ok(Some(claims.exp)),
             Err(e) => refuse(Refusal::InvalidToken, &format!("subscription token refused: {}", e.message())),
-        }
-    }
-
-    /// `{"type":"unsubscribe"}`: leaves the channel (answered even if the
-    /// connection was not in it, so the client's state converges).
-    fn unsubscribe(&mut self, key: usize, channel: &str) {
-        if !channels::valid_name(channel) {
-            let e = channels::error(Refusal::InvalidChannel, channels::NAME_RULE, Some(channel));
-            return self.send_text(key, e);
-        }
-        if let Some(id) = self.hub.find(channel)
-            && let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase)
-            && let Some(i) = ws.subs.iter().position(|s| s.channel == id)
-        {
-            ws.subs.swap_remove(i);
-            self.hub.unsubscribe(id, key);
-            self.maybe_unsubscribe_remote(channel);
-        }
-        self.send_text(key, channels::unsubscribed(channel, None));
-    }
-
-    /// Ends one subscription of connection `key` on the server's initiative
-    /// (the server API: a denial or revocation): out of the channel, and the
-    /// client is told why. False if it was not subscribed.
-    pub(super) fn end_subscription(&mut self, key: usize, channel: &str, reason: &str) -> bool {
-        let Some(id) = self.hub.find(channel) else { return false };
-        let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) else { return false };
-        let Some(i) = ws.subs.iter().position(|s| s.channel == id) else { return false };
-        ws.subs.swap_remove(i);
-        self.hub.unsubscribe(id, key);
-        self.maybe_unsubscribe_remote(channel);
-        self.send_text(key, channels::unsubscribed(channel, Some(reason)));
-        true
-    }
-
-    /// After a token refresh: leaves every channel the new token no longer
-    /// grants (a subscription token that has not expired still does).
-    fn recheck_grants(&mut self, key: usize, grants: Box<[Box<str>]>) {
-        let now = auth::now_secs();
-        let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) else { return };
-        ws.grants = grants;
-        let mut left = Vec::new();
-        let hub = &mut self.hub;
-        ws.subs.retain(|s| {
-            let name = &hub.channel(s.channel).name;
-            let keep = channels::may_join_user(name, &ws.sub)
-                || channels::granted(name, &ws.grants)
-                || s.token_exp.is_some_and(|exp| exp > now);
-            if !keep {
-                left.push(s.channel);
-            }
-            keep
-        });
-        for id in left {
-            let name = self.hub.channel(id).name.to_string();
-            self.hub.unsubscribe(id, key);
-            self.maybe_unsubscribe_remote(&name);
-            self.send_text(key, channels::unsubscribed(&name, Some("grant revoked")));
         }
     }
 
