@@ -7,7 +7,9 @@
 //! | `/ready` | GET, HEAD | `{"status":"ready"}`, or 503 `{"status":"not_ready","reason":R}` |
 //! | `/metrics` | GET, HEAD | Prometheus text (no CORS), or 401 without METRICS_API_KEY |
 //! | `/ws` | GET + Upgrade | 101, or 400/401/403/426/429/503 and close (503 while draining) |
-//! | `/api/broadcast` | POST | `{"status":"ok","recipients":N}` (+ `channels` when targeted), or 400/415/429/503, or 401/403 and close |
+//! | `/api/broadcast` | POST | `{"status":"ok","recipients":N}` (+ `channels` when targeted; + `duplicate` for a repeated `Idempotency-Key`), or 400/415/429/503, or 401/403 and close |
+//! | `/api/unsubscribe`, `/api/disconnect`, `/api/revoke` | POST | the server API ([`crate::control`]): CONTROL_API_KEY (or BROADCAST_API_KEY) only; 400/415/503, or 401/403 and close |
+//! | `/api/channels/<channel>`, `/api/history` | GET | a channel's position, its held messages; same credential |
 //! | any | OPTIONS | CORS preflight: 204 for allowed origins, else 403 |
 //! | `/`, `/demo.js`, `/taskcast-client.js` | GET, HEAD | development mode only: the demo page ([`crate::demo`]); else 404 |
 //!
@@ -26,6 +28,7 @@ use subtle::ConstantTimeEq;
 use crate::auth::{AuthError, Claims, Verifier};
 use crate::broadcast;
 use crate::config::{Config, Origins};
+use crate::control;
 use crate::demo;
 use crate::http::{Head, Method, Response};
 use crate::limits::Limits;
@@ -51,6 +54,8 @@ pub struct Ctx<'a> {
     /// The head already passed [`admit`] (its credential was checked
     /// while the body was still arriving): not checked twice.
     pub admitted: bool,
+    /// Revocations in force: a revoked token's upgrade gets 401.
+    pub control: &'a crate::control::Store,
 }
 
 /// The decision for one request.
@@ -66,6 +71,9 @@ pub enum Action {
     Broadcast(broadcast::Publish),
     /// Answer with a scrape of the metrics (the loop holds their values).
     Metrics,
+    /// A server API request (authenticated, validated): the loop carries
+    /// it out (see `server::control`).
+    Control(control::Request),
 }
 
 /// How long browsers may cache a preflight answer.
@@ -102,6 +110,7 @@ pub fn route(head: &Head, body: &[u8], ctx: &Ctx) -> Action {
             Method::Post => broadcast(head, body, origin_ok, ctx),
             _ => Action::Respond(not_allowed("POST, OPTIONS")),
         },
+        p if control::is_control_path(p) => control_request(head, body, ctx),
         _ => Action::Respond(
             demo::route(head, ctx.config)
                 .unwrap_or_else(|| Response::error(404, "no such endpoint: try /health, /ws or /api/broadcast")),
@@ -165,7 +174,13 @@ fn unauthorized(e: AuthError) -> Response {
 /// credential — so a forged one gets its 401/403 at once, without the
 /// server waiting for (and buffering) a body it will not use.
 pub fn admit(head: &Head, ctx: &Ctx) -> Result<(), Response> {
-    if head.path != "/api/broadcast" || head.method() != Method::Post {
+    if head.method() != Method::Post {
+        return Ok(());
+    }
+    if control::is_action_path(&head.path) {
+        return controller(head, ctx);
+    }
+    if head.path != "/api/broadcast" {
         return Ok(());
     }
     if head.origin.as_deref().is_some_and(|o| !ctx.config.allowed_origins.allows(o)) {
@@ -234,6 +249,14 @@ fn upgrade(head: &Head, origin_ok: bool, ctx: &Ctx) -> Action {
             return Action::Respond(unauthorized(e));
         }
     };
+    // A valid signature, but revoked (POST /api/revoke) or too long-lived
+    // for a revocation to cover. Not counted against the address: it is a
+    // real user whose app should fetch a fresh token.
+    let sub = claims.sub.as_deref().unwrap_or("");
+    if let Err(why) = ctx.control.check_token(sub, claims.iat, claims.exp, crate::auth::now_secs()) {
+        ctx.metrics.auth_failed_because(why.label());
+        return Action::Respond(Response::error(401, why.message()).header("WWW-Authenticate", "Bearer"));
+    }
     Action::Upgrade { key: key.to_string(), claims }
 }
 
@@ -251,6 +274,12 @@ fn broadcast(head: &Head, body: &[u8], origin_ok: bool, ctx: &Ctx) -> Action {
         if !mime.eq_ignore_ascii_case("application/json") {
             return Action::Respond(Response::error(415, "Content-Type must be application/json"));
         }
+    }
+    if head.idempotency_key.as_deref().is_some_and(|k| !control::valid_idempotency_key(k)) {
+        return Action::Respond(Response::error(
+            400,
+            "Idempotency-Key must be 1-128 visible ASCII characters (one header; a random UUID is a good key)",
+        ));
     }
     match broadcast::parse_publish(body, ctx.config.max_publish_channels, ctx.redis_up.is_some()) {
         Ok(publish) => Action::Broadcast(publish),
@@ -294,6 +323,110 @@ fn publisher(head: &Head, ctx: &Ctx) -> Result<(), Response> {
     Err(resp)
 }
 
+/// The server API: POST `/api/unsubscribe`, `/api/disconnect`,
+/// `/api/revoke`; GET `/api/channels/<channel>`, `/api/history`. For your
+/// servers only (like `/metrics`): no CORS, and a request from a page
+/// (with an Origin header) is refused.
+fn control_request(head: &Head, body: &[u8], ctx: &Ctx) -> Action {
+    let post = control::is_action_path(&head.path);
+    match (head.method(), post) {
+        (Method::Post, true) | (Method::Get, false) => {}
+        (_, true) => return Action::Respond(not_allowed("POST")),
+        (_, false) => return Action::Respond(not_allowed("GET")),
+    }
+    if !(post && ctx.admitted)
+        && let Err(resp) = controller(head, ctx)
+    {
+        return Action::Respond(resp);
+    }
+    let parsed = if post {
+        if let Some(ct) = &head.content_type {
+            let mime = ct.split(';').next().unwrap_or("").trim();
+            if !mime.eq_ignore_ascii_case("application/json") {
+                return Action::Respond(Response::error(415, "Content-Type must be application/json"));
+            }
+        }
+        control::parse_action(&head.path, body, crate::auth::now_secs())
+    } else {
+        control::parse_read(&head.path, head.query.as_deref())
+    };
+    match parsed {
+        Ok(req) => Action::Control(req),
+        Err(msg) => Action::Respond(Response::error(400, &msg)),
+    }
+}
+
+/// Checks the server API's credential: CONTROL_API_KEY, or BROADCAST_API_KEY
+/// when that is unset (Bearer or X-API-Key, compared in constant time;
+/// headers only). With neither set the API is off. A user's JWT is
+/// recognised and refused with 403. Refusals close the connection; an
+/// address past AUTH_FAILURES_PER_MIN gets 429 before any signature check.
+fn controller(head: &Head, ctx: &Ctx) -> Result<(), Response> {
+    if head.origin.is_some() {
+        return Err(Response::error(
+            403,
+            "the server API is for your servers: requests from a web page (with an Origin header) are refused",
+        )
+        .closing());
+    }
+    let Some(key) = ctx.config.control_api_key.as_ref().or(ctx.config.broadcast_api_key.as_ref()) else {
+        ctx.metrics.auth_failed_because("control_api_off");
+        return Err(Response::error(
+            403,
+            "the server API is off: set CONTROL_API_KEY (or BROADCAST_API_KEY) and send it as Authorization: Bearer <key>",
+        )
+        .closing());
+    };
+    let presented = head.api_key.as_deref().or(head.authorization_bearer()).unwrap_or("");
+    if bool::from(presented.as_bytes().ct_eq(key.expose().as_bytes())) {
+        return Ok(());
+    }
+    if presented.is_empty() {
+        ctx.metrics.auth_failed_because("missing_api_key");
+        return Err(Response::error(401, "missing API key: send CONTROL_API_KEY as Authorization: Bearer <key>")
+            .header("WWW-Authenticate", "Bearer")
+            .closing());
+    }
+    ctx.limits.check_auth_failures(ctx.config, ctx.ip, ctx.now)?;
+    if ctx.verifier.verify(presented).is_ok() {
+        ctx.metrics.auth_failed_because("user_token_as_controller");
+        return Err(Response::error(403, "user tokens cannot use the server API: use CONTROL_API_KEY").closing());
+    }
+    ctx.metrics.auth_failed_because("bad_api_key");
+    let mut resp = Response::error(401, "invalid API key").header("WWW-Authenticate", "Bearer").closing();
+    resp.auth_failure = true;
+    Err(resp)
+}
+
+/// The answer to a broadcast whose `Idempotency-Key` was seen within
+/// IDEMPOTENCY_TTL_SECS: delivered to no one this time.
+pub fn broadcast_duplicate() -> Response {
+    Response::json(200, &json!({"status": "ok", "recipients": 0, "duplicate": true}))
+}
+
+/// The answer to a channel broadcast with an `Idempotency-Key`: per
+/// channel, its offset and recipients, and `"duplicate": true` where the key
+/// was seen already (that channel got nothing now, and keeps the offset of
+/// the first publish). `duplicate` at the top when every channel was one.
+pub fn published_once(per_channel: &[(&str, u64, usize, bool)]) -> Response {
+    let recipients: usize = per_channel.iter().map(|(_, _, n, _)| n).sum();
+    let channels: serde_json::Map<String, serde_json::Value> = per_channel
+        .iter()
+        .map(|(name, offset, n, dup)| {
+            let mut v = json!({"offset": offset, "recipients": n});
+            if *dup {
+                v["duplicate"] = true.into();
+            }
+            (name.to_string(), v)
+        })
+        .collect();
+    let duplicate = per_channel.iter().all(|(_, _, _, dup)| *dup);
+    Response::json(
+        200,
+        &json!({"status": "ok", "recipients": recipients, "channels": channels, "duplicate": duplicate}),
+    )
+}
+
 /// The answer to an accepted broadcast to everyone.
 pub fn broadcast_ok(recipients: usize) -> Response {
     Response::json(200, &json!({"status": "ok", "recipients": recipients}))
@@ -314,7 +447,7 @@ pub fn published_ok(per_channel: &[(&str, u64, usize)]) -> Response {
 /// echoed (with credentials); a disallowed one gets nothing. `Vary: Origin`
 /// always, since the answer depends on it.
 pub fn with_cors(mut resp: Response, head: &Head, origins: &Origins) -> Response {
-    if head.path == METRICS_PATH {
+    if head.path == METRICS_PATH || control::is_control_path(&head.path) {
         return resp; // never readable from a page
     }
     if let Some(origin) = head.origin.as_deref().filter(|o| origins.allows(o)) {

@@ -36,6 +36,16 @@ pub enum Reason {
     AuthInvalid,
     /// 4003: an in-band `auth` token was valid but for another user.
     AuthOtherUser,
+    /// 4003: an in-band `auth` token was valid but is revoked (issued
+    /// before `POST /api/revoke`), or lives longer than JWT_MAX_LIFETIME_SECS.
+    AuthRevoked,
+    /// 4009: the app ended this user's sessions (`POST /api/disconnect`
+    /// with `reconnect: false`: sign-out, ban). The client must not reconnect.
+    Disconnected,
+    /// 4011: the app wants this client back with a fresh token (`POST
+    /// /api/disconnect` with `reconnect: true`, or `POST /api/revoke`): get
+    /// a new token, then reconnect.
+    Reauthenticate,
 }
 
 impl Reason {
@@ -50,7 +60,9 @@ impl Reason {
             Reason::Restart => 1012,
             Reason::SlowConsumer => 1013,
             Reason::TokenExpired => 4001,
-            Reason::AuthInvalid | Reason::AuthOtherUser => 4003,
+            Reason::AuthInvalid | Reason::AuthOtherUser | Reason::AuthRevoked => 4003,
+            Reason::Disconnected => 4009,
+            Reason::Reauthenticate => 4011,
         }
     }
 
@@ -68,6 +80,9 @@ impl Reason {
             Reason::TokenExpired => "token expired",
             Reason::AuthInvalid => "invalid token",
             Reason::AuthOtherUser => "token is for another user",
+            Reason::AuthRevoked => "token revoked: get a fresh token",
+            Reason::Disconnected => "disconnected by the server: do not reconnect",
+            Reason::Reauthenticate => "reconnect with a fresh token",
         }
     }
 

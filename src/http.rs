@@ -54,6 +54,9 @@ pub struct Head {
     pub forwarded_for: Option<String>,
     /// `Host` (the development demo page checks it is a loopback name).
     pub host: Option<String>,
+    /// `Idempotency-Key` of a broadcast (repeated headers joined with
+    /// ", ", which no valid key contains: an ambiguous key is refused).
+    pub idempotency_key: Option<String>,
 }
 
 impl Head {
@@ -172,6 +175,12 @@ pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, Reject> {
             // Repeated headers are one comma-separated list (RFC 9110 §5.3).
             let v = text()?;
             head.forwarded_for = Some(match head.forwarded_for.take() {
+                Some(earlier) => format!("{earlier}, {v}"),
+                None => v.to_string(),
+            });
+        } else if is("idempotency-key") {
+            let v = text()?;
+            head.idempotency_key = Some(match head.idempotency_key.take() {
                 Some(earlier) => format!("{earlier}, {v}"),
                 None => v.to_string(),
             });

@@ -26,6 +26,10 @@
 //!   framing it once.
 //! - [`channels`]: channel names, who may join which channel, and the JSON
 //!   of the channel protocol's answers (pure).
+//! - [`control`]: the server API (unsubscribe, disconnect, revoke, a
+//!   channel's position and history): request bodies, the denials and
+//!   revocations tokens are checked against, and the idempotency cache
+//!   (pure; the loop's side is `server::control`).
 //! - [`hub`]: channel state — subscribers per channel, offsets and epochs,
 //!   bounded history for replay after a reconnect.
 //! - [`subscription`]: one connection's subscription to a channel — joining
@@ -54,6 +58,7 @@ pub mod channels;
 pub mod close;
 pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod frame_meter;
 pub mod http;

@@ -24,11 +24,14 @@
 //! pings, the close handshake), `subs` (joining and leaving channels),
 //! `fanout` (broadcasts to
 //! recipients), `cluster` (cluster mode: parked publishes, history reads,
-//! gap repair), `flush` (the "before sleep" writes, in rounds); and `drain` (signals, the staggered drain, shutdown),
+//! gap repair), `flush` (the "before sleep" writes, in rounds), `control`
+//! (the server API: unsubscribe, disconnect, revoke, positions and history
+//! for pages); and `drain` (signals, the staggered drain, shutdown),
 //! `scrape` (`/metrics`).
 
 mod cluster;
 mod conn;
+mod control;
 mod drain;
 mod fanout;
 mod flush;
@@ -139,6 +142,9 @@ pub struct Server {
     cluster: Option<cluster::Cluster>,
     /// The link had more events than one turn takes: drain again next turn.
     cluster_again: bool,
+    /// The server API: denials and revocations in force, idempotency keys,
+    /// requests waiting for Redis (see `control`).
+    control: control::ControlState,
     next_id: u64,
     stop: Arc<AtomicBool>,
     /// Set by [`ShutdownHandle::drain`]; the loop starts the drain.
@@ -203,6 +209,7 @@ impl Server {
             }),
             cluster,
             cluster_again: false,
+            control: control::ControlState::new(&config),
             metrics: Metrics::new(verifier_has_jwks, config.redis.is_some()),
             config,
             next_id: 0,
@@ -530,6 +537,11 @@ pub fn log_startup(server: &Server) {
     );
     if c.broadcast_api_key.is_none() {
         warn!("BROADCAST_API_KEY is not set: any signed-in user's token can broadcast to everyone");
+    }
+    if c.control_api_key.is_none() && c.broadcast_api_key.is_none() {
+        info!(
+            "the server API (/api/unsubscribe, /api/disconnect, /api/revoke, ...) is off: set CONTROL_API_KEY to use it"
+        );
     }
     if c.allowed_origins == crate::config::Origins::Any {
         warn!("ALLOWED_ORIGINS=* lets any web page connect with a user's token; list your front-end origins instead");

@@ -137,6 +137,7 @@ impl Server {
                         metrics: &self.metrics,
                         draining,
                         redis_up: self.cluster.as_ref().map(|c| c.up),
+                        control: &self.control.store,
                     };
                     if let Err(resp) = api::admit(&head, &ctx) {
                         h.buf = Vec::new();
@@ -163,6 +164,7 @@ impl Server {
                 metrics: &self.metrics,
                 draining,
                 redis_up: self.cluster.as_ref().map(|c| c.up),
+                control: &self.control.store,
             };
             let action = api::route(&head, &h.buf[start..end], &ctx);
             if let Action::Upgrade { key: ws_key, claims } = action {
@@ -190,6 +192,14 @@ impl Server {
                     }
                 }
                 Action::Metrics => self.scrape(),
+                Action::Control(req) => {
+                    // Like a publish: a server waits for this answer.
+                    published = true;
+                    match self.control(key, &head, req) {
+                        Some(resp) => resp,
+                        None => return published, // parked until Redis answers
+                    }
+                }
                 Action::Upgrade { .. } => unreachable!("handled above"),
             };
             self.respond(key, &head, resp);
@@ -224,6 +234,7 @@ impl Server {
             claims.extra.get(&self.config.channels_claim),
             self.config.max_subscriptions,
         );
+        let iat = claims.iat;
         let sub = claims.sub.unwrap_or_default();
         let user_channel = crate::channels::user_channel(&sub);
         let conn = &mut self.conns[key];
@@ -242,6 +253,8 @@ impl Server {
             meter: FrameMeter::new(self.config.client_msg_rate, self.config.client_msg_burst, leftover, now),
             grants,
             subs: Vec::new(),
+            iat,
+            opened_at: auth::now_secs(),
         }));
         // Every connection is in its own user's channel.
         if let Some(name) = user_channel {

@@ -119,6 +119,7 @@ impl Server {
     /// May this connection join `channel`? `Ok(Some(exp))` when only a
     /// subscription token grants it; `Err` is the error message to send.
     pub(super) fn grant(&self, ws: &WsConn, channel: &str, token: Option<&str>) -> Result<Option<u64>, String> {
+        self.control_denies(ws, channel, token)?;
         if channels::may_join_user(channel, &ws.sub) || channels::granted(channel, &ws.grants) {
             return Ok(None);
         }
@@ -150,6 +151,13 @@ impl Server {
         };
         match self.verifier.verify(token) {
             Ok(claims) if claims.sub.as_deref().unwrap_or("") == ws.sub => {
+                if let Err(why) = self.control.store.check_token(&ws.sub, claims.iat, claims.exp, auth::now_secs()) {
+                    debug!("{} refresh token refused: {}", conn.peer, why.message());
+                    self.metrics.auth_failed_because(why.label());
+                    return self.close_ws(key, Reason::AuthRevoked, now);
+                }
+                // A fresh token lifts the denials issued before it.
+                ws.iat = claims.iat;
                 ws.expires_at = auth::expires_at(now, claims.exp, self.config.jwt_leeway_secs);
                 let grants = channels::grants_from_claim(
                     claims.extra.get(&self.config.channels_claim),
