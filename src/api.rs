@@ -155,8 +155,7 @@ fn not_allowed(allow: &'static str) -> Response {
 
 fn unauthorized(e: AuthError) -> Response {
     let mut resp = Response::error(401, e.message()).header("WWW-Authenticate", "Bearer").closing();
-    // A missing token or an unknown key id cost no signature check.
-    resp.auth_failure = !matches!(e, AuthError::Missing | AuthError::UnknownKey);
+    resp.auth_failure = e.counts_as_failure();
     resp
 }
 

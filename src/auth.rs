@@ -65,6 +65,14 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// Does this refusal count toward AUTH_FAILURES_PER_MIN for the
+    /// client's address? Not a missing token (nothing was tried) nor an
+    /// unknown `kid` (a key rotation the set has not caught up with yet):
+    /// neither cost a signature check.
+    pub fn counts_as_failure(self) -> bool {
+        !matches!(self, AuthError::Missing | AuthError::UnknownKey)
+    }
+
     pub fn message(self) -> &'static str {
         match self {
             AuthError::Missing => "missing token: send Authorization: Bearer <jwt> or ?token=<jwt>",

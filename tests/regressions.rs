@@ -5,6 +5,9 @@
 //! fixed yet; remove the mark with the fix.
 
 mod common;
+/// Issue 18's fail-closed round: each test failed before its fix.
+#[path = "regressions/fail_closed.rs"]
+mod fail_closed;
 /// Issue 10's hardening round: each test failed before its fix.
 #[path = "regressions/hardening.rs"]
 mod hardening;

@@ -342,10 +342,16 @@ impl Server {
         self.mark_dirty(w.key);
         // Joined: live delivery from here on.
         let id = self.hub.subscribe(channel, w.key);
-        if let Some(Phase::Ws(ws)) = self.conns.get_mut(w.key).map(|c| &mut c.phase)
-            && !ws.subs.iter().any(|s| s.channel == id)
-        {
-            ws.subs.push(Subscription { channel: id, token_exp: w.token_exp });
+        if let Some(Phase::Ws(ws)) = self.conns.get_mut(w.key).map(|c| &mut c.phase) {
+            match ws.subs.iter_mut().find(|s| s.channel == id) {
+                // Joined again with a fresh subscription token: a renewal
+                // (keep the longer-lived grant, as in one process).
+                Some(s) => s.token_exp = s.token_exp.zip(w.token_exp).map(|(a, b)| a.max(b)),
+                None => ws.subs.push(Subscription { channel: id, token_exp: w.token_exp }),
+            }
+        }
+        if w.token_exp.is_some() {
+            self.reschedule_ws(w.key); // the token's expiry is now a deadline
         }
         if let Some(remote) = self.cluster.as_mut().and_then(|c| c.channels.get_mut(channel)) {
             if !remote.kept.is_empty() {

@@ -13,7 +13,7 @@ use super::{CLOSE_WAIT, READ_BUDGET_BYTES, READ_BUDGET_MESSAGES, Server};
 use crate::auth;
 use crate::channels::{self, Refusal};
 use crate::hub::Since;
-use crate::ws::{self, Inbound, Reason, Subscription, Wire, WsConn};
+use crate::ws::{self, Inbound, Reason, Subscription, Wire};
 
 impl Server {
     /// Reads the client's frames (each one metered: see
@@ -119,7 +119,7 @@ impl Server {
                 format!("at most {} subscriptions per connection (MAX_SUBSCRIPTIONS)", self.config.max_subscriptions);
             return self.send_text(key, refuse(Refusal::TooManySubscriptions, &msg));
         }
-        let token_exp = match self.grant(ws, channel, token) {
+        let token_exp = match self.grant(key, channel, token) {
             Ok(exp) => exp,
             Err(error) => return self.send_text(key, error),
         };
@@ -139,6 +139,9 @@ impl Server {
                 }
                 None => ws.subs.push(Subscription { channel: id, token_exp }),
             }
+        }
+        if token_exp.is_some() {
+            self.reschedule_ws(key); // the token's expiry is now a deadline
         }
         let replay = since.as_ref().and_then(|s| self.hub.replay(id, s, now));
         // A replay must fit MAX_OUTPUT_BYTES with what is queued already;
@@ -168,17 +171,34 @@ impl Server {
 
     /// May this connection join `channel`? `Ok(Some(exp))` when only a
     /// subscription token grants it; `Err` is the error message to send.
-    fn grant(&self, ws: &WsConn, channel: &str, token: Option<&str>) -> Result<Option<u64>, String> {
+    /// A subscription token that fails verification counts as a failed
+    /// authentication of the connection's address (AUTH_FAILURES_PER_MIN),
+    /// and an address past that limit gets no more of them checked.
+    fn grant(&mut self, key: usize, channel: &str, token: Option<&str>) -> Result<Option<u64>, String> {
+        let refuse = |r: Refusal, m: &str| Err(channels::error(r, m, Some(channel)));
+        let Some(ws) = self.conns[key].ws() else {
+            return refuse(Refusal::Forbidden, "not connected");
+        };
+        // Before any grant is looked at: nothing opens another user's channel.
+        if channels::user_channel_of_other(channel, &ws.sub) {
+            return refuse(Refusal::Forbidden, "a user: channel is only open to its own user");
+        }
         if channels::may_join_user(channel, &ws.sub) || channels::granted(channel, &ws.grants) {
             return Ok(None);
         }
-        let refuse = |r: Refusal, m: &str| Err(channels::error(r, m, Some(channel)));
         let Some(token) = token else {
             return refuse(
                 Refusal::Forbidden,
                 "not allowed to join this channel: no grant in the token, no subscription token",
             );
         };
+        let now = Instant::now();
+        if self.limits.check_auth_failures(&self.config, ws.ip, now).is_err() {
+            return refuse(
+                Refusal::RateLimited,
+                "too many failed authentications from this address: retry in a minute",
+            );
+        }
         match self.verifier.verify(token) {
             Ok(claims) if claims.sub.as_deref().unwrap_or("") != ws.sub => {
                 refuse(Refusal::Forbidden, "the subscription token is for another user")
@@ -187,7 +207,46 @@ impl Server {
                 refuse(Refusal::Forbidden, "the subscription token is for another channel")
             }
             Ok(claims) => Ok(Some(claims.exp)),
-            Err(e) => refuse(Refusal::InvalidToken, &format!("subscription token refused: {}", e.message())),
+            Err(e) => {
+                self.metrics.auth_failed(e);
+                if e.counts_as_failure() {
+                    let ip = ws.ip;
+                    self.limits.record_auth_failure(&self.config, ip, now);
+                }
+                refuse(Refusal::InvalidToken, &format!("subscription token refused: {}", e.message()))
+            }
+        }
+    }
+
+    /// Ends every subscription that only a subscription token granted, once
+    /// that token has expired (`exp` + JWT_LEEWAY_SECS, like a connection
+    /// token). A client keeps it by subscribing again with a fresh token
+    /// before then; a channel the connection token's claim grants by now is
+    /// kept (the claim is its grant from here on). The client is told:
+    /// `{"type":"unsubscribed","channel":C,"reason":"subscription token expired"}`.
+    pub(super) fn expire_subscription_tokens(&mut self, key: usize) {
+        let now = auth::now_secs();
+        let leeway = self.config.jwt_leeway_secs;
+        let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) else { return };
+        let mut ended = Vec::new();
+        let hub = &self.hub;
+        ws.subs.retain_mut(|s| {
+            let Some(exp) = s.token_exp else { return true };
+            if exp.saturating_add(leeway) > now {
+                return true;
+            }
+            if channels::granted(&hub.channel(s.channel).name, &ws.grants) {
+                s.token_exp = None;
+                return true;
+            }
+            ended.push(s.channel);
+            false
+        });
+        for id in ended {
+            let name = self.hub.channel(id).name.to_string();
+            self.hub.unsubscribe(id, key);
+            self.maybe_unsubscribe_remote(&name);
+            self.send_text(key, channels::unsubscribed(&name, Some("subscription token expired")));
         }
     }
 
@@ -349,7 +408,7 @@ impl Server {
     }
 
     /// A WebSocket's next wake-up: the earliest of ping, silence limit,
-    /// token expiry and close deadline.
+    /// token expiry, subscription token expiry and close deadline.
     pub(super) fn reschedule_ws(&mut self, key: usize) {
         let Some(ws) = self.conns[key].ws() else {
             return;
@@ -358,15 +417,19 @@ impl Server {
         if let Some(d) = ws.close_deadline {
             at = at.min(d);
         }
+        // The first subscription token to expire (see expire_subscription_tokens).
+        if let Some(exp) = ws.subs.iter().filter_map(|s| s.token_exp).min() {
+            at = at.min(auth::expires_at(Instant::now(), exp, self.config.jwt_leeway_secs));
+        }
         self.set_deadline(key, at);
     }
 
     /// A WebSocket's deadline: close handshake overdue, silent client,
-    /// expired token, or time to ping.
+    /// expired token, expired subscription tokens, or time to ping.
     pub(super) fn on_ws_timer(&mut self, key: usize, now: Instant) {
-        let conn = &mut self.conns[key];
+        let conn = &self.conns[key];
         let peer = conn.peer;
-        let Some((ws, mut wire)) = conn.ws_wire() else {
+        let Some(ws) = conn.ws() else {
             return;
         };
         if ws.close_deadline.is_some_and(|d| now >= d) {
@@ -380,6 +443,12 @@ impl Server {
         if now >= ws.expires_at {
             return self.close_ws(key, Reason::TokenExpired, now);
         }
+        if ws.close_deadline.is_none() && ws.subs.iter().any(|s| s.token_exp.is_some()) {
+            self.expire_subscription_tokens(key);
+        }
+        let Some((ws, mut wire)) = self.conns[key].ws_wire() else {
+            return;
+        };
         if now >= ws.next_ping {
             ws.next_ping = now + self.config.ping_interval;
             if ws.ctx.can_write() {

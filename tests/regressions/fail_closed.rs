@@ -1,0 +1,129 @@
+//! Issue 18, "fail closed": a mistake in a request never widens who
+//! receives a message, never locks out valid users, and the HTTP edges
+//! behave as RFC 9110/9112 say. One section per item of the issue; each
+//! test failed against the code before its fix.
+
+use std::net::SocketAddr;
+
+use serde_json::{Value, json};
+use tungstenite::Message;
+
+use crate::common::*;
+
+fn send(c: &mut Ws, v: Value) {
+    c.send(Message::text(v.to_string())).unwrap();
+}
+
+/// A subscription token: one user, one channel.
+fn sub_token(sub: &str, channel: &str, exp: u64) -> String {
+    sign(&json!({"sub": sub, "channel": channel, "exp": exp}))
+}
+
+/// Proves each of `clients` received nothing before now: a broadcast to
+/// everyone sent now must be the very next message each reads.
+fn assert_nothing_before_sentinel(addr: SocketAddr, clients: &mut [&mut Ws]) {
+    let r = broadcast(addr, &token("publisher"), r#"{"type":"sentinel","data":null}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    for c in clients {
+        assert_eq!(next_json(c), json!({"type": "sentinel", "payload": null}));
+    }
+}
+
+// ---- 1. a null or misspelt target is never "everyone" ----------------------
+
+/// `"channel": null` (a Server Action's `task.projectId ?? null`) was read
+/// as "no target" and reached every connected client; so did a typo such
+/// as `"chanel"`, an unknown key serde ignored. Now both get 400 naming the
+/// key, and only a body with no target key at all goes to everyone.
+#[test]
+fn null_or_unknown_target_keys_are_400_and_reach_no_one() {
+    let s = start();
+    let mut alice = ws(s.addr, &token("alice"));
+    let mut bob = ws(s.addr, &token("bob"));
+    wait_clients(s.addr, 2);
+    let t = token("publisher");
+    for (body, needle) in [
+        (r#"{"type":"t","data":1,"channel":null}"#, r#""channel" is null"#),
+        (r#"{"type":"t","data":1,"channels":null}"#, r#""channels" is null"#),
+        (r#"{"type":"t","data":1,"users":null}"#, r#""users" is null"#),
+        (r#"{"type":"t","data":1,"chanel":"project:7"}"#, r#"unknown key "chanel""#),
+        (r#"{"type":"t","data":1,"user":["bob"]}"#, r#"unknown key "user""#),
+        (r#"{"type":"t","data":1,"users":["bob"],"users":null}"#, r#""users" is given twice"#),
+    ] {
+        let r = broadcast(s.addr, &t, body);
+        assert_eq!(r.status, 400, "{body} was accepted: {}", r.body);
+        assert_eq!(r.json()["error"], "bad_request");
+        let message = r.json()["message"].as_str().unwrap().to_string();
+        assert!(message.contains(needle), "{body}: {message}");
+    }
+    assert_nothing_before_sentinel(s.addr, &mut [&mut alice, &mut bob]);
+    // No target key at all: everyone, as before.
+    let r = broadcast(s.addr, &t, r#"{"type":"all","data":2}"#);
+    assert_eq!(r.json(), json!({"status": "ok", "recipients": 2}));
+    assert_eq!(next_json(&mut alice)["type"], "all");
+}
+
+// ---- 2. another user's channel stays closed --------------------------------
+
+/// A subscription token `{"sub":"alice","channel":"user:bob"}` let alice
+/// join bob's channel and read his notifications. No grant opens another
+/// user's channel: not a subscription token, not a claim (`user:*`,
+/// `user:bob`).
+#[test]
+fn no_grant_opens_another_users_channel() {
+    let s = start();
+    let claims = sign(&json!({"sub": "alice", "exp": now() + 3600, "channels": ["user:*", "user:bob"]}));
+    let mut alice = ws(s.addr, &claims);
+    let mut bob = ws(s.addr, &token("bob"));
+    wait_clients(s.addr, 2);
+    for msg in [
+        json!({"type": "subscribe", "channel": "user:bob", "token": sub_token("alice", "user:bob", now() + 600)}),
+        json!({"type": "subscribe", "channel": "user:bob"}),
+    ] {
+        send(&mut alice, msg.clone());
+        let e = next_json(&mut alice);
+        assert_eq!(e["type"], "error", "{msg}: {e}");
+        assert_eq!(e["payload"]["code"], "forbidden", "{msg}: {e}");
+    }
+    let r = broadcast(s.addr, &token("publisher"), r#"{"type":"note","data":"for bob","users":["bob"]}"#);
+    assert_eq!(r.json()["recipients"], 1, "{}", r.body);
+    assert_eq!(next_json(&mut bob)["payload"], "for bob");
+    assert_nothing_before_sentinel(s.addr, &mut [&mut alice, &mut bob]);
+}
+
+/// A join that only a subscription token granted lasted until the next
+/// token refresh (or forever, without one). Now it ends when that token
+/// expires, with `unsubscribed` and a reason — unless the client renews it
+/// by subscribing again with a fresh token.
+#[test]
+fn a_subscription_token_grant_ends_when_the_token_expires_unless_renewed() {
+    let mut cfg = config();
+    cfg.jwt_leeway_secs = 0;
+    let s = start_with(cfg);
+    let mut c = ws(s.addr, &token("u"));
+    let mut renewing = ws(s.addr, &token("v"));
+    wait_clients(s.addr, 2);
+    let soon = now() + 2;
+    send(&mut c, json!({"type": "subscribe", "channel": "project:1", "token": sub_token("u", "project:1", soon)}));
+    assert_eq!(next_json(&mut c)["type"], "subscribed");
+    send(
+        &mut renewing,
+        json!({"type": "subscribe", "channel": "project:1", "token": sub_token("v", "project:1", soon)}),
+    );
+    assert_eq!(next_json(&mut renewing)["type"], "subscribed");
+    // Renewal: the same subscribe with a fresh token, before the first expires.
+    send(
+        &mut renewing,
+        json!({"type": "subscribe", "channel": "project:1", "token": sub_token("v", "project:1", now() + 3600)}),
+    );
+    assert_eq!(next_json(&mut renewing)["type"], "subscribed");
+    // Within WAIT of the expiry (whole seconds, so at most ~3 s from now).
+    assert_eq!(
+        next_json(&mut c),
+        json!({"type": "unsubscribed", "channel": "project:1", "reason": "subscription token expired"})
+    );
+    let r = broadcast(s.addr, &token("publisher"), r#"{"type":"t","data":"after","channel":"project:1"}"#);
+    assert_eq!(r.json()["recipients"], 1, "only the renewed subscription: {}", r.body);
+    assert_eq!(next_json(&mut renewing)["payload"], "after");
+    assert_nothing_before_sentinel(s.addr, &mut [&mut c, &mut renewing]);
+}
