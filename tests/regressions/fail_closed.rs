@@ -127,3 +127,82 @@ fn a_subscription_token_grant_ends_when_the_token_expires_unless_renewed() {
     assert_eq!(next_json(&mut renewing)["payload"], "after");
     assert_nothing_before_sentinel(s.addr, &mut [&mut c, &mut renewing]);
 }
+
+// ---- 3. per-address limits never lock out others --------------------------
+
+/// A forged upgrade "from" `xff` (loopback is a trusted proxy, so the
+/// X-Forwarded-For address is the client's); returns the status.
+fn upgrade_from(addr: SocketAddr, xff: &str, token: &str) -> u16 {
+    request(
+        addr,
+        &format!(
+            "GET /ws?token={token} HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: {xff}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ),
+    )
+    .status
+}
+
+/// Once MAX_TRACKED_ADDRESSES (10,000) distinct addresses had failed, every
+/// new address counted in one shared window, consulted before any
+/// verification: a valid token from an address that never failed got 429.
+/// Now only an address's own failures count.
+#[test]
+fn failures_from_many_addresses_never_lock_out_a_fresh_one() {
+    let mut cfg = config();
+    cfg.auth_failures_per_min = 1;
+    let s = start_with(cfg);
+    let n = taskcast::limits::MAX_TRACKED_ADDRESSES as u32 + 50;
+    for i in 0..n {
+        let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+        assert_eq!(upgrade_from(s.addr, &ip.to_string(), "forged"), 401, "{ip}");
+    }
+    // A fresh address with a valid token is verified and accepted...
+    assert_eq!(upgrade_from(s.addr, "192.0.2.1", &token("fresh")), 101);
+    // ...while an address that failed is still refused before verification.
+    let last = std::net::Ipv4Addr::from(0x0a00_0000 + n - 1);
+    assert_eq!(upgrade_from(s.addr, &last.to_string(), &token("again")), 429);
+}
+
+/// Per-address limits counted single IPv6 addresses, so one host with a
+/// /64 could open any number of connections and try any number of tokens.
+/// Now they count per /64.
+#[test]
+fn per_address_limits_count_an_ipv6_64_as_one_address() {
+    let mut cfg = config();
+    cfg.auth_failures_per_min = 2;
+    cfg.max_connections_per_ip = 2;
+    let s = start_with(cfg);
+    let t = token("v6");
+    let open = |xff: &str| ws_try(s.addr, &format!("/ws?token={t}"), &[("X-Forwarded-For", xff)]).map_err(|e| e.0);
+    let _a = open("2001:db8:1:2::1").expect("first in the /64");
+    let _b = open("2001:db8:1:2::2").expect("second in the /64");
+    assert_eq!(open("2001:db8:1:2::3").err(), Some(429), "third in the same /64");
+    let _c = open("2001:db8:1:3::1").expect("another /64");
+    for host in ["2001:db8:5:5::1", "2001:db8:5:5::2"] {
+        assert_eq!(upgrade_from(s.addr, host, "forged"), 401);
+    }
+    assert_eq!(upgrade_from(s.addr, "2001:db8:5:5::3", "forged"), 429, "the /64 failed twice");
+    assert_eq!(upgrade_from(s.addr, "2001:db8:5:6::1", "forged"), 401, "another /64 has its own count");
+}
+
+/// A forged subscription token cost a signature check and counted nowhere:
+/// a connected client could try them without limit. Now each counts as a
+/// failed authentication of its address, and past AUTH_FAILURES_PER_MIN
+/// they are refused unchecked (and so are that address's upgrades).
+#[test]
+fn failed_subscription_tokens_count_as_auth_failures_of_the_address() {
+    let mut cfg = config();
+    cfg.auth_failures_per_min = 2;
+    let s = start_with(cfg);
+    let t = token("u");
+    let mut c = ws_try(s.addr, &format!("/ws?token={t}"), &[("X-Forwarded-For", "198.51.100.7")]).unwrap();
+    let forged = json!({"type": "subscribe", "channel": "project:1", "token": "not.a.jwt"});
+    for code in ["invalid_token", "invalid_token", "rate_limited"] {
+        send(&mut c, forged.clone());
+        let e = next_json(&mut c);
+        assert_eq!(e["payload"]["code"], code, "{e}");
+    }
+    assert_eq!(upgrade_from(s.addr, "198.51.100.7", &t), 429);
+    assert_eq!(upgrade_from(s.addr, "198.51.100.8", &t), 101, "another address");
+}
