@@ -77,8 +77,7 @@ pub fn route(head: &Head, body: &[u8], ctx: &Ctx) -> Action {
         // (not even a preflight answer).
         return metrics(head, ctx);
     }
-    let origin_ok = head.origin.as_deref().is_none_or(|o| ctx.config.allowed_origins.allows(o))
-        || demo::same_origin_dev(head, ctx.config);
+    let origin_ok = origin_ok(head, ctx.config);
     if head.method() == Method::Options {
         return Action::Respond(preflight(head, origin_ok));
     }
@@ -107,6 +106,13 @@ pub fn route(head: &Head, body: &[u8], ctx: &Ctx) -> Action {
                 .unwrap_or_else(|| Response::error(404, "no such endpoint: try /health, /ws or /api/broadcast")),
         ),
     }
+}
+
+/// May a page from the request's Origin use this endpoint? No Origin (not
+/// a browser, or a same-origin GET) is fine; otherwise ALLOWED_ORIGINS
+/// decides — or, in development mode, the demo page's own origin.
+fn origin_ok(head: &Head, config: &Config) -> bool {
+    head.origin.as_deref().is_none_or(|o| config.allowed_origins.allows(o)) || demo::same_origin_dev(head, config)
 }
 
 /// Where Prometheus scrapes.
@@ -167,7 +173,9 @@ pub fn admit(head: &Head, ctx: &Ctx) -> Result<(), Response> {
     if head.path != "/api/broadcast" || head.method() != Method::Post {
         return Ok(());
     }
-    if head.origin.as_deref().is_some_and(|o| !ctx.config.allowed_origins.allows(o)) {
+    // The same check `route` makes once the body is in: a demo-page publish
+    // (development mode) whose body arrives after its head must pass here too.
+    if !origin_ok(head, ctx.config) {
         return Err(Response::error(403, "origin not allowed").closing());
     }
     publisher(head, ctx)

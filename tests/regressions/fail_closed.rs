@@ -4,6 +4,7 @@
 //! test failed against the code before its fix.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tungstenite::Message;
@@ -243,4 +244,140 @@ fn a_redis_password_in_the_query_is_never_logged() {
     let log = srv.log();
     assert!(!log.contains(password), "the password was logged: {log}");
     assert!(log.contains(&format!("redis+unix://{socket}?db=0&pass=***")), "{log}");
+}
+
+// ---- 5. a request's deadline starts at its first byte ----------------------
+
+/// The request deadline ran from the previous response (the keep-alive idle
+/// clock), so a request that started late in an idle keep-alive window got
+/// 408 before REQUEST_TIMEOUT_SECS had passed since its own first byte.
+#[test]
+fn a_requests_timeout_runs_from_its_first_byte() {
+    let mut cfg = config();
+    cfg.request_timeout = Duration::from_secs(2);
+    let s = start_with(cfg);
+    let mut c = Http::connect(s.addr);
+    c.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(c.response().status, 200);
+    // Idle for 1.5 s of the 2 s, then a request that takes 1 s to arrive:
+    // it ends 2.5 s after the last response, 1 s after its own first byte.
+    std::thread::sleep(Duration::from_millis(1500));
+    c.send(b"GET /health HTTP/1.1\r\n");
+    std::thread::sleep(Duration::from_millis(1000));
+    c.send(b"Host: t\r\n\r\n");
+    let r = c.response();
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The guard still holds: a request not complete 2 s after its first byte.
+    c.send(b"GET /health HTTP/1.1\r\n");
+    assert_eq!(c.response().status, 408);
+}
+
+// ---- 6. Expect: 100-continue ------------------------------------------------
+
+/// The raw head of a broadcast with `Expect: 100-continue`.
+fn expect_continue_head(token: &str, body_len: usize, version: &str) -> String {
+    format!(
+        "POST /api/broadcast HTTP/{version}\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: {body_len}\r\n\r\n"
+    )
+}
+
+/// `Expect: 100-continue` was ignored, so curl (which sends it for large
+/// bodies, or when asked) waited a second before each POST's body. RFC 9110
+/// §10.1.1: answer `100 Continue` once the head is admitted — its
+/// credential checked — or the final status at once.
+#[test]
+fn expect_100_continue_is_answered_once_the_head_is_admitted() {
+    let s = start();
+    let mut reader = ws(s.addr, &token("reader"));
+    wait_clients(s.addr, 1);
+    let body = r#"{"type":"continued","data":1}"#;
+    let mut c = Http::connect(s.addr);
+    c.send(expect_continue_head(&token("publisher"), body.len(), "1.1").as_bytes());
+    let interim = c.response();
+    assert_eq!((interim.status, interim.body.as_str()), (100, ""), "{interim:?}");
+    c.send(body.as_bytes());
+    let r = c.response();
+    assert_eq!(r.json(), json!({"status": "ok", "recipients": 1}));
+    assert_eq!(next_json(&mut reader)["type"], "continued");
+    // Keep-alive: a second one on the same connection is answered the same way.
+    c.send(expect_continue_head(&token("publisher"), body.len(), "1.1").as_bytes());
+    assert_eq!(c.response().status, 100);
+    c.send(body.as_bytes());
+    assert_eq!(c.response().status, 200);
+
+    // Refused from the head: the final status at once, no 100, and closed.
+    let mut forged = Http::connect(s.addr);
+    forged.send(expect_continue_head("forged", body.len(), "1.1").as_bytes());
+    assert_eq!(forged.response().status, 401);
+    assert!(forged.closed());
+
+    // HTTP/1.0: the expectation is ignored (RFC 9110 §10.1.1).
+    let mut old = Http::connect(s.addr);
+    old.send(expect_continue_head(&token("publisher"), body.len(), "1.0").as_bytes());
+    std::thread::sleep(Duration::from_millis(200));
+    old.send(body.as_bytes());
+    assert_eq!(old.response().status, 200);
+}
+
+// ---- 7. HTTP details -------------------------------------------------------
+
+/// RFC 9112 §3.2.2: "a server MUST accept the absolute-form in requests";
+/// `GET http://host/health` got 404. The target's authority replaces Host.
+#[test]
+fn an_absolute_form_target_is_accepted() {
+    let s = start();
+    let r = request(s.addr, &format!("GET http://{}/health HTTP/1.1\r\nHost: t\r\n\r\n", s.addr));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["status"], "ok");
+    let r = request(s.addr, "GET http://u:p@h/health HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 400, "userinfo in the target: {}", r.body);
+}
+
+/// RFC 9112 §9.6: a "close" connection option means the connection closes
+/// after this response; `Connection: close, keep-alive` kept it open.
+#[test]
+fn connection_close_wins_over_keep_alive() {
+    let s = start();
+    for value in ["close, keep-alive", "keep-alive, close"] {
+        let mut c = Http::connect(s.addr);
+        c.send(format!("GET /health HTTP/1.1\r\nHost: t\r\nConnection: {value}\r\n\r\n").as_bytes());
+        let r = c.response();
+        assert_eq!(r.header("Connection"), Some("close"), "Connection: {value}");
+        assert!(c.closed(), "Connection: {value}: the connection stayed open");
+    }
+}
+
+/// In development mode the demo page publishes from its own origin
+/// (`http://localhost:PORT`, not in ALLOWED_ORIGINS). Routing allowed it,
+/// but the check made from the head alone while the body was still
+/// arriving did not: such a publish got 403.
+#[test]
+fn a_demo_page_publish_whose_body_arrives_later_is_accepted() {
+    let srv = start_binary(taskcast_cmd().stdout(std::process::Stdio::null()));
+    let host = format!("localhost:{}", srv.addr.port());
+    let page = request(srv.addr, &format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n"));
+    assert_eq!(page.status, 200);
+    let token = page.body.split(r#"name="taskcast-dev-token" content=""#).nth(1).unwrap().split('"').next().unwrap();
+    assert!(!token.is_empty(), "no development token in the page");
+    let mut reader = ws(srv.addr, token);
+    wait_clients(srv.addr, 1);
+    let body = r#"{"type":"task_created","data":{"id":"d1"},"channel":"project:demo"}"#;
+    send(&mut reader, json!({"type": "subscribe", "channel": "project:demo"}));
+    assert_eq!(next_json(&mut reader)["type"], "subscribed");
+    let mut c = Http::connect(srv.addr);
+    c.send(
+        format!(
+            "POST /api/broadcast HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    // The body comes in a later read than its head.
+    std::thread::sleep(Duration::from_millis(200));
+    c.send(body.as_bytes());
+    let r = c.response();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(next_json(&mut reader)["payload"]["id"], "d1");
 }
