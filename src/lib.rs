@@ -18,8 +18,8 @@
 //! - [`api`]: routing decisions for each HTTP request (pure, no I/O).
 //! - [`http`]: request heads (httparse) and responses.
 //! - [`proxies`]: TRUSTED_PROXIES, and the client address X-Forwarded-For gives.
-//! - [`ws`]: the 101 handshake, per-client WebSocket state, client messages,
-//!   and every close code we send.
+//! - [`ws`]: the 101 handshake, per-client WebSocket state, client messages.
+//! - [`close`]: every close code we send, and why.
 //! - [`frame_meter`]: every frame a client sends, counted before tungstenite
 //!   parses it (rate, fragments, the per-turn budget).
 //! - [`broadcast`]: validating a broadcast (to everyone or to channels) and
@@ -48,6 +48,7 @@ pub mod api;
 pub mod auth;
 pub mod broadcast;
 pub mod channels;
+pub mod close;
 pub mod cluster;
 pub mod config;
 pub mod demo;

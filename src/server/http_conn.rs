@@ -265,7 +265,14 @@ impl Server {
             last_seen: now,
             next_ping: now + self.config.ping_interval,
             close_deadline: None,
-            meter: FrameMeter::new(self.config.client_msg_rate, self.config.client_msg_burst, leftover, now),
+            meter: FrameMeter::new(
+                self.config.client_msg_rate,
+                self.config.client_msg_burst,
+                self.config.max_message_bytes,
+                self.config.max_auth_message_bytes,
+                leftover,
+                now,
+            ),
             grants,
             subs,
         }));

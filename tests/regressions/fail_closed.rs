@@ -3,6 +3,7 @@
 //! behave as RFC 9110/9112 say. One section per item of the issue; each
 //! test failed against the code before its fix.
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use serde_json::{Value, json};
 use tungstenite::Message;
 
 use crate::common::*;
+use crate::hardening::{frame, raw_ws, read_until_close};
 
 fn send(c: &mut Ws, v: Value) {
     c.send(Message::text(v.to_string())).unwrap();
@@ -380,4 +382,61 @@ fn a_demo_page_publish_whose_body_arrives_later_is_accepted() {
     let r = c.response();
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(next_json(&mut reader)["payload"]["id"], "d1");
+}
+
+// ---- 9. a fragmented message is refused as soon as it is decided ----------
+
+/// A 4,000-byte text message in 100-byte fragments was closed with 1009
+/// only after its last fragment (only MAX_AUTH_MESSAGE_BYTES bounded it on
+/// the way). Now the fragment whose header takes it past MAX_MESSAGE_BYTES
+/// (512) is refused: the client here sends six fragments and nothing more.
+#[test]
+fn a_fragmented_message_over_the_limit_is_closed_at_that_fragment() {
+    let s = start();
+    let mut c = raw_ws(s.addr, &token("frag"), "");
+    let text = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(4000));
+    let mut sent = Vec::new();
+    for (i, chunk) in text.as_bytes().chunks(100).take(6).enumerate() {
+        sent.extend_from_slice(&frame(false, if i == 0 { 1 } else { 0 }, chunk));
+    }
+    c.write_all(&sent).unwrap();
+    let got = read_until_close(&mut c, WAIT);
+    assert_eq!(got.close.as_ref().map(|c| c.0), Some(1009), "{got:?}");
+}
+
+/// A binary message's first fragment got its 1003 only when the message
+/// ended. Now its header decides.
+#[test]
+fn a_binary_first_fragment_is_closed_at_once() {
+    let s = start();
+    let mut c = raw_ws(s.addr, &token("bin"), "");
+    c.write_all(&frame(false, 2, &[7; 100])).unwrap();
+    let got = read_until_close(&mut c, WAIT);
+    assert_eq!(got.close.as_ref().map(|c| c.0), Some(1003), "{got:?}");
+}
+
+/// What may be larger still is: an `auth` message (a token refresh) sent in
+/// fragments up to MAX_AUTH_MESSAGE_BYTES, as before — whether it starts
+/// with its type (as `JSON.stringify` writes it) or its token (as
+/// serializers that sort keys do).
+#[test]
+fn a_fragmented_auth_message_up_to_the_auth_limit_is_accepted() {
+    let s = start();
+    let mut c = raw_ws(s.addr, &token("big"), "");
+    let fresh = sign(&json!({"sub": "big", "exp": now() + 3600, "pad": "p".repeat(2000)}));
+    for text in [format!(r#"{{"type":"auth","token":"{fresh}"}}"#), format!(r#"{{"token":"{fresh}","type":"auth"}}"#)] {
+        assert!(text.len() > 2000);
+        let chunks: Vec<&[u8]> = text.as_bytes().chunks(100).collect();
+        let mut sent = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            sent.extend_from_slice(&frame(i == chunks.len() - 1, if i == 0 { 1 } else { 0 }, chunk));
+        }
+        c.write_all(&sent).unwrap();
+        // The answer is a short text frame: {"type":"auth_ok"}.
+        let mut head = [0u8; 2];
+        c.read_exact(&mut head).unwrap();
+        let mut payload = vec![0; (head[1] & 0x7f) as usize];
+        c.read_exact(&mut payload).unwrap();
+        assert_eq!((head[0], &payload[..]), (0x81, &br#"{"type":"auth_ok"}"#[..]), "{}", &text[..20]);
+    }
 }
