@@ -11,6 +11,9 @@ mod fail_closed;
 /// Issue 10's hardening round: each test failed before its fix.
 #[path = "regressions/hardening.rs"]
 mod hardening;
+/// Fixed Ed25519/RSA test keys (shared with tests/jwks.rs).
+#[path = "jwks/keys.rs"]
+mod jwks_keys;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

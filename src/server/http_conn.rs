@@ -145,6 +145,7 @@ impl Server {
                         now,
                         admitted: false,
                         metrics: &self.metrics,
+                        refusals: &self.refusals,
                         draining,
                         redis_up: self.cluster.as_ref().map(|c| c.up),
                     };
@@ -182,6 +183,7 @@ impl Server {
                 now,
                 admitted,
                 metrics: &self.metrics,
+                refusals: &self.refusals,
                 draining,
                 redis_up: self.cluster.as_ref().map(|c| c.up),
             };

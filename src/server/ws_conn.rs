@@ -13,6 +13,7 @@ use super::{CLOSE_WAIT, READ_BUDGET_BYTES, READ_BUDGET_MESSAGES, Server};
 use crate::auth;
 use crate::channels::{self, Refusal};
 use crate::hub::Since;
+use crate::metrics::auth_reason;
 use crate::ws::{self, Inbound, Reason, Subscription, Wire};
 
 impl Server {
@@ -194,6 +195,10 @@ impl Server {
         };
         let now = Instant::now();
         if self.limits.check_auth_failures(&self.config, ws.ip, now).is_err() {
+            let ip = ws.ip;
+            self.refusals.note("too_many_auth_failures", now, || {
+                format!("subscription token for {channel} from {ip}: not checked (over AUTH_FAILURES_PER_MIN)")
+            });
             return refuse(
                 Refusal::RateLimited,
                 "too many failed authentications from this address: retry in a minute",
@@ -209,8 +214,12 @@ impl Server {
             Ok(claims) => Ok(Some(claims.exp)),
             Err(e) => {
                 self.metrics.auth_failed(e);
+                let ip = ws.ip;
+                self.refusals.note(auth_reason(e), now, || {
+                    let why = auth::describe_refusal(token, e, &self.config);
+                    format!("subscription token for {channel} from {ip}: {why}")
+                });
                 if e.counts_as_failure() {
-                    let ip = ws.ip;
                     self.limits.record_auth_failure(&self.config, ip, now);
                 }
                 refuse(Refusal::InvalidToken, &format!("subscription token refused: {}", e.message()))
@@ -313,12 +322,19 @@ impl Server {
                 self.reschedule_ws(key);
             }
             Ok(_) => {
-                debug!("{} refresh token is for another subject", conn.peer);
+                let ip = ws.ip;
+                self.refusals.note("wrong_subject", now, || {
+                    format!("in-band auth from {ip}: the token is for another subject (closed with 4003)")
+                });
                 self.metrics.auth_failed_because("wrong_subject");
                 self.close_ws(key, Reason::AuthOtherUser, now);
             }
             Err(e) => {
-                debug!("{} refresh token refused: {}", conn.peer, e.message());
+                let ip = ws.ip;
+                self.refusals.note(auth_reason(e), now, || {
+                    let why = auth::describe_refusal(token, e, &self.config);
+                    format!("in-band auth from {ip}: {why} (closed with 4003)")
+                });
                 self.metrics.auth_failed(e);
                 self.close_ws(key, Reason::AuthInvalid, now);
             }

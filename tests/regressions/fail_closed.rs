@@ -440,3 +440,85 @@ fn a_fragmented_auth_message_up_to_the_auth_limit_is_accepted() {
         assert_eq!((head[0], &payload[..]), (0x81, &br#"{"type":"auth_ok"}"#[..]), "{}", &text[..20]);
     }
 }
+
+// ---- 8. refusals are visible to whoever runs taskcast ----------------------
+
+/// An EdDSA token signed with `private_pem`, naming key `kid`.
+fn ed_token(private_pem: &str, kid: &str, claims: &Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some(kid.into());
+    let key = jsonwebtoken::EncodingKey::from_ed_pem(private_pem.as_bytes()).unwrap();
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
+/// An Origin not in ALLOWED_ORIGINS, a wrong issuer or audience, an unknown
+/// `kid`: the browser saw only 1006, and taskcast logged nothing at the
+/// default level. Now each refusal is logged at INFO with its reason and
+/// the offending value (never the token), at most one line per reason per
+/// 10 s; and a token without the `iss` that JWT_ISSUER requires is refused
+/// with a message that says so (it was "token is malformed").
+#[test]
+fn refusals_are_logged_with_their_reason_and_value_rate_limited() {
+    use crate::jwks_keys::{ED_A_PRIVATE, ED_A_X, ED_B_PRIVATE};
+    const APP: &str = "https://app.example";
+    let jwks = std::env::temp_dir().join(format!("taskcast-fc-jwks-{}.json", std::process::id()));
+    let key_a = json!({"crv": "Ed25519", "x": ED_A_X, "kty": "OKP", "kid": "key-a", "alg": "EdDSA"});
+    std::fs::write(&jwks, json!({"keys": [key_a]}).to_string()).unwrap();
+    let srv = binary_with(&[
+        ("ALLOWED_ORIGINS", APP),
+        ("JWT_ISSUER", APP),
+        ("JWT_AUDIENCE", APP),
+        ("JWKS_FILE", jwks.to_str().unwrap()),
+    ]);
+    let _ = std::fs::remove_file(&jwks);
+    let claims = |iss: &str, aud: &str| json!({"sub": "u", "exp": now() + 600, "iss": iss, "aud": aud});
+    let good = sign(&claims(APP, APP));
+    let upgrade =
+        |token: &str, origin: &str| ws_try(srv.addr, &format!("/ws?token={token}"), &[("Origin", origin)]).map(|_| ());
+    assert!(upgrade(&good, APP).is_ok());
+
+    let bad_iss = sign(&claims("https://evil-issuer.example", APP));
+    let bad_aud = sign(&claims(APP, "https://other-audience.example"));
+    let unknown_kid = ed_token(ED_B_PRIVATE, "key-rotated-away", &claims(APP, APP));
+    let no_iss = sign(&json!({"sub": "u", "exp": now() + 600, "aud": APP}));
+    let known_kid = ed_token(ED_A_PRIVATE, "key-a", &claims(APP, APP));
+    assert!(upgrade(&known_kid, APP).is_ok(), "the JWKS key works");
+    assert_eq!(upgrade(&good, "https://evil.example").unwrap_err().0, 403);
+    for t in [&bad_iss, &bad_aud, &unknown_kid] {
+        assert_eq!(upgrade(t, APP).unwrap_err().0, 401);
+    }
+    let (status, body) = upgrade(&no_iss, APP).unwrap_err();
+    assert_eq!(status, 401);
+    let message = serde_json::from_str::<Value>(&body).unwrap()["message"].as_str().unwrap().to_string();
+    assert!(message.contains("no iss claim") && message.contains("JWT_ISSUER"), "{message}");
+
+    for needle in [
+        r#"refused (origin_not_allowed): GET /ws from 127.0.0.1: Origin "https://evil.example" is not in ALLOWED_ORIGINS"#,
+        r#"refused (wrong_issuer): GET /ws from 127.0.0.1: token iss "https://evil-issuer.example" is not JWT_ISSUER "https://app.example""#,
+        r#"refused (wrong_audience): GET /ws from 127.0.0.1: token aud "https://other-audience.example""#,
+        r#"refused (unknown_kid): GET /ws from 127.0.0.1: token kid "key-rotated-away" is not in the JWKS"#,
+        r#"refused (missing_iss): GET /ws from 127.0.0.1: token has no iss claim"#,
+    ] {
+        srv.wait_log(needle);
+    }
+    // A flood of the same refusal: no more lines for it within 10 s.
+    for _ in 0..30 {
+        assert_eq!(upgrade(&good, "https://evil.example").unwrap_err().0, 403);
+    }
+    // A broadcast from a page on a foreign origin is refused and logged too
+    // (its reason's line was written above: this one is left out as well).
+    let r = request(
+        srv.addr,
+        &format!(
+            "POST /api/broadcast HTTP/1.1\r\nHost: t\r\nOrigin: https://evil.example\r\nAuthorization: Bearer {good}\r\n\
+             Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+        ),
+    );
+    assert_eq!(r.status, 403);
+    let log = srv.log();
+    assert_eq!(log.matches("refused (origin_not_allowed)").count(), 1, "{log}");
+    for token in [&good, &bad_iss, &bad_aud, &unknown_kid, &no_iss, &known_kid] {
+        // No token, nor its signature, ever reaches the log.
+        assert!(!log.contains(token.rsplit('.').next().unwrap()), "a token was logged: {log}");
+    }
+}
