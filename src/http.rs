@@ -62,6 +62,19 @@ pub struct Head {
     pub host: Option<String>,
 }
 
+impl Method {
+    /// The method's name, for logs (`OTHER` for any we do not serve).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Options => "OPTIONS",
+            Method::Other => "OTHER",
+        }
+    }
+}
+
 impl Head {
     pub fn method(&self) -> Method {
         self.method.unwrap_or(Method::Other)
@@ -221,7 +234,7 @@ pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, Reject> {
 fn split_target(target: &str) -> Result<(Option<&str>, &str), Reject> {
     let scheme_len = ["http://", "https://"]
         .iter()
-        .find(|s| target.len() >= s.len() && target[..s.len()].eq_ignore_ascii_case(s))
+        .find(|s| target.as_bytes().get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s.as_bytes())))
         .map(|s| s.len());
     let Some(scheme_len) = scheme_len else {
         return Ok((None, target));
@@ -468,6 +481,10 @@ mod tests {
         for bad in ["GET http:///health HTTP/1.1\r\n\r\n", "GET http://u:p@h/health HTTP/1.1\r\n\r\n"] {
             assert_eq!(parse_head(bad.as_bytes(), 0).unwrap_err().status, 400, "{bad:?}");
         }
+        // Found by the parse_head fuzzer: a multi-byte character where the
+        // scheme would end is no scheme (and no panic).
+        let h = parse_head("GET http:/ѕuzz/health HTTP/1.1\r\n\r\n".as_bytes(), 0).unwrap().unwrap();
+        assert_eq!((h.path.as_str(), h.host), ("http:/ѕuzz/health", None));
         // Origin-form is unchanged.
         let h = parse_head(b"GET /ws?token=t HTTP/1.1\r\nHost: h\r\n\r\n", 0).unwrap().unwrap();
         assert_eq!((h.path.as_str(), h.host.as_deref()), ("/ws", Some("h")));
