@@ -1,8 +1,7 @@
-//! Why we close a WebSocket, and the close code and reason text each
-//! reason sends: the one place that maps one to the other. Its own module
-//! because both [`crate::ws`] (client messages) and [`crate::frame_meter`]
-//! (frames refused before tungstenite parses them) decide closes, and
-//! neither imports the other.
+//! Why taskcast closes a WebSocket: the one place that maps each reason to
+//! its close code and text (RFC 6455 §7.4.1 for 1xxx; 4xxx are taskcast's
+//! own). Used by the frame meter and the connection code alike, so it
+//! depends on neither.
 
 use tungstenite::protocol::frame::coding::CloseCode;
 

@@ -53,8 +53,9 @@ struct Entry {
 
 pub struct Channel {
     pub name: Box<str>,
-    /// Names this stream of offsets; a replay never crosses epochs.
-    pub epoch: Box<str>,
+    /// Names this stream of offsets; a replay never crosses epochs. Shared
+    /// with every subscription's position in this channel.
+    pub epoch: Rc<str>,
     /// The latest offset (0: no message yet).
     pub offset: u64,
     /// Connection keys (slab keys of the server's table).

@@ -21,7 +21,7 @@
 //! - [`refusals`]: refusals logged for the operator (why, and the offending
 //!   value), at most one line per reason per 10 s.
 //! - [`ws`]: the 101 handshake, per-client WebSocket state, client messages.
-//! - [`close`]: every close code we send, and why.
+//! - [`close`]: every close code we send, and why (one place).
 //! - [`frame_meter`]: every frame a client sends, counted before tungstenite
 //!   parses it (rate, fragments, the per-turn budget).
 //! - [`broadcast`]: validating a broadcast (to everyone or to channels) and
@@ -30,6 +30,9 @@
 //!   of the channel protocol's answers (pure).
 //! - [`hub`]: channel state — subscribers per channel, offsets and epochs,
 //!   bounded history for replay after a reconnect.
+//! - [`subscription`]: one connection's subscription to a channel — joining
+//!   or joined at a position — and the rule that a message reaches it only
+//!   if it is exactly the next offset.
 //! - [`outqueue`]: a connection's pending output, written with one writev.
 //! - [`timers`]: connection deadlines in an indexed min-heap, one entry per
 //!   connection (pings, timeouts).
@@ -65,6 +68,7 @@ pub mod outqueue;
 pub mod proxies;
 pub mod refusals;
 pub mod server;
+pub mod subscription;
 pub mod sys;
 pub mod timers;
 pub mod ws;

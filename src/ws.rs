@@ -1,5 +1,6 @@
 //! The WebSocket side of a connection: the 101 handshake answer, the state
-//! kept per client, what client messages mean, and every close code we send.
+//! kept per client, and what client messages mean. The close codes we send
+//! are in [`crate::close`].
 //!
 //! tungstenite's [`WebSocketContext`] runs the protocol (frame parsing,
 //! masking, fragments, automatic pongs, the close handshake). It never
@@ -16,13 +17,12 @@ use serde::Deserialize;
 use tungstenite::protocol::{WebSocketConfig, WebSocketContext};
 
 use crate::channels::{self, Refusal};
-/// Close reasons live in [`crate::close`] (the frame meter needs them, and
-/// must not import this module); re-exported for the code that names them here.
 pub use crate::close::Reason;
 use crate::config::Config;
 use crate::frame_meter::FrameMeter;
-use crate::hub::{ChannelId, Since};
+use crate::hub::Since;
 use crate::outqueue::OutQueue;
+pub use crate::subscription::Subscription;
 
 /// tungstenite's read buffer per connection. Its default (128 KiB) would
 /// cost 1.3 GB at 10k clients; client messages here are ≤ 512 B (tokens up
@@ -101,17 +101,25 @@ pub struct WsConn {
     pub meter: FrameMeter,
     /// What the connection token's channels claim grants.
     pub grants: Box<[Box<str>]>,
-    /// The channels this connection is in (at most MAX_SUBSCRIPTIONS).
+    /// The channels this connection is in or joining (at most
+    /// MAX_SUBSCRIPTIONS), each with its position: see
+    /// [`crate::subscription`]. The hub's index lists this connection in
+    /// exactly these channels.
     pub subs: Vec<Subscription>,
 }
 
-/// One channel a connection is in.
-#[derive(Debug, Clone, Copy)]
-pub struct Subscription {
-    pub channel: ChannelId,
-    /// Joined with a subscription token expiring then (seconds since the
-    /// epoch); `None`: granted by the connection token (or its own user).
-    pub token_exp: Option<u64>,
+impl WsConn {
+    /// A `subscribe` this client sent is waiting for Redis: its later
+    /// requests wait too, so answers leave in request order.
+    pub fn awaiting_answer(&self) -> bool {
+        self.subs.iter().any(|s| matches!(&s.state, crate::subscription::State::Joining(j) if !j.silent))
+    }
+
+    /// Closing: a close frame was sent or received; it takes no more
+    /// requests and joins nothing.
+    pub fn closing(&self) -> bool {
+        self.close_deadline.is_some() || !self.ctx.can_write()
+    }
 }
 
 /// What a client text message asks of the server.

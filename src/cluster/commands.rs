@@ -276,7 +276,10 @@ fn to_redis(
                 .arg(names.meta(channel))
                 .arg(names.stream(channel))
                 .arg(rng.epoch())
-                .arg(META_TTL.as_secs().max(history.ttl.as_secs()))
+                // A read fixes a silent channel's epoch only for as long as
+                // its history would last: a subscribe alone never makes a
+                // long-lived key (a publish extends it to META_TTL).
+                .arg(history.ttl.as_secs().max(1))
                 .arg(since_epoch)
                 .arg(since_offset)
                 .arg(history.size)

@@ -16,6 +16,8 @@ use super::conn::{Conn, Phase};
 use crate::api;
 use crate::broadcast::{Publish, Target};
 use crate::http::{Head, Response};
+use crate::hub::ChannelId;
+use crate::subscription::{Position, Verdict};
 use crate::ws::Reason;
 
 impl Server {
@@ -48,10 +50,21 @@ impl Server {
                 let mut answers = Vec::with_capacity(names.len());
                 for name in &names {
                     let published = self.hub.publish(name, &publish.kind, &publish.payload, now);
-                    // One small Vec per channel publish (not per client):
-                    // the hub's index is borrowed while the queues are not.
-                    let keys: Vec<usize> = self.hub.subscribers(name).copied().collect();
-                    let n = self.fan_out_keys(&keys, &published.frame);
+                    let n = match self.hub.find(name) {
+                        Some(id) => {
+                            let epoch = self.hub.channel(id).epoch.clone();
+                            let fanned = self.fan_out_channel(id, &epoch, published.offset, &published.frame);
+                            // Every subscriber here is at the channel's
+                            // last offset: one process cannot have a gap.
+                            debug_assert!(fanned.gaps.is_empty(), "a gap in one process: {name}");
+                            for key in fanned.gaps {
+                                let at = Position { epoch: epoch.clone(), offset: published.offset };
+                                self.resync(key, id, at);
+                            }
+                            fanned.delivered
+                        }
+                        None => 0, // no subscriber and no history: forgotten
+                    };
                     debug!("broadcast {} to {name} (offset {}): {n} clients", publish.kind, published.offset);
                     answers.push((name.as_str(), published.offset, n));
                 }
@@ -60,24 +73,68 @@ impl Server {
         }
     }
 
-    /// Queues a channel frame to these connections; returns how many.
-    pub(super) fn fan_out_keys(&mut self, keys: &[usize], frame: &Rc<[u8]>) -> usize {
+    /// Offers one channel message to each of the channel's subscribers
+    /// under the rule of [`crate::subscription`] — queued if it is exactly
+    /// the subscription's next offset, held while it is joining, dropped if
+    /// it already had it — and reports the subscribers that have a gap.
+    pub(super) fn fan_out_channel(&mut self, id: ChannelId, epoch: &Rc<str>, offset: u64, frame: &Rc<[u8]>) -> Fanned {
         let started = Instant::now();
         let limit = Limit { count: self.config.send_queue_limit, bytes: self.config.max_output_bytes };
         let mut slow = Vec::new();
+        let mut gaps = Vec::new();
         let mut written = 0;
         let mut n = 0;
         let coalesce = !self.config.flush_delay.is_zero();
         let list = if coalesce { &mut self.deferred } else { &mut self.dirty };
-        for &key in keys {
-            if let Some(conn) = self.conns.get_mut(key) {
-                n += queue(key, conn, list, coalesce, frame, &mut slow, limit, &mut written);
+        // The hub's index is borrowed while the queues are not.
+        let keys: Vec<usize> = self.hub.channel(id).subscribers.iter().copied().collect();
+        for key in keys {
+            // The connection's own list decides, not the index alone: a key
+            // that is not an open connection subscribed to this channel
+            // gets nothing (and in tests, fails loudly).
+            let verdict = match self.conns.get_mut(key).map(|c| &mut c.phase) {
+                Some(Phase::Ws(ws)) if ws.close_deadline.is_none() => {
+                    match ws.subs.iter_mut().find(|s| s.channel == id) {
+                        Some(sub) => sub.offer(epoch, offset, frame),
+                        None => {
+                            debug_assert!(false, "hub lists {key} in channel {id}; its own list does not");
+                            continue;
+                        }
+                    }
+                }
+                _ => {
+                    debug_assert!(false, "hub lists {key} in channel {id}: not an open WebSocket");
+                    continue;
+                }
+            };
+            match verdict {
+                Verdict::Deliver => {
+                    let conn = &mut self.conns[key];
+                    n += queue(key, conn, list, coalesce, frame, &mut slow, limit, &mut written);
+                }
+                Verdict::Gap => gaps.push(key),
+                Verdict::Stale | Verdict::Held => {}
             }
         }
         self.close_slow(slow, Instant::now());
         self.metrics.bytes_written.inc_by(written as u64);
         self.metrics.fanned_out(n, started.elapsed());
-        n
+        Fanned { delivered: n, gaps }
+    }
+
+    /// Queues one frame to one connection (held messages of a join that
+    /// completed, a repair's entries): the same bounds as a fan-out.
+    pub(super) fn deliver_to(&mut self, key: usize, frame: &Rc<[u8]>) {
+        let limit = Limit { count: self.config.send_queue_limit, bytes: self.config.max_output_bytes };
+        let mut slow = Vec::new();
+        let mut written = 0;
+        let coalesce = !self.config.flush_delay.is_zero();
+        let list = if coalesce { &mut self.deferred } else { &mut self.dirty };
+        if let Some(conn) = self.conns.get_mut(key) {
+            queue(key, conn, list, coalesce, frame, &mut slow, limit, &mut written);
+        }
+        self.close_slow(slow, Instant::now());
+        self.metrics.bytes_written.inc_by(written as u64);
     }
 
     /// Queues one framed broadcast to every open client; returns how many.
@@ -112,6 +169,14 @@ impl Server {
             self.close_ws(key, Reason::SlowConsumer, now);
         }
     }
+}
+
+/// What a channel fan-out did.
+pub(super) struct Fanned {
+    /// Subscribers the message was queued to.
+    pub delivered: usize,
+    /// Subscribers that are missing messages before it.
+    pub gaps: Vec<usize>,
 }
 
 /// How far behind a client may fall: SEND_QUEUE_LIMIT messages and

@@ -83,6 +83,9 @@ impl Server {
         }
         if eof {
             match self.conns.get(key).map(|c| &c.phase) {
+                // A publish waiting for Redis (cluster mode) is answered
+                // first: its answer reads again, sees this EOF, and closes.
+                Some(Phase::Http(h)) if h.parked => {}
                 // Half-close: answer what arrived whole, then close.
                 Some(Phase::Http(_)) => self.begin_close(key),
                 // The EOF came in the same read as an upgrade request: let
@@ -248,12 +251,7 @@ impl Server {
             self.config.max_subscriptions,
         );
         let sub = claims.sub.unwrap_or_default();
-        // Every connection is in its own user's channel.
-        let mut subs = Vec::new();
-        if let Some(name) = crate::channels::user_channel(&sub) {
-            subs.push(ws::Subscription { channel: self.hub.subscribe(&name, key), token_exp: None });
-            self.cluster_ensure(&name);
-        }
+        let user_channel = crate::channels::user_channel(&sub);
         let conn = &mut self.conns[key];
         conn.out.push_owned(ws::handshake_response(ws_key));
         let has_leftover = !leftover.is_empty();
@@ -276,8 +274,13 @@ impl Server {
                 now,
             ),
             grants,
-            subs,
+            subs: Vec::new(),
         }));
+        // Every connection is in its own user's channel.
+        if let Some(name) = user_channel {
+            self.join_user_channel(key, &name);
+        }
+        let conn = &mut self.conns[key];
         self.limits.add_client(ip);
         self.metrics.upgrade_answered(101);
         if let Some(http_ip) = conn.http_ip.take() {
@@ -307,6 +310,13 @@ impl Server {
         };
         if h.is_idle() {
             return self.remove(key);
+        }
+        if h.parked {
+            // Its publish is with Redis, stored or about to be: a 408 now
+            // would make the client retry a message that is delivered. The
+            // link answers or fails every command (REDIS_* timeouts).
+            let at = Instant::now() + self.config.request_timeout;
+            return self.set_deadline(key, at);
         }
         debug!("{} request not completed in time: 408", conn.peer);
         let resp = Response::error(408, "request not completed in time");

@@ -12,9 +12,8 @@ use super::conn::Phase;
 use super::{CLOSE_WAIT, READ_BUDGET_BYTES, READ_BUDGET_MESSAGES, Server};
 use crate::auth;
 use crate::channels::{self, Refusal};
-use crate::hub::Since;
 use crate::metrics::auth_reason;
-use crate::ws::{self, Inbound, Reason, Subscription, Wire};
+use crate::ws::{self, Inbound, Reason, Wire};
 
 impl Server {
     /// Reads the client's frames (each one metered: see
@@ -22,6 +21,9 @@ impl Server {
     /// budget of frames, bytes and messages.
     pub(super) fn read_ws(&mut self, key: usize) {
         let now = Instant::now();
+        if self.conns.get(key).and_then(|c| c.ws()).is_some_and(|ws| ws.awaiting_answer()) {
+            return; // read when its subscribe is answered
+        }
         if let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) {
             ws.meter.start_turn(now);
         }
@@ -60,6 +62,12 @@ impl Server {
                         // peer's close only refresh `last_seen`.
                         _ => {}
                     }
+                    // A subscribe waits for Redis: the requests behind it
+                    // wait unread, so answers leave in request order
+                    // (reading resumes when it is answered).
+                    if self.conns.get(key).and_then(|c| c.ws()).is_some_and(|ws| ws.awaiting_answer()) {
+                        return;
+                    }
                 }
                 Err(E::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     if ws.meter.spent || ws.meter.has_pending() {
@@ -92,6 +100,12 @@ impl Server {
     }
 
     fn on_client_text(&mut self, key: usize, text: &str, now: Instant) {
+        // A connection that is closing (say, its last answer overflowed its
+        // output bound) takes no more requests: nothing may follow its
+        // close frame, and it must join nothing.
+        if !self.is_open_ws(key) {
+            return;
+        }
         match ws::on_text(text, self.config.max_message_bytes) {
             Inbound::Ignore => debug!("{} sent an unhandled message", self.conns[key].peer),
             Inbound::Reply(reply) => self.send_text(key, reply),
@@ -103,79 +117,12 @@ impl Server {
         }
     }
 
-    /// `{"type":"subscribe"}`: checks the name, the limit and the grant,
-    /// joins, answers with the channel's position, then replays what the
-    /// client missed since `since` — all of it, or nothing and
-    /// `recovered: false`. One loop turn does all of this, so no message
-    /// published meanwhile can fall between the replay and live delivery.
-    fn subscribe(&mut self, key: usize, channel: &str, token: Option<&str>, since: Option<Since>, now: Instant) {
-        let refuse = |r: Refusal, m: &str| channels::error(r, m, Some(channel));
-        if !channels::valid_name(channel) {
-            return self.send_text(key, refuse(Refusal::InvalidChannel, channels::NAME_RULE));
-        }
-        let Some(ws) = self.conns[key].ws() else { return };
-        let existing = self.hub.find(channel).and_then(|id| ws.subs.iter().position(|s| s.channel == id));
-        if existing.is_none() && ws.subs.len() >= self.config.max_subscriptions {
-            let msg =
-                format!("at most {} subscriptions per connection (MAX_SUBSCRIPTIONS)", self.config.max_subscriptions);
-            return self.send_text(key, refuse(Refusal::TooManySubscriptions, &msg));
-        }
-        let token_exp = match self.grant(key, channel, token) {
-            Ok(exp) => exp,
-            Err(error) => return self.send_text(key, error),
-        };
-        if self.cluster.is_some() {
-            // Position and replay come from Redis; joined when they arrive.
-            return self.cluster_subscribe(key, channel, since, token_exp);
-        }
-        let id = self.hub.subscribe(channel, key);
-        if let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) {
-            match existing {
-                // Joined again (say, with a fresh subscription token): keep
-                // the longer-lived grant.
-                Some(i) => {
-                    let s = &mut ws.subs[i];
-                    s.token_exp =
-                        if s.token_exp.is_none() || token_exp.is_none() { None } else { s.token_exp.max(token_exp) };
-                }
-                None => ws.subs.push(Subscription { channel: id, token_exp }),
-            }
-        }
-        if token_exp.is_some() {
-            self.reschedule_ws(key); // the token's expiry is now a deadline
-        }
-        let replay = since.as_ref().and_then(|s| self.hub.replay(id, s, now));
-        // A replay must fit MAX_OUTPUT_BYTES with what is queued already;
-        // one that does not is not sent (recovered:false: the app refetches,
-        // which costs it one request instead of a 1013 loop).
-        let queued = self.conns[key].out.bytes();
-        let max = self.config.max_output_bytes;
-        let replay = replay.filter(|r| queued + r.iter().map(|f| f.len()).sum::<usize>() <= max);
-        if since.is_some() {
-            self.metrics.recovery(replay.is_some());
-        }
-        let c = self.hub.channel(id);
-        let answer = channels::subscribed(channel, &c.epoch, c.offset, replay.is_some());
-        debug!(
-            "{} subscribed to {channel} (since {:?}: {:?} replayed)",
-            self.conns[key].peer,
-            since,
-            replay.as_ref().map(Vec::len)
-        );
-        self.send_text(key, answer);
-        let conn = &mut self.conns[key];
-        for frame in replay.into_iter().flatten() {
-            conn.out.push_shared(frame);
-        }
-        self.mark_dirty(key);
-    }
-
     /// May this connection join `channel`? `Ok(Some(exp))` when only a
     /// subscription token grants it; `Err` is the error message to send.
     /// A subscription token that fails verification counts as a failed
     /// authentication of the connection's address (AUTH_FAILURES_PER_MIN),
     /// and an address past that limit gets no more of them checked.
-    fn grant(&mut self, key: usize, channel: &str, token: Option<&str>) -> Result<Option<u64>, String> {
+    pub(super) fn grant(&mut self, key: usize, channel: &str, token: Option<&str>) -> Result<Option<u64>, String> {
         let refuse = |r: Refusal, m: &str| Err(channels::error(r, m, Some(channel)));
         let Some(ws) = self.conns[key].ws() else {
             return refuse(Refusal::Forbidden, "not connected");
@@ -237,69 +184,25 @@ impl Server {
         let now = auth::now_secs();
         let leeway = self.config.jwt_leeway_secs;
         let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) else { return };
+        let ws = &mut **ws;
         let mut ended = Vec::new();
-        let hub = &self.hub;
-        ws.subs.retain_mut(|s| {
-            let Some(exp) = s.token_exp else { return true };
+        for s in &mut ws.subs {
+            let Some(exp) = s.token_exp else { continue };
             if exp.saturating_add(leeway) > now {
-                return true;
+                continue;
             }
-            if channels::granted(&hub.channel(s.channel).name, &ws.grants) {
+            let name = &self.hub.channel(s.channel).name;
+            if channels::granted(name, &ws.grants) {
                 s.token_exp = None;
-                return true;
+            } else {
+                ended.push(name.to_string());
             }
-            ended.push(s.channel);
-            false
-        });
-        for id in ended {
-            let name = self.hub.channel(id).name.to_string();
-            self.hub.unsubscribe(id, key);
-            self.maybe_unsubscribe_remote(&name);
-            self.send_text(key, channels::unsubscribed(&name, Some("subscription token expired")));
         }
-    }
-
-    /// `{"type":"unsubscribe"}`: leaves the channel (answered even if the
-    /// connection was not in it, so the client's state converges).
-    fn unsubscribe(&mut self, key: usize, channel: &str) {
-        if !channels::valid_name(channel) {
-            let e = channels::error(Refusal::InvalidChannel, channels::NAME_RULE, Some(channel));
-            return self.send_text(key, e);
-        }
-        if let Some(id) = self.hub.find(channel)
-            && let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase)
-            && let Some(i) = ws.subs.iter().position(|s| s.channel == id)
-        {
-            ws.subs.swap_remove(i);
-            self.hub.unsubscribe(id, key);
-            self.maybe_unsubscribe_remote(channel);
-        }
-        self.send_text(key, channels::unsubscribed(channel, None));
-    }
-
-    /// After a token refresh: leaves every channel the new token no longer
-    /// grants (a subscription token that has not expired still does).
-    fn recheck_grants(&mut self, key: usize, grants: Box<[Box<str>]>) {
-        let now = auth::now_secs();
-        let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) else { return };
-        ws.grants = grants;
-        let mut left = Vec::new();
-        let hub = &mut self.hub;
-        ws.subs.retain(|s| {
-            let name = &hub.channel(s.channel).name;
-            let keep = channels::may_join_user(name, &ws.sub)
-                || channels::granted(name, &ws.grants)
-                || s.token_exp.is_some_and(|exp| exp > now);
-            if !keep {
-                left.push(s.channel);
+        for name in ended {
+            self.end_subscription(key, &name, Some("subscription token expired"));
+            if !self.is_open_ws(key) {
+                return; // its answer closed it: nothing may follow the close frame
             }
-            keep
-        });
-        for id in left {
-            let name = self.hub.channel(id).name.to_string();
-            self.hub.unsubscribe(id, key);
-            self.maybe_unsubscribe_remote(&name);
-            self.send_text(key, channels::unsubscribed(&name, Some("grant revoked")));
         }
     }
 
