@@ -111,7 +111,22 @@ fn no_grant_opens_another_users_channel() {
 fn a_subscription_token_grant_ends_when_the_token_expires_unless_renewed() {
     let mut cfg = config();
     cfg.jwt_leeway_secs = 0;
+    subscription_token_expiry(&start_with(cfg));
+}
+
+/// The same in cluster mode, where a join waits for Redis's answer.
+#[test]
+fn a_subscription_token_grant_ends_when_the_token_expires_in_cluster_mode_too() {
+    let redis = crate::common::redis_server::RedisServer::start();
+    let mut cfg = config();
+    cfg.jwt_leeway_secs = 0;
+    cfg.redis = taskcast::cluster::parse_redis_env(&|k| (k == "REDIS_URL").then(|| redis.url())).unwrap();
     let s = start_with(cfg);
+    wait_status(s.addr, "/ready", 200);
+    subscription_token_expiry(&s);
+}
+
+fn subscription_token_expiry(s: &TestServer) {
     let mut c = ws(s.addr, &token("u"));
     let mut renewing = ws(s.addr, &token("v"));
     wait_clients(s.addr, 2);
