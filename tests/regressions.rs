@@ -5,6 +5,10 @@
 //! fixed yet; remove the mark with the fix.
 
 mod common;
+/// Issue 22, delivery you can prove: each test failed on the code the issue
+/// was filed against (see its doc comment).
+#[path = "regressions/delivery.rs"]
+mod delivery;
 /// Issue 18's fail-closed round: each test failed before its fix.
 #[path = "regressions/fail_closed.rs"]
 mod fail_closed;

@@ -324,6 +324,7 @@ impl Server {
         if j.silent {
             j.read = 0;
             debug!("cluster: joining {channel} failed ({why}); retrying");
+            self.uncork(key);
             return self.schedule_retry(channel);
         }
         debug!("cluster: a subscribe to {channel} failed: {why}");
@@ -336,7 +337,7 @@ impl Server {
         let Some(remote) = self.cluster.as_mut().and_then(|c| c.channels.get_mut(channel)) else { return };
         remote.subscribed = true;
         if !remote.retry_pending {
-            self.resume_joins(channel);
+            self.resume_channel(channel);
         }
     }
 
@@ -385,7 +386,19 @@ impl Server {
             return;
         };
         let j = *j;
-        if !j.silent {
+        if j.silent {
+            if self.conns[key].corked {
+                self.uncork(key); // the 101 leaves now: exact from here on
+            } else {
+                // The 101 went out before the position was known (Redis was
+                // unreachable then): messages published in between may be
+                // missed. Say so, like any gap history cannot fill.
+                self.send_text(key, channels::subscribed(channel, &epoch, offset, false));
+                if !self.is_open_ws(key) {
+                    return;
+                }
+            }
+        } else {
             // As in one process: a replay must fit MAX_OUTPUT_BYTES.
             let queued = self.conns[key].out.bytes();
             let size: usize =
@@ -416,6 +429,16 @@ impl Server {
         }
         if gap {
             self.start_repair(channel);
+        }
+    }
+
+    /// Lets a connection's held output (its 101 first) go.
+    fn uncork(&mut self, key: usize) {
+        if let Some(c) = self.conns.get_mut(key)
+            && c.corked
+        {
+            c.corked = false;
+            self.mark_dirty(key);
         }
     }
 
@@ -591,6 +614,16 @@ impl Server {
             if behind && self.is_open_ws(key) {
                 self.resync(key, id, Position { epoch: epoch.clone(), offset });
             }
+        }
+        // Kept messages of another epoch were published before the stream
+        // this answer read (Redis was flushed): everyone here is past them
+        // now. Offered again, they would look like a gap forever.
+        let Some(remote) = self.cluster.as_mut().and_then(|c| c.channels.get_mut(channel)) else { return };
+        remote.kept.retain(|k| *k.epoch == *epoch);
+        if remote.needs_repair {
+            // Owed since this read was sent (the link went down and came
+            // back meanwhile): what it read may be stale, so read again.
+            self.start_repair(channel);
         }
         self.release_kept(channel);
     }

@@ -26,6 +26,10 @@ pub(super) struct Conn {
     pub dirty: bool,
     /// Already listed in `Server::deferred` (broadcast frames only).
     pub deferred: bool,
+    /// Output held back, 101 included, until the user channel's position is
+    /// known (cluster mode): a client that sees the upgrade then gets every
+    /// message of its user channel published after it.
+    pub corked: bool,
     /// The address this connection counts against in
     /// MAX_HTTP_CONNECTIONS_PER_IP, until it upgrades or closes (`None`:
     /// not counted — from a trusted proxy, refused, or upgraded).
@@ -89,6 +93,7 @@ impl Conn {
             deadline,
             dirty: false,
             deferred: false,
+            corked: false,
             http_ip: None,
         }
     }

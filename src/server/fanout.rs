@@ -211,7 +211,13 @@ fn queue(
     let over = |out: &crate::outqueue::OutQueue| out.len() >= limit.count || out.bytes() + frame.len() > limit.bytes;
     if over(&conn.out) {
         let before = conn.out.bytes();
-        let wrote = conn.out.write_to(&mut crate::sys::Send(&conn.stream));
+        // A corked connection (its 101 waits for its user channel) is not
+        // written here either.
+        let wrote = if conn.corked {
+            Ok(crate::outqueue::Flush::Blocked)
+        } else {
+            conn.out.write_to(&mut crate::sys::Send(&conn.stream))
+        };
         *written += before - conn.out.bytes();
         if wrote.is_err() || over(&conn.out) {
             slow.push(key);

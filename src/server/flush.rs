@@ -86,6 +86,12 @@ impl Server {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        if conn.corked {
+            if conn.ws().is_some_and(|ws| !ws.closing()) {
+                return; // written once its user channel is joined
+            }
+            conn.corked = false; // a close goes out whatever the join does
+        }
         let before = conn.out.bytes();
         let result = conn.out.write_to(&mut crate::sys::Send(&conn.stream));
         self.metrics.bytes_written.inc_by((before - conn.out.bytes()) as u64);

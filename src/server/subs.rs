@@ -141,9 +141,17 @@ impl Server {
 
     /// Every connection is in its own user's channel, joined by the server
     /// at connect (no `subscribed` answer): at the channel's position now
-    /// in one process, at the position Redis gives in cluster mode.
+    /// in one process, at the position Redis gives in cluster mode (the
+    /// 101 is sent then).
     pub(super) fn join_user_channel(&mut self, key: usize, channel: &str) {
-        if self.cluster.is_some() {
+        if let Some(cluster) = &self.cluster {
+            // The 101 waits for the position (one Redis round trip), so
+            // whatever is published after the client sees the upgrade is
+            // after the position. While Redis is down it does not wait: the
+            // channel is joined when the link is back.
+            if cluster.up {
+                self.conns[key].corked = true;
+            }
             return self.cluster_join(key, channel, None, None, true);
         }
         let id = self.hub.subscribe(channel, key);

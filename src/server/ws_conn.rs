@@ -268,7 +268,7 @@ impl Server {
         if conn.out.bytes() <= max || conn.ws().is_none_or(|w| w.close_deadline.is_some() || !w.ctx.can_write()) {
             return false;
         }
-        if conn.out.write_to(&mut crate::sys::Send(&conn.stream)).is_ok() && conn.out.bytes() <= max {
+        if !conn.corked && conn.out.write_to(&mut crate::sys::Send(&conn.stream)).is_ok() && conn.out.bytes() <= max {
             return false;
         }
         let sub = conn.ws().map_or("", |w| w.sub.as_str());
