@@ -25,14 +25,15 @@ use std::time::Instant;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use crate::auth::{AuthError, Claims, Verifier};
+use crate::auth::{self, AuthError, Claims, Verifier};
 use crate::broadcast;
 use crate::config::{Config, Origins};
 use crate::control;
 use crate::demo;
 use crate::http::{Head, Method, Response};
 use crate::limits::Limits;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, auth_reason};
+use crate::refusals::RefusalLog;
 
 /// What the loop needs to know to route one request.
 pub struct Ctx<'a> {
@@ -45,6 +46,8 @@ pub struct Ctx<'a> {
     pub ip: IpAddr,
     /// Counters for refusals decided here (auth failures).
     pub metrics: &'a Metrics,
+    /// Where refusals are logged for the operator (rate-limited).
+    pub refusals: &'a RefusalLog,
     /// A drain (SIGTERM) is under way: /ready says 503, upgrades are refused.
     pub draining: bool,
     /// Cluster mode: is the Redis link up? (`None`: single process.)
@@ -85,10 +88,9 @@ pub fn route(head: &Head, body: &[u8], ctx: &Ctx) -> Action {
         // (not even a preflight answer).
         return metrics(head, ctx);
     }
-    let origin_ok = head.origin.as_deref().is_none_or(|o| ctx.config.allowed_origins.allows(o))
-        || demo::same_origin_dev(head, ctx.config);
+    let origin_ok = origin_ok(head, ctx.config);
     if head.method() == Method::Options {
-        return Action::Respond(preflight(head, origin_ok));
+        return Action::Respond(preflight(head, origin_ok, ctx));
     }
     match head.path.as_str() {
         "/health" => match head.method() {
@@ -118,6 +120,13 @@ pub fn route(head: &Head, body: &[u8], ctx: &Ctx) -> Action {
     }
 }
 
+/// May a page from the request's Origin use this endpoint? No Origin (not
+/// a browser, or a same-origin GET) is fine; otherwise ALLOWED_ORIGINS
+/// decides — or, in development mode, the demo page's own origin.
+fn origin_ok(head: &Head, config: &Config) -> bool {
+    head.origin.as_deref().is_none_or(|o| config.allowed_origins.allows(o)) || demo::same_origin_dev(head, config)
+}
+
 /// Where Prometheus scrapes.
 pub const METRICS_PATH: &str = "/metrics";
 
@@ -130,6 +139,9 @@ fn metrics(head: &Head, ctx: &Ctx) -> Action {
     if let Some(key) = &ctx.config.metrics_api_key {
         let presented = head.authorization_bearer().unwrap_or("");
         if !bool::from(presented.as_bytes().ct_eq(key.expose().as_bytes())) {
+            ctx.refusals.note("bad_metrics_key", ctx.now, || {
+                format!("{} from {}: not METRICS_API_KEY", request_line(head), ctx.ip)
+            });
             return Action::Respond(
                 Response::error(401, "send METRICS_API_KEY as Authorization: Bearer <key>")
                     .header("WWW-Authenticate", "Bearer"),
@@ -162,11 +174,50 @@ fn not_allowed(allow: &'static str) -> Response {
     Response::error(405, "method not allowed").header("Allow", allow)
 }
 
-fn unauthorized(e: AuthError) -> Response {
+/// A refused token: counted, logged for the operator (rate-limited; see
+/// [`crate::refusals`]), and answered with 401.
+fn token_refused(head: &Head, token: &str, e: AuthError, ctx: &Ctx) -> Response {
+    ctx.metrics.auth_failed(e);
+    ctx.refusals.note(auth_reason(e), ctx.now, || {
+        format!("{} from {}: {}", request_line(head), ctx.ip, auth::describe_refusal(token, e, ctx.config))
+    });
     let mut resp = Response::error(401, e.message()).header("WWW-Authenticate", "Bearer").closing();
-    // A missing token or an unknown key id cost no signature check.
-    resp.auth_failure = !matches!(e, AuthError::Missing | AuthError::UnknownKey);
+    resp.auth_failure = e.counts_as_failure();
     resp
+}
+
+/// A request refused for its Origin: logged for the operator, answered 403.
+fn origin_refused(head: &Head, ctx: &Ctx) -> Response {
+    ctx.refusals.note("origin_not_allowed", ctx.now, || match head.origin.as_deref() {
+        Some(o) => format!(
+            "{} from {}: Origin {} is not in ALLOWED_ORIGINS ({})",
+            request_line(head),
+            ctx.ip,
+            auth::shown(o),
+            ctx.config.allowed_origins
+        ),
+        None => format!("{} from {}: a CORS preflight without an Origin", request_line(head), ctx.ip),
+    });
+    Response::error(403, "origin not allowed")
+}
+
+/// A refusal decided by a limit: logged for the operator and passed on.
+fn limit_refused(head: &Head, resp: Response, reason: &'static str, ctx: &Ctx) -> Response {
+    ctx.refusals.note(reason, ctx.now, || {
+        format!("{} from {}: {} ({})", request_line(head), ctx.ip, resp.status, reason.replace('_', " "))
+    });
+    resp
+}
+
+/// [`Limits::check_auth_failures`], logged when it refuses.
+fn check_auth_failures(head: &Head, ctx: &Ctx) -> Result<(), Response> {
+    let check = ctx.limits.check_auth_failures(ctx.config, ctx.ip, ctx.now);
+    check.map_err(|r| limit_refused(head, r, "too_many_auth_failures", ctx))
+}
+
+/// `GET /ws`: the method and path (never the query: it may hold a token).
+fn request_line(head: &Head) -> String {
+    format!("{} {}", head.method().as_str(), head.path)
 }
 
 /// Checks what a request with a body can be refused for from its head
@@ -183,19 +234,21 @@ pub fn admit(head: &Head, ctx: &Ctx) -> Result<(), Response> {
     if head.path != "/api/broadcast" {
         return Ok(());
     }
-    if head.origin.as_deref().is_some_and(|o| !ctx.config.allowed_origins.allows(o)) {
-        return Err(Response::error(403, "origin not allowed").closing());
+    // The same check `route` makes once the body is in: a demo-page publish
+    // (development mode) whose body arrives after its head must pass here too.
+    if !origin_ok(head, ctx.config) {
+        return Err(origin_refused(head, ctx).closing());
     }
     publisher(head, ctx)
 }
 
-fn preflight(head: &Head, origin_ok: bool) -> Response {
+fn preflight(head: &Head, origin_ok: bool, ctx: &Ctx) -> Response {
     if head.cors_request_method.is_none() {
         // A plain OPTIONS: say what exists.
         return Response::new(204).header("Allow", "GET, HEAD, POST, OPTIONS");
     }
     if head.origin.is_none() || !origin_ok {
-        return Response::error(403, "origin not allowed");
+        return origin_refused(head, ctx);
     }
     Response::new(204)
         .header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
@@ -208,7 +261,7 @@ fn upgrade(head: &Head, origin_ok: bool, ctx: &Ctx) -> Action {
         return Action::Respond(not_allowed("GET"));
     }
     if !origin_ok {
-        return Action::Respond(Response::error(403, "origin not allowed"));
+        return Action::Respond(origin_refused(head, ctx));
     }
     // RFC 6455 §4.2.1: an opening handshake is a GET with Upgrade: websocket,
     // Connection: Upgrade, a Sec-WebSocket-Key and version 13.
@@ -237,17 +290,16 @@ fn upgrade(head: &Head, origin_ok: bool, ctx: &Ctx) -> Action {
         return Action::Respond(Response::error(503, "server restarting").header("Retry-After", "5"));
     }
     if let Err(resp) = ctx.limits.check_upgrade(ctx.config, ctx.ip) {
+        let reason = if resp.status == 503 { "server_full" } else { "too_many_connections_from_address" };
+        return Action::Respond(limit_refused(head, resp, reason, ctx));
+    }
+    if let Err(resp) = check_auth_failures(head, ctx) {
         return Action::Respond(resp);
     }
-    if let Err(resp) = ctx.limits.check_auth_failures(ctx.config, ctx.ip, ctx.now) {
-        return Action::Respond(resp);
-    }
-    let claims = match ctx.verifier.verify(head.bearer_token().unwrap_or("")) {
+    let token = head.bearer_token().unwrap_or("");
+    let claims = match ctx.verifier.verify(token) {
         Ok(c) => c,
-        Err(e) => {
-            ctx.metrics.auth_failed(e);
-            return Action::Respond(unauthorized(e));
-        }
+        Err(e) => return Action::Respond(token_refused(head, token, e, ctx)),
     };
     // A valid signature, but revoked (POST /api/revoke) or too long-lived
     // for a revocation to cover. Not counted against the address: it is a
@@ -262,7 +314,7 @@ fn upgrade(head: &Head, origin_ok: bool, ctx: &Ctx) -> Action {
 
 fn broadcast(head: &Head, body: &[u8], origin_ok: bool, ctx: &Ctx) -> Action {
     if !origin_ok {
-        return Action::Respond(Response::error(403, "origin not allowed"));
+        return Action::Respond(origin_refused(head, ctx));
     }
     if !ctx.admitted
         && let Err(resp) = publisher(head, ctx)
@@ -298,26 +350,28 @@ fn broadcast(head: &Head, body: &[u8], origin_ok: bool, ctx: &Ctx) -> Action {
 fn publisher(head: &Head, ctx: &Ctx) -> Result<(), Response> {
     let bearer = head.authorization_bearer();
     let Some(key) = &ctx.config.broadcast_api_key else {
-        ctx.limits.check_auth_failures(ctx.config, ctx.ip, ctx.now)?;
-        return ctx.verifier.verify(bearer.unwrap_or("")).map(|_| ()).map_err(|e| {
-            ctx.metrics.auth_failed(e);
-            unauthorized(e)
-        });
+        check_auth_failures(head, ctx)?;
+        let token = bearer.unwrap_or("");
+        return ctx.verifier.verify(token).map(|_| ()).map_err(|e| token_refused(head, token, e, ctx));
     };
     let presented = head.api_key.as_deref().or(bearer).unwrap_or("");
     if bool::from(presented.as_bytes().ct_eq(key.expose().as_bytes())) {
         return Ok(());
     }
+    let refused = |reason: &'static str, what: &str| {
+        ctx.metrics.auth_failed_because(reason);
+        ctx.refusals.note(reason, ctx.now, || format!("{} from {}: {what}", request_line(head), ctx.ip));
+    };
     if presented.is_empty() {
-        ctx.metrics.auth_failed_because("missing_api_key");
+        refused("missing_api_key", "no API key (BROADCAST_API_KEY is set)");
         return Err(Response::error(401, "missing API key").header("WWW-Authenticate", "Bearer").closing());
     }
-    ctx.limits.check_auth_failures(ctx.config, ctx.ip, ctx.now)?;
+    check_auth_failures(head, ctx)?;
     if ctx.verifier.verify(presented).is_ok() {
-        ctx.metrics.auth_failed_because("user_token_as_publisher");
+        refused("user_token_as_publisher", "a user's token, not BROADCAST_API_KEY");
         return Err(Response::error(403, "user tokens cannot broadcast: use the publisher API key").closing());
     }
-    ctx.metrics.auth_failed_because("bad_api_key");
+    refused("bad_api_key", "not BROADCAST_API_KEY");
     let mut resp = Response::error(401, "invalid API key").header("WWW-Authenticate", "Bearer").closing();
     resp.auth_failure = true;
     Err(resp)

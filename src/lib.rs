@@ -18,6 +18,8 @@
 //! - [`api`]: routing decisions for each HTTP request (pure, no I/O).
 //! - [`http`]: request heads (httparse) and responses.
 //! - [`proxies`]: TRUSTED_PROXIES, and the client address X-Forwarded-For gives.
+//! - [`refusals`]: refusals logged for the operator (why, and the offending
+//!   value), at most one line per reason per 10 s.
 //! - [`ws`]: the 101 handshake, per-client WebSocket state, client messages.
 //! - [`close`]: every close code we send, and why (one place).
 //! - [`frame_meter`]: every frame a client sends, counted before tungstenite
@@ -69,6 +71,7 @@ pub mod logs;
 pub mod metrics;
 pub mod outqueue;
 pub mod proxies;
+pub mod refusals;
 pub mod server;
 pub mod subscription;
 pub mod sys;

@@ -58,6 +58,7 @@ use crate::config::Config;
 use crate::hub::{HistoryLimits, Hub};
 use crate::limits::{Limits, READ_BUDGET_BYTES};
 use crate::metrics::Metrics;
+use crate::refusals::RefusalLog;
 use crate::timers::{Due, Timers};
 use crate::ws::{self, Reason};
 
@@ -159,6 +160,8 @@ pub struct Server {
     signal_counts: [Arc<AtomicUsize>; 2],
     /// What `/metrics` reports (see [`crate::metrics`]).
     metrics: Metrics,
+    /// Refusals logged for the operator, rate-limited (see [`crate::refusals`]).
+    refusals: RefusalLog,
     /// Set once shutdown starts: the loop ends by then at the latest.
     shutdown_deadline: Option<Instant>,
     accept_paused_until: Option<Instant>,
@@ -211,6 +214,7 @@ impl Server {
             cluster_again: false,
             control: control::ControlState::new(&config),
             metrics: Metrics::new(verifier_has_jwks, config.redis.is_some()),
+            refusals: RefusalLog::new(),
             config,
             next_id: 0,
             stop: Arc::new(AtomicBool::new(false)),
@@ -367,7 +371,9 @@ impl Server {
                         match self.limits.add_http(&self.config, ip) {
                             Ok(()) => conn.http_ip = Some(ip),
                             Err(resp) => {
-                                debug!("{peer}: over MAX_HTTP_CONNECTIONS_PER_IP: 429");
+                                self.refusals.note("too_many_http_connections", now, || {
+                                    format!("connection from {ip}: 429 (over MAX_HTTP_CONNECTIONS_PER_IP)")
+                                });
                                 conn.out.push_owned(resp.encode(false, false));
                                 conn.phase = Phase::Closing { fin_sent: false };
                                 conn.deadline = now + LINGER;

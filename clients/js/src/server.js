@@ -31,7 +31,8 @@ export function broadcastUrl(url) {
 
 /**
  * Publishes `{type, data}`: to everyone, or to `channel`, `channels` or
- * `users` (their `user:` channels). Resolves to the server's answer
+ * `users` (their `user:` channels); a target given as null throws rather
+ * than reach everyone. Resolves to the server's answer
  * (`{status, recipients, channels?}`); throws a BroadcastError carrying the
  * server's message and status on any other answer.
  *
@@ -58,6 +59,13 @@ export async function broadcast({
   if (!url) throw new TypeError('broadcast: url is required (or set TASKCAST_URL)');
   if (!apiKey) throw new TypeError('broadcast: apiKey is required (or set TASKCAST_API_KEY)');
   if (typeof type !== 'string' || type === '') throw new TypeError('broadcast: type must be a non-empty string');
+  // Fail closed: a target computed as null (`channel: id ?? null`) must not
+  // become a broadcast to everyone. Leave the key out (undefined) for that.
+  for (const [name, value] of Object.entries({ channel, channels, users })) {
+    if (value === null) {
+      throw new TypeError(`broadcast: ${name} is null (leave out channel, channels and users to reach everyone)`);
+    }
+  }
   const body = { type, data };
   if (channel !== undefined) body.channel = channel;
   if (channels !== undefined) body.channels = channels;
