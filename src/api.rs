@@ -6,7 +6,7 @@
 //! | `/health` | GET, HEAD | `{"status":"ok","connectedClients":N}` |
 //! | `/ready` | GET, HEAD | `{"status":"ready"}`, or 503 `{"status":"not_ready","reason":R}` |
 //! | `/metrics` | GET, HEAD | Prometheus text (no CORS), or 401 without METRICS_API_KEY |
-//! | `/ws` | GET + Upgrade | 101, or 400/401/403/426/429/503 and close (503 while draining) |
+//! | `/ws` | GET + Upgrade | 101, or 400/401/403/426/429/503 and close (503 while draining); `?auth=message`: 101, then the token in the first message ([`UpgradeAuth::FirstMessage`]) |
 //! | `/api/broadcast` | POST | `{"status":"ok","recipients":N}` (+ `channels` when targeted; + `duplicate` for a repeated `Idempotency-Key`), or 400/415/429/503, or 401/403 and close |
 //! | `/api/unsubscribe`, `/api/disconnect`, `/api/revoke` | POST | the server API ([`crate::control`]): CONTROL_API_KEY (or BROADCAST_API_KEY) only; 400/415/503, or 401/403 and close |
 //! | `/api/channels/<channel>`, `/api/history` | GET | a channel's position, its held messages; same credential |
@@ -67,7 +67,7 @@ pub enum Action {
     /// Accept the WebSocket: send 101 with this key's accept value.
     Upgrade {
         key: String,
-        claims: Claims,
+        auth: UpgradeAuth,
     },
     /// Fan this out (to everyone, or to its channels), then answer with
     /// the recipient counts.
@@ -78,6 +78,21 @@ pub enum Action {
     /// it out (see `server::control`).
     Control(control::Request),
 }
+
+/// How an accepted upgrade is authenticated.
+pub enum UpgradeAuth {
+    /// By the token in the request (`Authorization: Bearer` or `?token=`), verified here.
+    Verified(Claims),
+    /// In band (`GET /ws?auth=message`, asked for by the client): the first
+    /// message must be `{"type":"auth","token":…}` within REQUEST_TIMEOUT_SECS.
+    /// Refusals then close the WebSocket with a code and a reason the page
+    /// can read — a refused upgrade only shows a browser 1006. `origin_ok`
+    /// false: closed at once with 4003 "origin not allowed".
+    FirstMessage { origin_ok: bool },
+}
+
+/// The query parameter with which a client asks for in-band authentication.
+pub const IN_BAND_AUTH: (&str, &str) = ("auth", "message");
 
 /// How long browsers may cache a preflight answer.
 const PREFLIGHT_MAX_AGE_SECS: u32 = 600;
@@ -260,7 +275,17 @@ fn upgrade(head: &Head, origin_ok: bool, ctx: &Ctx) -> Action {
     if head.method() != Method::Get {
         return Action::Respond(not_allowed("GET"));
     }
-    if !origin_ok {
+    // Only when the client asks for it: older clients keep the 401/403 before the upgrade.
+    let in_band = match head.query_param(IN_BAND_AUTH.0) {
+        None => false,
+        Some(v) if v == IN_BAND_AUTH.1 => true,
+        Some(_) => return Action::Respond(Response::error(400, "auth must be \"message\" (or absent)")),
+    };
+    if in_band && head.bearer_token().is_some() {
+        // Two places for one credential: which one counts is ambiguous. Refuse.
+        return Action::Respond(Response::error(400, "auth=message: send the token in the first message only"));
+    }
+    if !origin_ok && !in_band {
         return Action::Respond(origin_refused(head, ctx));
     }
     // RFC 6455 §4.2.1: an opening handshake is a GET with Upgrade: websocket,
@@ -296,6 +321,9 @@ fn upgrade(head: &Head, origin_ok: bool, ctx: &Ctx) -> Action {
     if let Err(resp) = check_auth_failures(head, ctx) {
         return Action::Respond(resp);
     }
+    if in_band {
+        return Action::Upgrade { key: key.to_string(), auth: UpgradeAuth::FirstMessage { origin_ok } };
+    }
     let token = head.bearer_token().unwrap_or("");
     let claims = match ctx.verifier.verify(token) {
         Ok(c) => c,
@@ -309,7 +337,7 @@ fn upgrade(head: &Head, origin_ok: bool, ctx: &Ctx) -> Action {
         ctx.metrics.auth_failed_because(why.label());
         return Action::Respond(Response::error(401, why.message()).header("WWW-Authenticate", "Bearer"));
     }
-    Action::Upgrade { key: key.to_string(), claims }
+    Action::Upgrade { key: key.to_string(), auth: UpgradeAuth::Verified(claims) }
 }
 
 fn broadcast(head: &Head, body: &[u8], origin_ok: bool, ctx: &Ctx) -> Action {

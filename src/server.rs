@@ -131,6 +131,9 @@ pub struct Server {
     /// Connections with input left over (budget spent, or bytes that arrived
     /// with the upgrade request): read again next turn without waiting.
     again: Vec<usize>,
+    /// WebSockets waiting for their in-band `auth` message. While 0 (the
+    /// usual case) a broadcast to everyone skips the per-client check.
+    awaiting_auth: usize,
     scratch: Box<[u8]>,
     config: Config,
     verifier: Verifier,
@@ -199,6 +202,7 @@ impl Server {
             last_round_end: None,
             fanout_flush_at: None,
             again: Vec::new(),
+            awaiting_auth: 0,
             scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
             verifier,
             ws_config: ws::config(&config),
@@ -480,6 +484,9 @@ impl Server {
             return;
         }
         self.limits.remove_client(ws.ip);
+        if ws.awaiting_auth {
+            self.awaiting_auth -= 1;
+        }
         debug!("{} ({:?}) {what}; {} clients", conn.peer, ws.sub, self.limits.clients());
     }
 

@@ -114,6 +114,10 @@ pub struct WsConn {
     /// instance missed while cut off from Redis closes the connections
     /// opened by then.
     pub opened_at: u64,
+    /// Upgraded with `?auth=message` and its first message (the token) has
+    /// not come yet: no user, no channels, no broadcasts; `expires_at` is the
+    /// deadline for that message (close 4008).
+    pub awaiting_auth: bool,
 }
 
 impl WsConn {

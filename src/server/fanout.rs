@@ -150,7 +150,8 @@ impl Server {
             match verdict {
                 Verdict::Deliver => {
                     let conn = &mut self.conns[key];
-                    n += queue(key, conn, list, coalesce, frame, &mut slow, limit, &mut written);
+                    // Channel subscribers: authenticated (they joined after auth).
+                    n += queue(key, conn, list, coalesce, frame, &mut slow, limit, &mut written, false);
                 }
                 Verdict::Gap => gaps.push(key),
                 Verdict::Stale | Verdict::Held => {}
@@ -171,7 +172,8 @@ impl Server {
         let coalesce = !self.config.flush_delay.is_zero();
         let list = if coalesce { &mut self.deferred } else { &mut self.dirty };
         if let Some(conn) = self.conns.get_mut(key) {
-            queue(key, conn, list, coalesce, frame, &mut slow, limit, &mut written);
+            // Channel messages: only to connections in the channel, so authenticated.
+            queue(key, conn, list, coalesce, frame, &mut slow, limit, &mut written, false);
         }
         self.close_slow(slow, Instant::now());
         self.metrics.bytes_written.inc_by(written as u64);
@@ -185,8 +187,12 @@ impl Server {
         let mut slow = Vec::new();
         let coalesce = !self.config.flush_delay.is_zero();
         let list = if coalesce { &mut self.deferred } else { &mut self.dirty };
+        // Not to a connection still waiting for its in-band token; checked
+        // per client only while there is one (the field is one more cache
+        // line per client on this hot loop).
+        let check_auth = self.awaiting_auth > 0;
         for (key, conn) in self.conns.iter_mut() {
-            sent += queue(key, conn, list, coalesce, &frame, &mut slow, limit, &mut written);
+            sent += queue(key, conn, list, coalesce, &frame, &mut slow, limit, &mut written, check_auth);
         }
         self.close_slow(slow, Instant::now());
         self.metrics.bytes_written.inc_by(written as u64);
@@ -243,10 +249,11 @@ fn queue(
     slow: &mut Vec<usize>,
     limit: Limit,
     written: &mut usize,
+    check_auth: bool,
 ) -> usize {
     let Phase::Ws(ws) = &conn.phase else { return 0 };
-    if !ws.ctx.can_write() {
-        return 0; // closing: no data after our close frame
+    if !ws.ctx.can_write() || (check_auth && ws.awaiting_auth) {
+        return 0; // closing (no data after our close frame), or not authenticated yet
     }
     let over = |out: &crate::outqueue::OutQueue| out.len() >= limit.count || out.bytes() + frame.len() > limit.bytes;
     if over(&conn.out) {

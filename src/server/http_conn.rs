@@ -12,11 +12,10 @@ use tungstenite::protocol::{Role, WebSocketContext};
 
 use super::conn::Phase;
 use super::{READ_BUDGET_BYTES, Server};
-use crate::api::{self, Action, Ctx};
-use crate::auth;
+use crate::api::{self, Action, Ctx, UpgradeAuth};
 use crate::frame_meter::FrameMeter;
 use crate::http::{self, Head, Response};
-use crate::ws::{self, WsConn};
+use crate::ws::{self, Reason, WsConn};
 
 /// An HTTP client with this much unread output gets no more requests
 /// parsed until it reads (pipelining without reading cannot grow memory).
@@ -193,9 +192,9 @@ impl Server {
                 control: &self.control.store,
             };
             let action = api::route(&head, &h.buf[start..end], &ctx);
-            if let Action::Upgrade { key: ws_key, claims } = action {
+            if let Action::Upgrade { key: ws_key, auth } = action {
                 let leftover = h.buf.split_off(end);
-                self.upgrade(key, &head, ip, &ws_key, claims, leftover);
+                self.upgrade(key, &head, ip, &ws_key, auth, leftover);
                 return published;
             }
             h.consumed = end;
@@ -253,16 +252,12 @@ impl Server {
         self.set_deadline(key, Instant::now() + self.config.request_timeout);
     }
 
-    fn upgrade(&mut self, key: usize, head: &Head, ip: IpAddr, ws_key: &str, claims: auth::Claims, leftover: Vec<u8>) {
+    /// Sends 101 and makes the connection a WebSocket. With the token
+    /// verified already it is authenticated at once; in band it waits for
+    /// its first message until REQUEST_TIMEOUT_SECS ([`Server::authenticate`]
+    /// is the one path that sets up an authenticated connection either way).
+    fn upgrade(&mut self, key: usize, head: &Head, ip: IpAddr, ws_key: &str, auth: UpgradeAuth, leftover: Vec<u8>) {
         let now = Instant::now();
-        let expires_at = auth::expires_at(now, claims.exp, self.config.jwt_leeway_secs);
-        let grants = crate::channels::grants_from_claim(
-            claims.extra.get(&self.config.channels_claim),
-            self.config.max_subscriptions,
-        );
-        let iat = claims.iat;
-        let sub = claims.sub.unwrap_or_default();
-        let user_channel = crate::channels::user_channel(&sub);
         let conn = &mut self.conns[key];
         conn.out.push_owned(ws::handshake_response(ws_key));
         let has_leftover = !leftover.is_empty();
@@ -270,9 +265,10 @@ impl Server {
             // Bytes that came with the request go through the meter first,
             // like every other frame byte.
             ctx: WebSocketContext::new(Role::Server, Some(self.ws_config)),
-            sub,
+            sub: String::new(),
             ip,
-            expires_at,
+            // Replaced by the token's expiry once authenticated.
+            expires_at: now + self.config.request_timeout,
             last_seen: now,
             next_ping: now + self.config.ping_interval,
             close_deadline: None,
@@ -284,28 +280,28 @@ impl Server {
                 leftover,
                 now,
             ),
-            grants,
+            grants: Box::default(),
             subs: Vec::new(),
-            iat,
-            opened_at: auth::now_secs(),
+            awaiting_auth: matches!(auth, UpgradeAuth::FirstMessage { .. }),
+            iat: None,
+            opened_at: crate::auth::now_secs(),
         }));
-        // Every connection is in its own user's channel.
-        if let Some(name) = user_channel {
-            self.join_user_channel(key, &name);
-        }
         let conn = &mut self.conns[key];
         self.limits.add_client(ip);
+        if matches!(auth, UpgradeAuth::FirstMessage { .. }) {
+            self.awaiting_auth += 1;
+        }
         self.metrics.upgrade_answered(101);
         if let Some(http_ip) = conn.http_ip.take() {
             self.limits.remove_http(http_ip); // a WebSocket now: counted as one
         }
-        debug!(
-            "{} connected as {:?} (origin {:?}); {} clients",
-            conn.peer,
-            conn.ws().map_or("", |w| w.sub.as_str()),
-            head.origin.as_deref().unwrap_or("-"),
-            self.limits.clients()
-        );
+        debug!("{} upgraded (origin {:?})", conn.peer, head.origin.as_deref().unwrap_or("-"));
+        match auth {
+            UpgradeAuth::Verified(claims) => self.authenticate(key, claims, now),
+            // Refused after the upgrade, so the page learns why from the close frame.
+            UpgradeAuth::FirstMessage { origin_ok: false } => return self.close_ws(key, Reason::OriginRefused, now),
+            UpgradeAuth::FirstMessage { origin_ok: true } => {}
+        }
         self.mark_dirty(key);
         self.reschedule_ws(key);
         if has_leftover {

@@ -106,6 +106,9 @@ impl Server {
         if !self.is_open_ws(key) {
             return;
         }
+        if self.conns[key].ws().is_some_and(|w| w.awaiting_auth) {
+            return self.authenticate_first_message(key, text, now);
+        }
         match ws::on_text(text, self.config.max_message_bytes) {
             Inbound::Ignore => debug!("{} sent an unhandled message", self.conns[key].peer),
             Inbound::Reply(reply) => self.send_text(key, reply),
@@ -253,6 +256,78 @@ impl Server {
         }
     }
 
+    /// Makes connection `key` the authenticated connection of `claims`'s
+    /// user: its subject, grants and expiry, and its own `user:` channel.
+    /// The one path for both ways in (a token in the upgrade request, or
+    /// in band), so both end in the same state.
+    pub(super) fn authenticate(&mut self, key: usize, claims: auth::Claims, now: Instant) {
+        let expires_at = auth::expires_at(now, claims.exp, self.config.jwt_leeway_secs);
+        let grants =
+            channels::grants_from_claim(claims.extra.get(&self.config.channels_claim), self.config.max_subscriptions);
+        let iat = claims.iat;
+        let sub = claims.sub.unwrap_or_default();
+        let user_channel = channels::user_channel(&sub);
+        let conn = &mut self.conns[key];
+        let Phase::Ws(ws) = &mut conn.phase else { return };
+        if std::mem::take(&mut ws.awaiting_auth) {
+            self.awaiting_auth -= 1;
+        }
+        ws.iat = iat;
+        ws.sub = sub;
+        ws.grants = grants;
+        ws.expires_at = expires_at;
+        debug!("{} connected as {:?}; {} clients", conn.peer, ws.sub, self.limits.clients());
+        // Every connection is in its own user's channel.
+        if let Some(name) = user_channel {
+            self.join_user_channel(key, &name);
+        }
+    }
+
+    /// In-band authentication (`GET /ws?auth=message`): the first message
+    /// must be `{"type":"auth","token":…}`. A valid token authenticates the
+    /// connection ([`Server::authenticate`]) and is answered `auth_ok`;
+    /// anything else closes it with a code and the reason (4001 expired,
+    /// 1013 unknown key, 4003 refused or not an auth message), and counts
+    /// as a failed authentication of its address, like a 401 at the upgrade.
+    fn authenticate_first_message(&mut self, key: usize, text: &str, now: Instant) {
+        let ip = self.conns[key].ws().map(|w| w.ip);
+        let reason = match ws::on_text(text, self.config.max_message_bytes) {
+            Inbound::Auth(token) => match self.verifier.verify(&token) {
+                Ok(claims) => {
+                    // Revoked (POST /api/revoke) or too long-lived: as at the
+                    // upgrade, not counted against the address.
+                    let sub = claims.sub.as_deref().unwrap_or("");
+                    if let Err(why) = self.control.store.check_token(sub, claims.iat, claims.exp, auth::now_secs()) {
+                        debug!("{} in-band token refused: {}", self.conns[key].peer, why.message());
+                        self.metrics.auth_failed_because(why.label());
+                        return self.close_ws(key, Reason::AuthRevoked, now);
+                    }
+                    self.authenticate(key, claims, now);
+                    self.send_text(key, r#"{"type":"auth_ok"}"#.to_string());
+                    return self.reschedule_ws(key);
+                }
+                Err(e) => {
+                    self.metrics.auth_failed(e);
+                    // As at the upgrade: no token, or an unknown key, cost no signature check.
+                    if matches!(e, auth::AuthError::Missing | auth::AuthError::UnknownKey) {
+                        return self.close_ws(key, Reason::AuthRefused(e), now);
+                    }
+                    Reason::AuthRefused(e)
+                }
+            },
+            Inbound::Close(reason) => return self.fail_ws(key, reason),
+            _ => {
+                self.metrics.auth_failed_because("not_an_auth_message");
+                Reason::AuthExpected
+            }
+        };
+        if let Some(ip) = ip {
+            self.limits.record_auth_failure(&self.config, ip, now);
+        }
+        debug!("{} in-band authentication refused: {}", self.conns[key].peer, reason.text());
+        self.close_ws(key, reason, now);
+    }
+
     /// Sends a text message through tungstenite (so it respects the close state).
     pub(super) fn send_text(&mut self, key: usize, text: String) {
         if let Some((ws, mut wire)) = self.conns[key].ws_wire()
@@ -369,6 +444,13 @@ impl Server {
             return self.remove(key);
         }
         if now >= ws.expires_at {
+            if ws.awaiting_auth {
+                // Holding a connection slot without authenticating counts like a failure.
+                let ip = ws.ip;
+                self.metrics.auth_failed_because("auth_timeout");
+                self.limits.record_auth_failure(&self.config, ip, now);
+                return self.close_ws(key, Reason::AuthTimeout, now);
+            }
             return self.close_ws(key, Reason::TokenExpired, now);
         }
         if ws.close_deadline.is_none() && ws.subs.iter().any(|s| s.token_exp.is_some()) {
