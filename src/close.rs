@@ -38,6 +38,16 @@ pub enum Reason {
     AuthInvalid,
     /// 4003: an in-band `auth` token was valid but for another user.
     AuthOtherUser,
+    /// 4003: an in-band `auth` token was valid but is revoked (issued
+    /// before `POST /api/revoke`), or lives longer than JWT_MAX_LIFETIME_SECS.
+    AuthRevoked,
+    /// 4009: the app ended this user's sessions (`POST /api/disconnect`
+    /// with `reconnect: false`: sign-out, ban). The client must not reconnect.
+    Disconnected,
+    /// 4011: the app wants this client back with a fresh token (`POST
+    /// /api/disconnect` with `reconnect: true`, or `POST /api/revoke`): get
+    /// a new token, then reconnect.
+    Reauthenticate,
     /// In-band authentication (`?auth=message`) refused the first message's
     /// token: 4001 when it expired (the client fetches a fresh one), 1013
     /// ("try again later") when its key is not in the key set yet (a JWKS
@@ -64,9 +74,11 @@ impl Reason {
             Reason::SlowConsumer => 1013,
             Reason::TokenExpired | Reason::AuthRefused(AuthError::Expired) => 4001,
             Reason::AuthRefused(AuthError::UnknownKey) => 1013,
-            Reason::AuthInvalid | Reason::AuthOtherUser | Reason::AuthRefused(_) => 4003,
+            Reason::AuthInvalid | Reason::AuthOtherUser | Reason::AuthRevoked | Reason::AuthRefused(_) => 4003,
             Reason::OriginRefused | Reason::AuthExpected => 4003,
             Reason::AuthTimeout => 4008,
+            Reason::Disconnected => 4009,
+            Reason::Reauthenticate => 4011,
         }
     }
 
@@ -84,6 +96,9 @@ impl Reason {
             Reason::TokenExpired => "token expired",
             Reason::AuthInvalid => "invalid token",
             Reason::AuthOtherUser => "token is for another user",
+            Reason::AuthRevoked => "token revoked: get a fresh token",
+            Reason::Disconnected => "disconnected by the server: do not reconnect",
+            Reason::Reauthenticate => "reconnect with a fresh token",
             // At most 123 bytes (RFC 6455 §5.5: a control frame's payload is
             // at most 125 bytes, two of them the code); every message is.
             Reason::AuthRefused(AuthError::Missing) => r#"missing token: send {"type":"auth","token":"<jwt>"}"#,

@@ -60,6 +60,8 @@ pub struct Channel {
     pub offset: u64,
     /// Connection keys (slab keys of the server's table).
     pub subscribers: HashSet<usize>,
+    /// Reads of the channel's position that keep it (see [`Hub::hold`]).
+    holds: u32,
     /// The last messages, oldest first, contiguous offsets.
     history: VecDeque<Entry>,
     /// Tells this channel from a later one in the same slot (log entries
@@ -145,6 +147,7 @@ impl Hub {
             epoch: epoch.into(),
             offset: 0,
             subscribers: HashSet::new(),
+            holds: 0,
             history: VecDeque::new(),
             generation: self.generations,
         });
@@ -172,6 +175,24 @@ impl Hub {
         id
     }
 
+    /// Keeps `name` (created if new) until [`Hub::release`], even with no
+    /// subscriber and no history: a page that read its position (the
+    /// server API) must find the same stream — the same epoch — when its
+    /// browser subscribes.
+    pub fn hold(&mut self, name: &str) -> ChannelId {
+        let id = self.get_or_create(name);
+        self.channels[id].holds += 1;
+        id
+    }
+
+    /// Ends one [`Hub::hold`]; forgets the channel if nothing else keeps it.
+    pub fn release(&mut self, id: ChannelId) {
+        if let Some(c) = self.channels.get_mut(id) {
+            c.holds = c.holds.saturating_sub(1);
+            self.forget_if_idle(id);
+        }
+    }
+
     /// Removes `key`; forgets the channel if nothing is left in it.
     pub fn unsubscribe(&mut self, id: ChannelId, key: usize) {
         if let Some(c) = self.channels.get_mut(id) {
@@ -182,7 +203,7 @@ impl Hub {
 
     fn forget_if_idle(&mut self, id: ChannelId) {
         let c = &self.channels[id];
-        if c.subscribers.is_empty() && c.history.is_empty() {
+        if c.subscribers.is_empty() && c.history.is_empty() && c.holds == 0 {
             if c.offset > 0 {
                 if self.retired.len() >= MAX_RETIRED {
                     self.retired.clear();
@@ -390,6 +411,23 @@ mod tests {
         h.unsubscribe(id, 1);
         let id = h.subscribe("p:1", 1);
         assert_ne!(h.channel(id).epoch, e2);
+    }
+
+    #[test]
+    fn a_held_channel_keeps_its_stream_until_released() {
+        let t = Instant::now();
+        let mut h = hub(10, 1, 1 << 20);
+        h.publish("p:1", "t", "1", t);
+        h.expire(t + Duration::from_secs(2));
+        assert_eq!(h.channels(), 0, "forgotten once its history expired");
+        let id = h.hold("p:1");
+        let epoch = h.channel(id).epoch.clone();
+        let sub = h.subscribe("p:1", 7);
+        h.unsubscribe(sub, 7);
+        assert_eq!(h.find("p:1"), Some(id), "held: not forgotten when its last subscriber leaves");
+        assert_eq!(h.channel(id).epoch, epoch);
+        h.release(id);
+        assert_eq!(h.channels(), 0);
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //! - [`api`]: routing decisions for each HTTP request (pure, no I/O).
 //! - [`http`]: request heads (httparse) and responses.
 //! - [`proxies`]: TRUSTED_PROXIES, and the client address X-Forwarded-For gives.
+//! - [`refusals`]: refusals logged for the operator (why, and the offending
+//!   value), at most one line per reason per 10 s.
 //! - [`ws`]: the 101 handshake, per-client WebSocket state, client messages.
 //! - [`close`]: every close code we send, and why (one place).
 //! - [`frame_meter`]: every frame a client sends, counted before tungstenite
@@ -26,6 +28,10 @@
 //!   framing it once.
 //! - [`channels`]: channel names, who may join which channel, and the JSON
 //!   of the channel protocol's answers (pure).
+//! - [`control`]: the server API (unsubscribe, disconnect, revoke, a
+//!   channel's position and history): request bodies, the denials and
+//!   revocations tokens are checked against, and the idempotency cache
+//!   (pure; the loop's side is `server::control`).
 //! - [`hub`]: channel state — subscribers per channel, offsets and epochs,
 //!   bounded history for replay after a reconnect.
 //! - [`subscription`]: one connection's subscription to a channel — joining
@@ -54,6 +60,7 @@ pub mod channels;
 pub mod close;
 pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod frame_meter;
 pub mod http;
@@ -64,6 +71,7 @@ pub mod logs;
 pub mod metrics;
 pub mod outqueue;
 pub mod proxies;
+pub mod refusals;
 pub mod server;
 pub mod subscription;
 pub mod sys;

@@ -24,11 +24,14 @@
 //! pings, the close handshake), `subs` (joining and leaving channels),
 //! `fanout` (broadcasts to
 //! recipients), `cluster` (cluster mode: parked publishes, history reads,
-//! gap repair), `flush` (the "before sleep" writes, in rounds); and `drain` (signals, the staggered drain, shutdown),
+//! gap repair), `flush` (the "before sleep" writes, in rounds), `control`
+//! (the server API: unsubscribe, disconnect, revoke, positions and history
+//! for pages); and `drain` (signals, the staggered drain, shutdown),
 //! `scrape` (`/metrics`).
 
 mod cluster;
 mod conn;
+mod control;
 mod drain;
 mod fanout;
 mod flush;
@@ -55,6 +58,7 @@ use crate::config::Config;
 use crate::hub::{HistoryLimits, Hub};
 use crate::limits::{Limits, READ_BUDGET_BYTES};
 use crate::metrics::Metrics;
+use crate::refusals::RefusalLog;
 use crate::timers::{Due, Timers};
 use crate::ws::{self, Reason};
 
@@ -142,6 +146,9 @@ pub struct Server {
     cluster: Option<cluster::Cluster>,
     /// The link had more events than one turn takes: drain again next turn.
     cluster_again: bool,
+    /// The server API: denials and revocations in force, idempotency keys,
+    /// requests waiting for Redis (see `control`).
+    control: control::ControlState,
     next_id: u64,
     stop: Arc<AtomicBool>,
     /// Set by [`ShutdownHandle::drain`]; the loop starts the drain.
@@ -156,6 +163,8 @@ pub struct Server {
     signal_counts: [Arc<AtomicUsize>; 2],
     /// What `/metrics` reports (see [`crate::metrics`]).
     metrics: Metrics,
+    /// Refusals logged for the operator, rate-limited (see [`crate::refusals`]).
+    refusals: RefusalLog,
     /// Set once shutdown starts: the loop ends by then at the latest.
     shutdown_deadline: Option<Instant>,
     accept_paused_until: Option<Instant>,
@@ -207,7 +216,9 @@ impl Server {
             }),
             cluster,
             cluster_again: false,
+            control: control::ControlState::new(&config),
             metrics: Metrics::new(verifier_has_jwks, config.redis.is_some()),
+            refusals: RefusalLog::new(),
             config,
             next_id: 0,
             stop: Arc::new(AtomicBool::new(false)),
@@ -364,7 +375,9 @@ impl Server {
                         match self.limits.add_http(&self.config, ip) {
                             Ok(()) => conn.http_ip = Some(ip),
                             Err(resp) => {
-                                debug!("{peer}: over MAX_HTTP_CONNECTIONS_PER_IP: 429");
+                                self.refusals.note("too_many_http_connections", now, || {
+                                    format!("connection from {ip}: 429 (over MAX_HTTP_CONNECTIONS_PER_IP)")
+                                });
                                 conn.out.push_owned(resp.encode(false, false));
                                 conn.phase = Phase::Closing { fin_sent: false };
                                 conn.deadline = now + LINGER;
@@ -537,6 +550,11 @@ pub fn log_startup(server: &Server) {
     );
     if c.broadcast_api_key.is_none() {
         warn!("BROADCAST_API_KEY is not set: any signed-in user's token can broadcast to everyone");
+    }
+    if c.control_api_key.is_none() && c.broadcast_api_key.is_none() {
+        info!(
+            "the server API (/api/unsubscribe, /api/disconnect, /api/revoke, ...) is off: set CONTROL_API_KEY to use it"
+        );
     }
     if c.allowed_origins == crate::config::Origins::Any {
         warn!("ALLOWED_ORIGINS=* lets any web page connect with a user's token; list your front-end origins instead");

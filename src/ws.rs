@@ -106,6 +106,14 @@ pub struct WsConn {
     /// [`crate::subscription`]. The hub's index lists this connection in
     /// exactly these channels.
     pub subs: Vec<Subscription>,
+    /// The connection token's `iat` (updated by an in-band refresh): a
+    /// revocation or denial compares it with its cut-off (see
+    /// [`crate::control`]); `None` counts as older than any cut-off.
+    pub iat: Option<u64>,
+    /// When the connection was opened (unix seconds): a disconnect this
+    /// instance missed while cut off from Redis closes the connections
+    /// opened by then.
+    pub opened_at: u64,
     /// Upgraded with `?auth=message` and its first message (the token) has
     /// not come yet: no user, no channels, no broadcasts; `expires_at` is the
     /// deadline for that message (close 4008).

@@ -666,6 +666,7 @@ fn thousands_of_subscribes_and_unsubscribes_leave_nothing_behind(home: Home) {
     if home.is_cluster() {
         let mut want: Vec<String> = (0..CONNS).map(|k| home.redis_channel(&format!("user:u{k}"))).collect();
         want.push(home.redis_broadcast());
+        want.push(home.redis_control());
         want.sort();
         wait_for(|| home.redis_channels().unwrap() == want, "the instances to unsubscribe in Redis");
     }
@@ -676,7 +677,8 @@ fn thousands_of_subscribes_and_unsubscribes_leave_nothing_behind(home: Home) {
         assert_eq!(home.gauge(i, "taskcast_subscriptions"), 0, "instance {i}");
     }
     if home.is_cluster() {
-        let want = vec![home.redis_broadcast()];
+        let mut want = vec![home.redis_broadcast(), home.redis_control()];
+        want.sort();
         wait_for(|| home.redis_channels().unwrap() == want, "the user channels to be unsubscribed in Redis");
     }
 }

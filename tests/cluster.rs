@@ -141,13 +141,14 @@ fn a_lost_pubsub_connection_is_repaired_from_history() {
     let (a, b) = (instance(&redis, "t4"), instance(&redis, "t4"));
     let mut c = ws(b.addr, &member("u"));
     let first = subscribe(&mut c, "project:1", None)["offset"].as_u64().unwrap();
-    // Cut B's pub/sub connection (the one in several channels: broadcast,
-    // user:u and project:1; A's is only in the broadcast one) while A
-    // publishes: B misses them on pub/sub and must fill them from the stream.
+    // Cut B's pub/sub connection (the one in the most channels: broadcast,
+    // control, user:u and project:1; A's is only in broadcast and control)
+    // while A publishes: B misses them on pub/sub and must fill them from
+    // the stream.
     let list: String = redis.cmd(&["CLIENT", "LIST", "TYPE", "pubsub"]);
     let ids: Vec<String> = list
         .lines()
-        .filter(|l| l.split(' ').any(|f| f.strip_prefix("sub=").and_then(|n| n.parse::<u32>().ok()) >= Some(2)))
+        .filter(|l| l.split(' ').any(|f| f.strip_prefix("sub=").and_then(|n| n.parse::<u32>().ok()) >= Some(3)))
         .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")).map(str::to_string))
         .collect();
     assert_eq!(ids.len(), 1, "{list}");

@@ -102,6 +102,10 @@ pub(super) struct Parked {
     answers: Vec<(String, Option<u64>)>,
     failed: Option<String>,
     global: bool,
+    /// Sent with an `Idempotency-Key`: the answer says which targets had
+    /// seen it already (`duplicates`).
+    once: bool,
+    duplicates: Vec<String>,
     /// When it was sent to Redis (for the publish round-trip histogram).
     sent: std::time::Instant,
 }
@@ -141,7 +145,9 @@ impl Server {
 
     fn on_cluster_event(&mut self, event: Event) {
         match event {
-            Event::Published { id, channel, offset, .. } => self.on_published(id, &channel, Ok(offset)),
+            Event::Published { id, channel, offset, duplicate, .. } => {
+                self.on_published(id, &channel, Ok((offset, duplicate)))
+            }
             Event::PublishFailed { id, channel, error } => self.on_published(id, &channel, Err(error)),
             Event::Message { channel, epoch, offset, kind, payload } => {
                 self.on_remote_message(&channel, epoch, offset, &kind, &payload)
@@ -151,8 +157,18 @@ impl Server {
             }
             Event::HistoryFailed { id, channel, error } => self.on_history(id, &channel, Err(error)),
             Event::Subscribed { channel } => self.on_subscribed(&channel),
-            Event::LinkUp => self.on_link_up(),
+            Event::LinkUp => {
+                // The server API's records first: the load goes out before
+                // the gap repairs' reads, so it is applied before they deliver.
+                self.control_link_up();
+                self.on_link_up()
+            }
             Event::LinkDown { error } => self.on_link_down(&error),
+            Event::ControlStored { .. }
+            | Event::ControlLoaded { .. }
+            | Event::ControlFailed { .. }
+            | Event::Control { .. }
+            | Event::Page { .. } => self.on_control_event(event),
         }
     }
 
@@ -173,9 +189,15 @@ impl Server {
         // The data as the raw JSON text it was sent as.
         let payload = publish.payload.to_string();
         let id = cluster.id();
+        let once = head.idempotency_key.clone();
+        let ttl_secs = self.config.idempotency_ttl.as_secs();
         for channel in &targets {
-            let cmd =
-                Command::Publish { id, channel: channel.clone(), kind: publish.kind.clone(), payload: payload.clone() };
+            let (channel, kind, payload) = (channel.clone(), publish.kind.clone(), payload.clone());
+            let cmd = match &once {
+                // The check is in Redis, in the publish's own atomic step.
+                Some(key) => Command::PublishOnce { id, channel, kind, payload, key: key.clone(), ttl_secs },
+                None => Command::Publish { id, channel, kind, payload },
+            };
             if cluster.link.send(cmd).is_err() {
                 return Some(unavailable("the Redis queue is full"));
             }
@@ -183,20 +205,25 @@ impl Server {
         let answers = targets.into_iter().map(|c| (c, None)).collect();
         let head = Box::new(head.clone());
         let sent = std::time::Instant::now();
-        cluster.publishes.insert(id, Parked { key, conn_id, head, answers, failed: None, global, sent });
+        let once = once.is_some();
+        let p = Parked { key, conn_id, head, answers, failed: None, global, once, duplicates: Vec::new(), sent };
+        cluster.publishes.insert(id, p);
         if let Phase::Http(h) = &mut self.conns[key].phase {
             h.parked = true;
         }
         None
     }
 
-    fn on_published(&mut self, id: u64, channel: &str, result: Result<u64, String>) {
+    fn on_published(&mut self, id: u64, channel: &str, result: Result<(u64, bool), String>) {
         let Some(cluster) = &mut self.cluster else { return };
         let Some(p) = cluster.publishes.get_mut(&id) else { return };
         match result {
-            Ok(offset) => {
+            Ok((offset, duplicate)) => {
                 if let Some(a) = p.answers.iter_mut().find(|(c, o)| c == channel && o.is_none()) {
                     a.1 = Some(offset);
+                }
+                if duplicate {
+                    p.duplicates.push(channel.to_string());
                 }
             }
             Err(e) => p.failed = Some(e),
@@ -214,7 +241,22 @@ impl Server {
                 warn!("cluster: publish failed: {e}");
                 unavailable("Redis did not store the message")
             }
+            None if p.global && !p.duplicates.is_empty() => crate::api::broadcast_duplicate(),
             None if p.global => crate::api::broadcast_ok(self.limits.clients()),
+            None if p.once => {
+                // A duplicate channel delivered nothing now: 0 recipients.
+                let counts: Vec<(String, u64, usize, bool)> = p
+                    .answers
+                    .iter()
+                    .map(|(c, o)| {
+                        let dup = p.duplicates.contains(c);
+                        (c.clone(), o.unwrap_or(0), if dup { 0 } else { self.hub.subscribers(c).count() }, dup)
+                    })
+                    .collect();
+                let view: Vec<(&str, u64, usize, bool)> =
+                    counts.iter().map(|(c, o, n, d)| (c.as_str(), *o, *n, *d)).collect();
+                crate::api::published_once(&view)
+            }
             None => {
                 let counts: Vec<(String, u64, usize)> = p
                     .answers

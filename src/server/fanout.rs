@@ -20,6 +20,10 @@ use crate::hub::ChannelId;
 use crate::subscription::{Position, Verdict};
 use crate::ws::Reason;
 
+/// The idempotency cache's target for a broadcast to everyone (no channel
+/// name is `*`).
+const BROADCAST_TARGET: &str = crate::cluster::BROADCAST;
+
 impl Server {
     /// An authenticated, validated broadcast from connection `key`:
     /// rate-limited, then queued to its recipients — or, in cluster mode,
@@ -33,7 +37,36 @@ impl Server {
         if self.cluster.is_some() {
             return self.cluster_publish(key, head, publish);
         }
-        Some(self.publish_local(publish, now))
+        match head.idempotency_key.as_deref() {
+            Some(key) => Some(self.publish_once(publish, key, now)),
+            None => Some(self.publish_local(publish, now)),
+        }
+    }
+
+    /// Single-process mode with an `Idempotency-Key`: each target that saw
+    /// the key within IDEMPOTENCY_TTL_SECS gets nothing and answers with
+    /// the offset of the first publish; the others are published as usual.
+    fn publish_once(&mut self, publish: Publish, key: &str, now: Instant) -> Response {
+        let Target::Channels(names) = &publish.target else {
+            let seen = self.control.idempotency.get(BROADCAST_TARGET, key, now).is_some();
+            if seen {
+                debug!("broadcast {} repeated with the same Idempotency-Key: not delivered", publish.kind);
+                return api::broadcast_duplicate();
+            }
+            self.control.idempotency.insert(BROADCAST_TARGET, key, 0, now);
+            return self.publish_local(publish, now);
+        };
+        let mut answers = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(offset) = self.control.idempotency.get(name, key, now) {
+                answers.push((name.as_str(), offset, 0, true));
+                continue;
+            }
+            let (offset, n) = self.publish_channel(name, &publish.kind, &publish.payload, now);
+            self.control.idempotency.insert(name, key, offset, now);
+            answers.push((name.as_str(), offset, n, false));
+        }
+        api::published_once(&answers)
     }
 
     /// Single-process mode: offsets and history from the hub, delivery now.
@@ -49,28 +82,35 @@ impl Server {
             Target::Channels(names) => {
                 let mut answers = Vec::with_capacity(names.len());
                 for name in &names {
-                    let published = self.hub.publish(name, &publish.kind, &publish.payload, now);
-                    let n = match self.hub.find(name) {
-                        Some(id) => {
-                            let epoch = self.hub.channel(id).epoch.clone();
-                            let fanned = self.fan_out_channel(id, &epoch, published.offset, &published.frame);
-                            // Every subscriber here is at the channel's
-                            // last offset: one process cannot have a gap.
-                            debug_assert!(fanned.gaps.is_empty(), "a gap in one process: {name}");
-                            for key in fanned.gaps {
-                                let at = Position { epoch: epoch.clone(), offset: published.offset };
-                                self.resync(key, id, at);
-                            }
-                            fanned.delivered
-                        }
-                        None => 0, // no subscriber and no history: forgotten
-                    };
-                    debug!("broadcast {} to {name} (offset {}): {n} clients", publish.kind, published.offset);
-                    answers.push((name.as_str(), published.offset, n));
+                    let (offset, n) = self.publish_channel(name, &publish.kind, &publish.payload, now);
+                    answers.push((name.as_str(), offset, n));
                 }
                 api::published_ok(&answers)
             }
         }
+    }
+
+    /// Single-process mode, one channel: the next offset, history, and the
+    /// delivery to its subscribers; returns (offset, recipients).
+    fn publish_channel(&mut self, name: &str, kind: &str, payload: &str, now: Instant) -> (u64, usize) {
+        let published = self.hub.publish(name, kind, payload, now);
+        let n = match self.hub.find(name) {
+            Some(id) => {
+                let epoch = self.hub.channel(id).epoch.clone();
+                let fanned = self.fan_out_channel(id, &epoch, published.offset, &published.frame);
+                // Every subscriber here is at the channel's
+                // last offset: one process cannot have a gap.
+                debug_assert!(fanned.gaps.is_empty(), "a gap in one process: {name}");
+                for key in fanned.gaps {
+                    let at = Position { epoch: epoch.clone(), offset: published.offset };
+                    self.resync(key, id, at);
+                }
+                fanned.delivered
+            }
+            None => 0, // no subscriber and no history: forgotten
+        };
+        debug!("broadcast {kind} to {name} (offset {}): {n} clients", published.offset);
+        (published.offset, n)
     }
 
     /// Offers one channel message to each of the channel's subscribers

@@ -21,11 +21,15 @@ use crate::ws::{self, Reason, WsConn};
 /// parsed until it reads (pipelining without reading cannot grow memory).
 pub(super) const HTTP_OUT_HIGH_WATER: usize = 256 * 1024;
 
+/// The interim answer to `Expect: 100-continue` (RFC 9110 §15.2.1).
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
 impl Server {
     pub(super) fn read_http(&mut self, key: usize) {
         let limit = http::MAX_HEAD_BYTES + self.config.max_broadcast_bytes;
         let mut total = 0;
         let mut eof = false;
+        let started;
         {
             let conn = &mut self.conns[key];
             let Phase::Http(h) = &mut conn.phase else {
@@ -38,6 +42,7 @@ impl Server {
                 h.buf.drain(..h.consumed);
                 h.consumed = 0;
             }
+            let was_idle = h.is_idle();
             loop {
                 // Never hold more than one head + one body: parse_head
                 // rejects what would not fit, so stop reading past that.
@@ -60,6 +65,14 @@ impl Server {
                     Err(_) => return self.remove(key),
                 }
             }
+            // A request's first byte: its REQUEST_TIMEOUT_SECS start now,
+            // not when the previous response left (which would leave a
+            // request that starts late in an idle keep-alive connection
+            // only what remains of that wait).
+            started = was_idle && !h.buf.is_empty();
+        }
+        if started {
+            self.set_deadline(key, Instant::now() + self.config.request_timeout);
         }
         if self.process_http(key) {
             // Publishers first: a Server Action waits for this answer, so it
@@ -134,8 +147,10 @@ impl Server {
                         now,
                         admitted: false,
                         metrics: &self.metrics,
+                        refusals: &self.refusals,
                         draining,
                         redis_up: self.cluster.as_ref().map(|c| c.up),
+                        control: &self.control.store,
                     };
                     if let Err(resp) = api::admit(&head, &ctx) {
                         h.buf = Vec::new();
@@ -147,6 +162,17 @@ impl Server {
                         return published;
                     }
                     h.admitted = true;
+                    // RFC 9110 §10.1.1: a client that sent `Expect:
+                    // 100-continue` waits for this before its body (curl,
+                    // for a second). A refusal above went out as the final
+                    // status instead, without the body being read.
+                    if head.expect_continue && h.buf.len() == start {
+                        conn.out.push_owned(CONTINUE.to_vec());
+                        if !conn.dirty {
+                            conn.dirty = true;
+                            self.dirty.push(key);
+                        }
+                    }
                 }
                 h.head = Some(head);
                 return published;
@@ -160,8 +186,10 @@ impl Server {
                 now,
                 admitted,
                 metrics: &self.metrics,
+                refusals: &self.refusals,
                 draining,
                 redis_up: self.cluster.as_ref().map(|c| c.up),
+                control: &self.control.store,
             };
             let action = api::route(&head, &h.buf[start..end], &ctx);
             if let Action::Upgrade { key: ws_key, auth } = action {
@@ -189,6 +217,14 @@ impl Server {
                     }
                 }
                 Action::Metrics => self.scrape(),
+                Action::Control(req) => {
+                    // Like a publish: a server waits for this answer.
+                    published = true;
+                    match self.control(key, &head, req) {
+                        Some(resp) => resp,
+                        None => return published, // parked until Redis answers
+                    }
+                }
                 Action::Upgrade { .. } => unreachable!("handled above"),
             };
             self.respond(key, &head, resp);
@@ -236,10 +272,19 @@ impl Server {
             last_seen: now,
             next_ping: now + self.config.ping_interval,
             close_deadline: None,
-            meter: FrameMeter::new(self.config.client_msg_rate, self.config.client_msg_burst, leftover, now),
+            meter: FrameMeter::new(
+                self.config.client_msg_rate,
+                self.config.client_msg_burst,
+                self.config.max_message_bytes,
+                self.config.max_auth_message_bytes,
+                leftover,
+                now,
+            ),
             grants: Box::default(),
             subs: Vec::new(),
             awaiting_auth: matches!(auth, UpgradeAuth::FirstMessage { .. }),
+            iat: None,
+            opened_at: crate::auth::now_secs(),
         }));
         let conn = &mut self.conns[key];
         self.limits.add_client(ip);

@@ -56,10 +56,11 @@ impl Server {
                 format!("at most {} subscriptions per connection (MAX_SUBSCRIPTIONS)", self.config.max_subscriptions);
             return self.send_text(key, refuse(Refusal::TooManySubscriptions, &msg));
         }
-        let token_exp = match self.grant(ws, channel, token) {
+        let token_exp = match self.grant(key, channel, token) {
             Ok(exp) => exp,
             Err(error) => return self.send_text(key, error),
         };
+        let Some(ws) = self.conns[key].ws() else { return };
         // Joined again (say, with a fresh subscription token): keep the
         // longer-lived grant.
         let token_exp = match existing.and_then(|i| ws.subs.get(i)) {
@@ -165,12 +166,18 @@ impl Server {
     /// that is closing or gone joins nothing (the hub entry is undone).
     pub(super) fn add_subscription(&mut self, key: usize, sub: Subscription) {
         let id = sub.channel;
+        let token_exp = sub.token_exp;
         match self.conns.get_mut(key).map(|c| &mut c.phase) {
             Some(Phase::Ws(ws)) if !ws.closing() => match ws.subs.iter_mut().find(|s| s.channel == id) {
                 Some(s) => *s = sub,
                 None => ws.subs.push(sub),
             },
-            _ => self.hub.unsubscribe(id, key),
+            _ => return self.hub.unsubscribe(id, key),
+        }
+        if token_exp.is_some() {
+            // Only a subscription token grants it: its expiry is now one
+            // of the connection's deadlines (see expire_subscription_tokens).
+            self.reschedule_ws(key);
         }
     }
 

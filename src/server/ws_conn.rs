@@ -12,7 +12,8 @@ use super::conn::Phase;
 use super::{CLOSE_WAIT, READ_BUDGET_BYTES, READ_BUDGET_MESSAGES, Server};
 use crate::auth;
 use crate::channels::{self, Refusal};
-use crate::ws::{self, Inbound, Reason, Wire, WsConn};
+use crate::metrics::auth_reason;
+use crate::ws::{self, Inbound, Reason, Wire};
 
 impl Server {
     /// Reads the client's frames (each one metered: see
@@ -121,17 +122,40 @@ impl Server {
 
     /// May this connection join `channel`? `Ok(Some(exp))` when only a
     /// subscription token grants it; `Err` is the error message to send.
-    pub(super) fn grant(&self, ws: &WsConn, channel: &str, token: Option<&str>) -> Result<Option<u64>, String> {
+    /// A subscription token that fails verification counts as a failed
+    /// authentication of the connection's address (AUTH_FAILURES_PER_MIN),
+    /// and an address past that limit gets no more of them checked.
+    pub(super) fn grant(&mut self, key: usize, channel: &str, token: Option<&str>) -> Result<Option<u64>, String> {
+        let refuse = |r: Refusal, m: &str| Err(channels::error(r, m, Some(channel)));
+        let Some(ws) = self.conns[key].ws() else {
+            return refuse(Refusal::Forbidden, "not connected");
+        };
+        // Before any grant is looked at: nothing opens another user's channel.
+        if channels::user_channel_of_other(channel, &ws.sub) {
+            return refuse(Refusal::Forbidden, "a user: channel is only open to its own user");
+        }
+        // A denial or revocation from the server API refuses whatever grants it.
+        self.control_denies(ws, channel, token)?;
         if channels::may_join_user(channel, &ws.sub) || channels::granted(channel, &ws.grants) {
             return Ok(None);
         }
-        let refuse = |r: Refusal, m: &str| Err(channels::error(r, m, Some(channel)));
         let Some(token) = token else {
             return refuse(
                 Refusal::Forbidden,
                 "not allowed to join this channel: no grant in the token, no subscription token",
             );
         };
+        let now = Instant::now();
+        if self.limits.check_auth_failures(&self.config, ws.ip, now).is_err() {
+            let ip = ws.ip;
+            self.refusals.note("too_many_auth_failures", now, || {
+                format!("subscription token for {channel} from {ip}: not checked (over AUTH_FAILURES_PER_MIN)")
+            });
+            return refuse(
+                Refusal::RateLimited,
+                "too many failed authentications from this address: retry in a minute",
+            );
+        }
         match self.verifier.verify(token) {
             Ok(claims) if claims.sub.as_deref().unwrap_or("") != ws.sub => {
                 refuse(Refusal::Forbidden, "the subscription token is for another user")
@@ -140,7 +164,50 @@ impl Server {
                 refuse(Refusal::Forbidden, "the subscription token is for another channel")
             }
             Ok(claims) => Ok(Some(claims.exp)),
-            Err(e) => refuse(Refusal::InvalidToken, &format!("subscription token refused: {}", e.message())),
+            Err(e) => {
+                self.metrics.auth_failed(e);
+                let ip = ws.ip;
+                self.refusals.note(auth_reason(e), now, || {
+                    let why = auth::describe_refusal(token, e, &self.config);
+                    format!("subscription token for {channel} from {ip}: {why}")
+                });
+                if e.counts_as_failure() {
+                    self.limits.record_auth_failure(&self.config, ip, now);
+                }
+                refuse(Refusal::InvalidToken, &format!("subscription token refused: {}", e.message()))
+            }
+        }
+    }
+
+    /// Ends every subscription that only a subscription token granted, once
+    /// that token has expired (`exp` + JWT_LEEWAY_SECS, like a connection
+    /// token). A client keeps it by subscribing again with a fresh token
+    /// before then; a channel the connection token's claim grants by now is
+    /// kept (the claim is its grant from here on). The client is told:
+    /// `{"type":"unsubscribed","channel":C,"reason":"subscription token expired"}`.
+    pub(super) fn expire_subscription_tokens(&mut self, key: usize) {
+        let now = auth::now_secs();
+        let leeway = self.config.jwt_leeway_secs;
+        let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) else { return };
+        let ws = &mut **ws;
+        let mut ended = Vec::new();
+        for s in &mut ws.subs {
+            let Some(exp) = s.token_exp else { continue };
+            if exp.saturating_add(leeway) > now {
+                continue;
+            }
+            let name = &self.hub.channel(s.channel).name;
+            if channels::granted(name, &ws.grants) {
+                s.token_exp = None;
+            } else {
+                ended.push(name.to_string());
+            }
+        }
+        for name in ended {
+            self.end_subscription(key, &name, Some("subscription token expired"));
+            if !self.is_open_ws(key) {
+                return; // its answer closed it: nothing may follow the close frame
+            }
         }
     }
 
@@ -153,6 +220,13 @@ impl Server {
         };
         match self.verifier.verify(token) {
             Ok(claims) if claims.sub.as_deref().unwrap_or("") == ws.sub => {
+                if let Err(why) = self.control.store.check_token(&ws.sub, claims.iat, claims.exp, auth::now_secs()) {
+                    debug!("{} refresh token refused: {}", conn.peer, why.message());
+                    self.metrics.auth_failed_because(why.label());
+                    return self.close_ws(key, Reason::AuthRevoked, now);
+                }
+                // A fresh token lifts the denials issued before it.
+                ws.iat = claims.iat;
                 ws.expires_at = auth::expires_at(now, claims.exp, self.config.jwt_leeway_secs);
                 let grants = channels::grants_from_claim(
                     claims.extra.get(&self.config.channels_claim),
@@ -163,12 +237,19 @@ impl Server {
                 self.reschedule_ws(key);
             }
             Ok(_) => {
-                debug!("{} refresh token is for another subject", conn.peer);
+                let ip = ws.ip;
+                self.refusals.note("wrong_subject", now, || {
+                    format!("in-band auth from {ip}: the token is for another subject (closed with 4003)")
+                });
                 self.metrics.auth_failed_because("wrong_subject");
                 self.close_ws(key, Reason::AuthOtherUser, now);
             }
             Err(e) => {
-                debug!("{} refresh token refused: {}", conn.peer, e.message());
+                let ip = ws.ip;
+                self.refusals.note(auth_reason(e), now, || {
+                    let why = auth::describe_refusal(token, e, &self.config);
+                    format!("in-band auth from {ip}: {why} (closed with 4003)")
+                });
                 self.metrics.auth_failed(e);
                 self.close_ws(key, Reason::AuthInvalid, now);
             }
@@ -183,6 +264,7 @@ impl Server {
         let expires_at = auth::expires_at(now, claims.exp, self.config.jwt_leeway_secs);
         let grants =
             channels::grants_from_claim(claims.extra.get(&self.config.channels_claim), self.config.max_subscriptions);
+        let iat = claims.iat;
         let sub = claims.sub.unwrap_or_default();
         let user_channel = channels::user_channel(&sub);
         let conn = &mut self.conns[key];
@@ -190,6 +272,7 @@ impl Server {
         if std::mem::take(&mut ws.awaiting_auth) {
             self.awaiting_auth -= 1;
         }
+        ws.iat = iat;
         ws.sub = sub;
         ws.grants = grants;
         ws.expires_at = expires_at;
@@ -211,6 +294,14 @@ impl Server {
         let reason = match ws::on_text(text, self.config.max_message_bytes) {
             Inbound::Auth(token) => match self.verifier.verify(&token) {
                 Ok(claims) => {
+                    // Revoked (POST /api/revoke) or too long-lived: as at the
+                    // upgrade, not counted against the address.
+                    let sub = claims.sub.as_deref().unwrap_or("");
+                    if let Err(why) = self.control.store.check_token(sub, claims.iat, claims.exp, auth::now_secs()) {
+                        debug!("{} in-band token refused: {}", self.conns[key].peer, why.message());
+                        self.metrics.auth_failed_because(why.label());
+                        return self.close_ws(key, Reason::AuthRevoked, now);
+                    }
                     self.authenticate(key, claims, now);
                     self.send_text(key, r#"{"type":"auth_ok"}"#.to_string());
                     return self.reschedule_ws(key);
@@ -320,7 +411,7 @@ impl Server {
     }
 
     /// A WebSocket's next wake-up: the earliest of ping, silence limit,
-    /// token expiry and close deadline.
+    /// token expiry, subscription token expiry and close deadline.
     pub(super) fn reschedule_ws(&mut self, key: usize) {
         let Some(ws) = self.conns[key].ws() else {
             return;
@@ -329,15 +420,19 @@ impl Server {
         if let Some(d) = ws.close_deadline {
             at = at.min(d);
         }
+        // The first subscription token to expire (see expire_subscription_tokens).
+        if let Some(exp) = ws.subs.iter().filter_map(|s| s.token_exp).min() {
+            at = at.min(auth::expires_at(Instant::now(), exp, self.config.jwt_leeway_secs));
+        }
         self.set_deadline(key, at);
     }
 
     /// A WebSocket's deadline: close handshake overdue, silent client,
-    /// expired token, or time to ping.
+    /// expired token, expired subscription tokens, or time to ping.
     pub(super) fn on_ws_timer(&mut self, key: usize, now: Instant) {
-        let conn = &mut self.conns[key];
+        let conn = &self.conns[key];
         let peer = conn.peer;
-        let Some((ws, mut wire)) = conn.ws_wire() else {
+        let Some(ws) = conn.ws() else {
             return;
         };
         if ws.close_deadline.is_some_and(|d| now >= d) {
@@ -358,6 +453,12 @@ impl Server {
             }
             return self.close_ws(key, Reason::TokenExpired, now);
         }
+        if ws.close_deadline.is_none() && ws.subs.iter().any(|s| s.token_exp.is_some()) {
+            self.expire_subscription_tokens(key);
+        }
+        let Some((ws, mut wire)) = self.conns[key].ws_wire() else {
+            return;
+        };
         if now >= ws.next_ping {
             ws.next_ping = now + self.config.ping_interval;
             if ws.ctx.can_write() {

@@ -194,6 +194,11 @@ impl Home {
     pub fn redis_broadcast(&self) -> String {
         format!("{}:broadcast", self.prefix)
     }
+
+    /// The prefix's control channel (the server API's actions, every instance).
+    pub fn redis_control(&self) -> String {
+        format!("{}:control", self.prefix)
+    }
 }
 
 /// One cluster instance on `redis` under `prefix`, tuned; returns once its

@@ -934,9 +934,9 @@ fn suspicion_a_pubsub_reconnect_checks_channels_with_no_position_yet() {
     let channel = "user:y";
     let mut c = ws(b.addr, &token(user));
     wait_numsub(&redis, "s3", channel, 1);
-    // B's pub/sub connection is the one in two channels (the broadcast and
-    // user:y); A's is in the broadcast channel only.
-    let ids = client_ids(&redis, |l| field(l, "sub").and_then(|n| n.parse::<u32>().ok()) >= Some(2));
+    // B's pub/sub connection is the one in three channels (the broadcast,
+    // the control channel and user:y); A's is in the first two only.
+    let ids = client_ids(&redis, |l| field(l, "sub").and_then(|n| n.parse::<u32>().ok()) >= Some(3));
     assert_eq!(ids.len(), 1);
     let _: i64 = redis.cmd(&["CLIENT", "KILL", "ID", &ids[0]]);
     let r = publish_ok(a.addr, json!({"users": [user]}), json!("during the reconnect"));

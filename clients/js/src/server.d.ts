@@ -13,6 +13,10 @@ export interface BroadcastOptions<D = unknown> {
   users?: string[];
   /** Abort the request (combined with the timeout). */
   signal?: AbortSignal;
+  /** Sent as Idempotency-Key; default: a random UUID per call. `null`: none (and no retries). */
+  idempotencyKey?: string | null;
+  /** Retries after a network error or a 503, with the same key (default 2). */
+  retries?: number;
   /** Give up (BroadcastError `timeout`) after this many ms; default 2000. */
   timeoutMs?: number;
   fetch?: typeof fetch;
@@ -21,7 +25,9 @@ export interface BroadcastOptions<D = unknown> {
 export interface BroadcastAnswer {
   status: 'ok';
   recipients: number;
-  channels?: Record<string, { offset: number; recipients: number }>;
+  channels?: Record<string, { offset: number; recipients: number; duplicate?: true }>;
+  /** The Idempotency-Key was seen already: nothing was delivered now (offsets are the first publish's). */
+  duplicate?: boolean;
 }
 
 export declare class BroadcastError extends Error {
@@ -53,3 +59,56 @@ export interface MintSubscriptionTokenOptions {
 
 /** A subscription token for `channel` (claims sub, channel, iat, exp), signed by BetterAuth: taskcast checks it through JWKS_URL. */
 export declare function mintSubscriptionToken(options: MintSubscriptionTokenOptions): Promise<string>;
+
+/** What every server API helper takes besides its own fields. */
+export interface ControlOptions {
+  /** taskcast's base URL; default: TASKCAST_URL. */
+  url?: string | URL;
+  /** CONTROL_API_KEY (or BROADCAST_API_KEY); default: the CONTROL_API_KEY environment variable, else BROADCAST_API_KEY. */
+  apiKey?: string;
+  signal?: AbortSignal;
+  fetch?: typeof fetch;
+}
+
+export declare class ControlError extends Error {
+  readonly status: number;
+  readonly code: string | null;
+  readonly retryAfter: number | null;
+}
+
+export declare function baseUrl(url: string | URL): string;
+
+export declare function unsubscribe(
+  options: ControlOptions & { user: string; channel: string; reason?: string },
+): Promise<{ status: 'ok'; unsubscribed: number }>;
+
+export declare function disconnect(
+  options: ControlOptions & { user: string; reconnect?: boolean; reason?: string },
+): Promise<{ status: 'ok'; disconnected: number }>;
+
+export declare function revoke(
+  options: ControlOptions & { user: string; issuedBefore?: Date | number },
+): Promise<{ status: 'ok'; issued_before: number; disconnected: number }>;
+
+export interface Position {
+  channel: string;
+  epoch: string;
+  offset: number;
+  /** Subscribers on the instance that answered. */
+  subscribers: number;
+}
+
+export declare function position(channel: string, options?: ControlOptions): Promise<Position>;
+
+export interface History<P = unknown> {
+  channel: string;
+  epoch: string;
+  offset: number;
+  messages: { offset: number; type: string; payload: P }[];
+  complete: boolean;
+}
+
+export declare function history<P = unknown>(
+  channel: string,
+  options?: ControlOptions & { since?: { epoch: string; offset: number } | string; limit?: number },
+): Promise<History<P>>;
