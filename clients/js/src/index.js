@@ -771,6 +771,14 @@ export class Client {
   _onUnsubscribed(msg) {
     const ch = this._channels.get(msg.channel);
     if (!ch || !msg.reason) return; // our own unsubscribe's answer
+    // A join only a subscription token granted ends when that token
+    // expires: renew it with a fresh one at once, from where we were
+    // (`since`), so nothing is missed. The app hears nothing of it.
+    if (msg.reason === 'subscription token expired' && this._subTokenSource(ch)) {
+      ch.useSubToken = true;
+      this._log(`${ch.name}: subscription token expired; renewing it`);
+      return this._sendSubscribe(ch);
+    }
     // The server ended it (the member was removed, a refreshed token no
     // longer grants it). The handles stay: a newer token may grant it again.
     this._refuse(ch, new TaskcastError('unsubscribed', `left ${msg.channel}: ${msg.reason}`, { channel: msg.channel, reason: msg.reason }));

@@ -275,6 +275,37 @@ describe('browser client in chromium', { skip: existsSync(CHROMIUM) ? false : `$
     }
   });
 
+  test('a subscription token that expires is renewed with a fresh one: nothing is missed, the app hears nothing', async () => {
+    // No leeway: the server ends the join at the token's exp.
+    const strict = await startServer({ BROADCAST_API_KEY: API_KEY, ALLOWED_ORIGINS: app.origin, JWT_ISSUER: ISSUER, JWT_LEEWAY_SECS: '0' });
+    const page = await appPage(() => userToken('guest2', { channels: [] }));
+    let minted = 0;
+    page.subTokens = (channel) => {
+      minted += 1;
+      return hs({ sub: 'guest2', channel, iat: nowSecs(), exp: nowSecs() + 2, iss: ISSUER });
+    };
+    const channel = 'board:short-lived';
+    try {
+      await page.evaluate((url) => window.start(url, { subTokens: true }), strict.ws);
+      await waitEvent(page, 'connected');
+      await page.evaluate((c) => window.sub(c, 'a'), channel);
+      await page.waitForFunction(() => window.subs.a.state === 'subscribed', null, WAIT);
+      // Publish across two expiries, one message every 250 ms.
+      for (let i = 1; i <= 20; i++) {
+        await pub({ type: 't', data: i, channel }, strict.http);
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      await page.waitForFunction(() => window.msgs.length >= 20, null, WAIT);
+      const got = await page.evaluate(() => window.msgs.map((m) => m.payload));
+      assert.deepEqual(got, Array.from({ length: 20 }, (_, i) => i + 1), 'every message once, in order');
+      assert.ok(minted >= 2, `renewed (${minted} subscription tokens minted)`);
+      assert.deepEqual(await page.evaluate(() => window.subErrors), [], 'the renewal is silent');
+    } finally {
+      await page.close();
+      await strict.stop();
+    }
+  });
+
   test('the server ends a subscription (a refresh without the grant): the app hears why; a later grant brings it back', async () => {
     const page = await appPage(() => userToken('removed', { channels: ['project:*'] }));
     const channel = 'project:removal';
