@@ -214,14 +214,23 @@ fn two_processes_share_one_port_with_reuse_port() {
     // Clients spread over both (the kernel's choice); every one of them gets
     // a broadcast published through the shared port.
     let mut clients: Vec<Ws> = (0..16).map(|i| ws(a.addr, &token(&format!("u{i}")))).collect();
+    // The instance whose link to Redis is not up yet (only one port can be
+    // probed) joins its clients' user channels once it is, and says so with
+    // an unasked `subscribed` (recovered:false): not what this test is about.
+    let next = |c: &mut Ws| loop {
+        let m = next_json(c);
+        if !(m["type"] == "subscribed" && m["channel"].as_str().is_some_and(|ch| ch.starts_with("user:"))) {
+            break m;
+        }
+    };
     for c in clients.iter_mut() {
         c.send(Message::text(r#"{"type":"ping"}"#)).unwrap();
-        assert_eq!(next_json(c)["type"], "pong");
+        assert_eq!(next(c)["type"], "pong");
     }
     let r = broadcast(a.addr, &token("publisher"), r#"{"type":"task_created","data":1}"#);
     assert_eq!(r.status, 200, "{}", r.body);
     for c in clients.iter_mut() {
-        assert_eq!(next_json(c), json!({"type": "task_created", "payload": 1}));
+        assert_eq!(next(c), json!({"type": "task_created", "payload": 1}));
     }
 }
 
