@@ -55,6 +55,10 @@ pub enum AuthError {
     WrongAlgorithm,
     WrongIssuer,
     WrongAudience,
+    /// No `iss` claim, and JWT_ISSUER requires one.
+    MissingIssuer,
+    /// No `aud` claim, and JWT_AUDIENCE requires one.
+    MissingAudience,
     Malformed,
     /// The `kid` is not in the JWKS (yet): a refetch was requested.
     UnknownKey,
@@ -65,6 +69,14 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// Does this refusal count toward AUTH_FAILURES_PER_MIN for the
+    /// client's address? Not a missing token (nothing was tried) nor an
+    /// unknown `kid` (a key rotation the set has not caught up with yet):
+    /// neither cost a signature check.
+    pub fn counts_as_failure(self) -> bool {
+        !matches!(self, AuthError::Missing | AuthError::UnknownKey)
+    }
+
     pub fn message(self) -> &'static str {
         match self {
             AuthError::Missing => "missing token: send Authorization: Bearer <jwt> or ?token=<jwt>",
@@ -74,6 +86,8 @@ impl AuthError {
             AuthError::WrongAlgorithm => "token algorithm is not accepted",
             AuthError::WrongIssuer => "token issuer is not accepted",
             AuthError::WrongAudience => "token audience is not accepted",
+            AuthError::MissingIssuer => "token has no iss claim, and this server requires one (JWT_ISSUER)",
+            AuthError::MissingAudience => "token has no aud claim, and this server requires one (JWT_AUDIENCE)",
             AuthError::Malformed => "token is malformed",
             AuthError::UnknownKey => {
                 "token signing key (kid) is unknown; a refresh of the key set was requested: retry in a few seconds"
@@ -196,7 +210,74 @@ fn refusal(e: jsonwebtoken::errors::Error) -> AuthError {
         }
         ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
         ErrorKind::InvalidAudience => AuthError::WrongAudience,
+        ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => AuthError::MissingIssuer,
+        ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => AuthError::MissingAudience,
         _ => AuthError::Malformed,
+    }
+}
+
+/// A refused token described for the operator's log: what was wrong and
+/// the offending value — the `iss` or `aud` it carries (with what
+/// JWT_ISSUER / JWT_AUDIENCE want), the `kid` or `alg` its header names, or
+/// how long ago it expired. Never the token itself, nor its subject.
+///
+/// The values are read from the token without verifying it (an unknown
+/// `kid` cannot be verified at all), for this description only; they are
+/// quoted and cut short by [`shown`] so a token cannot forge log lines.
+pub fn describe_refusal(token: &str, e: AuthError, config: &Config) -> String {
+    let claim = |name: &str| {
+        jsonwebtoken::dangerous::insecure_decode_claims::<serde_json::Value>(token)
+            .ok()
+            .and_then(|c| {
+                c.get(name).map(|v| match v {
+                    serde_json::Value::String(s) => shown(s),
+                    // JSON text (an `aud` array): already escaped; cut short.
+                    other => other.to_string().chars().take(100).collect(),
+                })
+            })
+            .unwrap_or_else(|| "(none)".into())
+    };
+    let header = jsonwebtoken::decode_header(token).ok();
+    let wanted = |v: &Option<String>| v.as_deref().map_or_else(|| "(unset)".into(), shown);
+    match e {
+        AuthError::WrongIssuer => {
+            format!("token iss {} is not JWT_ISSUER {}", claim("iss"), wanted(&config.jwt_issuer))
+        }
+        AuthError::WrongAudience => {
+            format!("token aud {} does not include JWT_AUDIENCE {}", claim("aud"), wanted(&config.jwt_audience))
+        }
+        AuthError::MissingIssuer => format!("token has no iss claim; JWT_ISSUER is {}", wanted(&config.jwt_issuer)),
+        AuthError::MissingAudience => {
+            format!("token has no aud claim; JWT_AUDIENCE is {}", wanted(&config.jwt_audience))
+        }
+        AuthError::UnknownKey => format!(
+            "token kid {} is not in the JWKS (a refetch was requested)",
+            header.and_then(|h| h.kid).map_or_else(|| "(none)".into(), |k| shown(&k))
+        ),
+        AuthError::WrongAlgorithm => format!(
+            "token alg {} is not accepted for its key",
+            header.map_or_else(|| "(unreadable)".into(), |h| format!("{:?}", h.alg))
+        ),
+        AuthError::Expired => {
+            let exp = jsonwebtoken::dangerous::insecure_decode_claims::<serde_json::Value>(token)
+                .ok()
+                .and_then(|c| c.get("exp").and_then(serde_json::Value::as_u64));
+            match exp {
+                Some(exp) => format!("token expired {} s ago", now_secs().saturating_sub(exp)),
+                None => e.message().to_string(),
+            }
+        }
+        _ => e.message().to_string(),
+    }
+}
+
+/// Text from a peer, fit for a log line: JSON-quoted (so control
+/// characters and quotes are escaped) and cut to 100 characters.
+pub fn shown(text: &str) -> String {
+    const MAX: usize = 100;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", serde_json::Value::from(&text[..cut])),
+        None => serde_json::Value::from(text).to_string(),
     }
 }
 
@@ -312,10 +393,29 @@ mod tests {
             sign(hs.clone(), json!({"sub":"u","exp":now+60,"iss":"https://evil","aud":"https://app"}), SECRET);
         let bad_aud =
             sign(hs.clone(), json!({"sub":"u","exp":now+60,"iss":"https://app","aud":"https://evil"}), SECRET);
-        let no_iss = sign(hs, json!({"sub":"u","exp":now+60,"aud":"https://app"}), SECRET);
+        let no_iss = sign(hs.clone(), json!({"sub":"u","exp":now+60,"aud":"https://app"}), SECRET);
+        let no_aud = sign(hs.clone(), json!({"sub":"u","exp":now+60,"iss":"https://app"}), SECRET);
         assert!(v.verify(&good).is_ok());
         assert_eq!(v.verify(&bad_iss).unwrap_err(), AuthError::WrongIssuer);
         assert_eq!(v.verify(&bad_aud).unwrap_err(), AuthError::WrongAudience);
-        assert!(v.verify(&no_iss).is_err());
+        // A missing claim says which, not "malformed".
+        assert_eq!(v.verify(&no_iss).unwrap_err(), AuthError::MissingIssuer);
+        assert_eq!(v.verify(&no_aud).unwrap_err(), AuthError::MissingAudience);
+        assert!(AuthError::MissingIssuer.message().contains("JWT_ISSUER"));
+        // The log's description names the offending values, never the token.
+        let mut c = Config::for_tests(SECRET);
+        c.jwt_issuer = Some("https://app".into());
+        c.jwt_audience = Some("https://app".into());
+        let d = describe_refusal(&bad_iss, AuthError::WrongIssuer, &c);
+        assert_eq!(d, r#"token iss "https://evil" is not JWT_ISSUER "https://app""#);
+        let d = describe_refusal(&bad_aud, AuthError::WrongAudience, &c);
+        assert_eq!(d, r#"token aud "https://evil" does not include JWT_AUDIENCE "https://app""#);
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("k\n\"1".into());
+        let odd = sign(h, json!({"exp": now + 60}), SECRET);
+        let d = describe_refusal(&odd, AuthError::UnknownKey, &c);
+        assert_eq!(d, r#"token kid "k\n\"1" is not in the JWKS (a refetch was requested)"#);
+        assert!(!d.contains(&odd));
+        assert_eq!(shown(&"é".repeat(150)), format!("\"{}\"…", "é".repeat(100)));
     }
 }

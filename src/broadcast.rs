@@ -6,12 +6,14 @@
 //! JSON text the caller sent (validated, never re-serialized).
 //!
 //! A broadcast may name its recipients: `"channel"`, `"channels"` or
-//! `"users"` (sugar for `user:` channels). Without any of them it goes to
-//! every client, as in the original design. A channel message's envelope
+//! `"users"` (sugar for `user:` channels). Only a body with none of these
+//! keys goes to every client, as in the original design; a body that is
+//! ambiguous about its recipients fails closed with a 400 — a target key
+//! present with `null`, a key we do not know (a typo such as `"chanel"`),
+//! a key given twice. A channel message's envelope
 //! also carries its channel and offset, so it is framed once per channel
 //! (the offset differs), still shared by all of that channel's recipients.
 
-use std::borrow::Cow;
 use std::rc::Rc;
 
 use serde::Deserialize;
@@ -26,19 +28,98 @@ pub const DOCUMENTED_TYPES: [&str; 4] = ["task_created", "task_updated", "task_d
 /// Longest accepted `type`.
 pub const MAX_TYPE_LEN: usize = 64;
 
-#[derive(Deserialize)]
+/// The top-level keys of a broadcast body. A body is read key by key
+/// (not with serde's derive) so that an unknown key and a key given twice
+/// are refused, not ignored: a typo such as `"chanel"` must never turn a
+/// targeted broadcast into one to everyone.
+#[derive(Default)]
 struct Body<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<Cow<'a, str>>,
-    /// `Some` even for `"data": null` (a plain Option would read null as absent).
-    #[serde(borrow, default, deserialize_with = "present")]
+    kind: Option<String>,
+    /// `Some` even for `"data": null` (null is a value like any other).
     data: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    channel: Option<Cow<'a, str>>,
-    #[serde(default)]
-    channels: Option<Vec<String>>,
-    #[serde(default)]
-    users: Option<Vec<String>>,
+    /// Target keys: `Some(None)` is a key present with `null` (refused).
+    channel: Option<Option<String>>,
+    channels: Option<Option<Vec<String>>>,
+    users: Option<Option<Vec<String>>>,
+    /// The first key that is none of the above (refused, named).
+    unknown: Option<String>,
+    /// The first key given twice (refused: which one counts is ambiguous).
+    duplicate: Option<&'static str>,
+}
+
+/// One top-level key.
+enum Key {
+    Type,
+    Data,
+    Channel,
+    Channels,
+    Users,
+    /// Anything else, cut to [`MAX_KEY_SHOWN`] characters for the error.
+    Other(String),
+}
+
+/// How much of an unknown key a 400 answer repeats.
+const MAX_KEY_SHOWN: usize = 64;
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: serde::de::Error>(self, k: &str) -> Result<Key, E> {
+                Ok(match k {
+                    "type" => Key::Type,
+                    "data" => Key::Data,
+                    "channel" => Key::Channel,
+                    "channels" => Key::Channels,
+                    "users" => Key::Users,
+                    other => Key::Other(other.chars().take(MAX_KEY_SHOWN).collect()),
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Body<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Body<'de>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Body<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("{\"type\": string, \"data\": any JSON}")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Body<'de>, M::Error> {
+                /// Stores a key's value, or notes the key as given twice.
+                fn set<T>(slot: &mut Option<T>, value: T, name: &'static str, dup: &mut Option<&'static str>) {
+                    if slot.is_some() {
+                        dup.get_or_insert(name);
+                    }
+                    *slot = Some(value);
+                }
+                let mut b = Body::default();
+                while let Some(key) = map.next_key::<Key>()? {
+                    let dup = &mut b.duplicate;
+                    match key {
+                        Key::Type => set(&mut b.kind, map.next_value()?, "type", dup),
+                        Key::Data => set(&mut b.data, map.next_value()?, "data", dup),
+                        Key::Channel => set(&mut b.channel, map.next_value()?, "channel", dup),
+                        Key::Channels => set(&mut b.channels, map.next_value()?, "channels", dup),
+                        Key::Users => set(&mut b.users, map.next_value()?, "users", dup),
+                        Key::Other(name) => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            b.unknown.get_or_insert(name);
+                        }
+                    }
+                }
+                Ok(b)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// Who a broadcast is for.
@@ -58,10 +139,6 @@ pub struct Publish {
     /// Redis in cluster mode (empty for a broadcast to everyone otherwise).
     pub payload: Box<str>,
     pub target: Target,
-}
-
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// A `type` is 1-64 characters of letters, digits and `_ . : -`: safe to
@@ -101,6 +178,17 @@ pub fn parse_publish(body: &[u8], max_channels: usize, keep_raw: bool) -> Result
         }
         _ => format!("invalid JSON: {e}"),
     })?;
+    // Fail closed: whatever is not understood is refused before anything
+    // else, so it can never mean "everyone".
+    if let Some(key) = parsed.unknown {
+        return Err(format!(
+            "unknown key {}: a broadcast body has \"type\", \"data\" and at most one of \"channel\", \"channels\", \"users\"",
+            serde_json::Value::from(key)
+        ));
+    }
+    if let Some(key) = parsed.duplicate {
+        return Err(format!("\"{key}\" is given twice"));
+    }
     let kind = match parsed.kind {
         None => return Err("missing \"type\"".into()),
         Some(t) if !valid_type(&t) => {
@@ -109,13 +197,26 @@ pub fn parse_publish(body: &[u8], max_channels: usize, keep_raw: bool) -> Result
         Some(t) => t,
     };
     let data = parsed.data.ok_or("missing \"data\"")?;
-    let targets = match (parsed.channel, parsed.channels, parsed.users) {
+    // A target key present with null is a mistake (`channel: id ?? null`),
+    // never a broadcast to everyone: that is only the absence of all three.
+    for (key, is_null) in [
+        ("channel", matches!(parsed.channel, Some(None))),
+        ("channels", matches!(parsed.channels, Some(None))),
+        ("users", matches!(parsed.users, Some(None))),
+    ] {
+        if is_null {
+            return Err(format!(
+                "\"{key}\" is null: name the recipients, or leave out \"channel\", \"channels\" and \"users\" to broadcast to everyone"
+            ));
+        }
+    }
+    let targets = match (parsed.channel.flatten(), parsed.channels.flatten(), parsed.users.flatten()) {
         (None, None, None) => {
             let frame = frame(&envelope(&kind, data.get()));
             let payload = if keep_raw { data.get().into() } else { Box::from("") };
-            return Ok(Publish { kind: kind.into_owned(), payload, target: Target::All(frame) });
+            return Ok(Publish { kind, payload, target: Target::All(frame) });
         }
-        (Some(c), None, None) => vec![c.into_owned()],
+        (Some(c), None, None) => vec![c],
         (None, Some(list), None) => list,
         (None, None, Some(users)) => {
             if users.iter().any(|u| !crate::channels::valid_id(u)) {
@@ -143,7 +244,7 @@ pub fn parse_publish(body: &[u8], max_channels: usize, keep_raw: bool) -> Result
             unique.push(name);
         }
     }
-    Ok(Publish { kind: kind.into_owned(), payload: data.get().into(), target: Target::Channels(unique) })
+    Ok(Publish { kind, payload: data.get().into(), target: Target::Channels(unique) })
 }
 
 /// `{"type":"<kind>","payload":<payload>,"channel":"<channel>","offset":N}`:
@@ -231,6 +332,16 @@ mod tests {
             (br#"{"type":"t","data":1,"channel":"a:1","users":["u"]}"#, "not several"),
             (br#"{"type":"t","data":1,"users":["a b"]}"#, "user ids"),
             (br#"{"type":"t","data":1,"channel":7}"#, "body must be"),
+            // Fail closed: never "everyone" by mistake.
+            (br#"{"type":"t","data":1,"channel":null}"#, "\"channel\" is null"),
+            (br#"{"type":"t","data":1,"channels":null}"#, "\"channels\" is null"),
+            (br#"{"type":"t","data":1,"users":null}"#, "\"users\" is null"),
+            (br#"{"type":"t","data":1,"channel":null,"users":null}"#, "is null"),
+            (br#"{"type":"t","data":1,"chanel":"a:1"}"#, "unknown key \"chanel\""),
+            (br#"{"type":"t","data":1,"Channel":"a:1"}"#, "unknown key \"Channel\""),
+            (br#"{"type":"t","data":1,"channel":"a:1","ch\u0061nnel":"b:1"}"#, "given twice"),
+            (br#"{"type":"t","data":1,"channel":"a:1","channel":"b:1"}"#, "\"channel\" is given twice"),
+            (br#"{"type":"t","data":1,"type":"u"}"#, "\"type\" is given twice"),
         ];
         for (body, want) in bad {
             let e = parse_publish(body, 2, false).unwrap_err();

@@ -53,6 +53,13 @@ pub fn granted(channel: &str, grants: &[Box<str>]) -> bool {
     })
 }
 
+/// Is `channel` a `user:` channel that is not `sub`'s own? No grant of any
+/// kind opens one (a claim, a subscription token, a wildcard): alice
+/// joining `user:bob` would receive bob's notifications.
+pub fn user_channel_of_other(channel: &str, sub: &str) -> bool {
+    channel.starts_with(USER_PREFIX) && !may_join_user(channel, sub)
+}
+
 /// Is `channel` the user channel of `sub`?
 pub fn may_join_user(channel: &str, sub: &str) -> bool {
     channel.strip_prefix(USER_PREFIX).is_some_and(|id| !id.is_empty() && id == sub)
@@ -82,6 +89,9 @@ pub enum Refusal {
     BadRequest,
     /// Cluster mode, Redis unreachable: retry.
     Unavailable,
+    /// The client's address failed AUTH_FAILURES_PER_MIN times this
+    /// minute: its subscription tokens are not checked until it ends.
+    RateLimited,
 }
 
 impl Refusal {
@@ -93,6 +103,7 @@ impl Refusal {
             Refusal::InvalidToken => "invalid_token",
             Refusal::BadRequest => "bad_request",
             Refusal::Unavailable => "unavailable",
+            Refusal::RateLimited => "rate_limited",
         }
     }
 }
@@ -155,6 +166,12 @@ mod tests {
         assert!(may_join_user("user:u1", "u1"));
         assert!(!may_join_user("user:u1", "u2"));
         assert!(!may_join_user("user:", ""));
+        assert!(user_channel_of_other("user:bob", "alice"));
+        assert!(user_channel_of_other("user:", "alice"));
+        assert!(user_channel_of_other("user:alice2", "alice"));
+        assert!(!user_channel_of_other("user:alice", "alice"));
+        assert!(!user_channel_of_other("project:bob", "alice"));
+        assert!(user_channel_of_other("user:", ""), "an empty subject has no user channel");
         assert!(grants_from_claim(Some(&serde_json::json!("project:1")), 100).is_empty());
     }
 

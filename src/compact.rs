@@ -123,6 +123,12 @@ impl From<PackedIp> for IpAddr {
     }
 }
 
+impl std::fmt::Display for PackedIp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        IpAddr::from(*self).fmt(f)
+    }
+}
+
 impl std::fmt::Debug for PackedIp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         IpAddr::from(*self).fmt(f)

@@ -287,7 +287,24 @@ pub struct Config {
     pub drain: Duration,
     /// METRICS_API_KEY: when set, `GET /metrics` needs it as a Bearer token.
     pub metrics_api_key: Option<Secret<String>>,
+    /// CONTROL_API_KEY: the credential of the server API (`/api/unsubscribe`,
+    /// `/api/disconnect`, `/api/revoke`, `/api/channels/..`, `/api/history`);
+    /// when unset, BROADCAST_API_KEY is; with neither, that API is off (403).
+    pub control_api_key: Option<Secret<String>>,
+    /// IDEMPOTENCY_TTL_SECS: how long an `Idempotency-Key` of
+    /// `/api/broadcast` is remembered (a repeat within it delivers nothing).
+    pub idempotency_ttl: Duration,
+    /// JWT_MAX_LIFETIME_SECS: the longest `exp - iat` a token may have. A
+    /// revocation or denial must outlive every token issued before it, so it
+    /// is kept this long (plus JWT_LEEWAY_SECS); a token living longer could
+    /// outlast it, and is refused.
+    pub jwt_max_lifetime_secs: u64,
 }
+
+/// JWT_MAX_LIFETIME_SECS when unset: a week (BetterAuth's JWTs live 15 minutes).
+pub const DEFAULT_JWT_MAX_LIFETIME_SECS: u64 = 7 * 24 * 3600;
+/// JWT_MAX_LIFETIME_SECS at most: as long as a connection may live on one token.
+pub const MAX_JWT_LIFETIME_SECS: u64 = crate::auth::MAX_TOKEN_LIFETIME_SECS;
 
 /// DRAIN_SECS at most: a deploy should not wait more than an hour.
 pub const MAX_DRAIN: Duration = Duration::from_secs(3600);
@@ -468,6 +485,14 @@ impl Config {
             return Err(err("METRICS_API_KEY", "must be at least 16 characters (use a long random string)"));
         }
 
+        let control_api_key = optional(&get, "CONTROL_API_KEY").map(Secret);
+        if control_api_key.as_ref().is_some_and(|k| k.expose().len() < 16) {
+            return Err(err("CONTROL_API_KEY", "must be at least 16 characters (use a long random string)"));
+        }
+        let idempotency_ttl = secs(&get, "IDEMPOTENCY_TTL_SECS", 300, Duration::from_secs(7 * 24 * 3600))?;
+        let jwt_max_lifetime_secs =
+            bounded(&get, "JWT_MAX_LIFETIME_SECS", DEFAULT_JWT_MAX_LIFETIME_SECS, 60, MAX_JWT_LIFETIME_SECS)?;
+
         let channels_claim = optional(&get, "CHANNELS_CLAIM").unwrap_or_else(|| "channels".into());
         let max_subscriptions = count(&get, "MAX_SUBSCRIPTIONS", 100, 1, 10_000)?;
         let max_publish_channels = count(&get, "MAX_PUBLISH_CHANNELS", 100, 1, 10_000)?;
@@ -524,6 +549,9 @@ impl Config {
             tcp_nodelay: parse_or(&get, "TCP_NODELAY", true, "true or false")?,
             drain,
             metrics_api_key,
+            control_api_key,
+            idempotency_ttl,
+            jwt_max_lifetime_secs,
         })
     }
 
@@ -748,6 +776,24 @@ mod tests {
     }
 
     #[test]
+    fn control_settings() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(
+            (c.control_api_key, c.idempotency_ttl, c.jwt_max_lifetime_secs),
+            (None, Duration::from_secs(300), DEFAULT_JWT_MAX_LIFETIME_SECS)
+        );
+        let c = cfg(&[
+            ("CONTROL_API_KEY", "control-key-0123456789"),
+            ("IDEMPOTENCY_TTL_SECS", "60"),
+            ("JWT_MAX_LIFETIME_SECS", "900"),
+        ])
+        .unwrap();
+        assert_eq!(c.control_api_key.as_ref().map(|k| k.expose().as_str()), Some("control-key-0123456789"));
+        assert_eq!((c.idempotency_ttl, c.jwt_max_lifetime_secs), (Duration::from_secs(60), 900));
+        assert!(!format!("{c:?}").contains("control-key-0123456789"), "Debug never prints the key");
+    }
+
+    #[test]
     fn drain_and_metrics_key() {
         let c = cfg(&[]).unwrap();
         assert_eq!((c.drain, c.metrics_api_key), (Duration::from_secs(10), None));
@@ -763,6 +809,11 @@ mod tests {
             ("DRAIN_SECS", "soon"),
             ("DRAIN_SECS", "99999999999999999999"),
             ("METRICS_API_KEY", "short"),
+            ("CONTROL_API_KEY", "short"),
+            ("IDEMPOTENCY_TTL_SECS", "0"),
+            ("IDEMPOTENCY_TTL_SECS", "604801"),
+            ("JWT_MAX_LIFETIME_SECS", "59"),
+            ("JWT_MAX_LIFETIME_SECS", "31622401"),
         ] {
             let e = cfg(&[(var, value)]).unwrap_err();
             assert_eq!(e.var, var, "{var}={value}");

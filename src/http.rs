@@ -31,8 +31,13 @@ pub struct Head {
     pub path: String,
     /// The query string, if any. It may carry a token: never log it.
     pub query: Option<String>,
-    /// HTTP/1.1 keeps the connection by default, 1.0 closes it (RFC 9112 §9.3).
+    /// HTTP/1.1 keeps the connection by default, 1.0 closes it (RFC 9112 §9.3);
+    /// `Connection: close` closes it whatever else the field lists (§9.6).
     pub keep_alive: bool,
+    /// `Expect: 100-continue` in an HTTP/1.1 request: the client waits for
+    /// `100 Continue` (or a final answer) before sending its body (RFC 9110
+    /// §10.1.1; an HTTP/1.0 request's expectation is ignored, as it says).
+    pub expect_continue: bool,
     /// Body length announced by Content-Length (0 when absent).
     pub content_length: usize,
     /// Bytes of request line + headers, i.e. where the body starts.
@@ -52,8 +57,25 @@ pub struct Head {
     /// `X-Forwarded-For` (repeated headers joined with commas, in order),
     /// read only from a trusted proxy (see [`crate::proxies`]).
     pub forwarded_for: Option<String>,
-    /// `Host` (the development demo page checks it is a loopback name).
+    /// `Host` (the development demo page checks it is a loopback name), or
+    /// the authority of an absolute-form target, which replaces it.
     pub host: Option<String>,
+    /// `Idempotency-Key` of a broadcast (repeated headers joined with
+    /// ", ", which no valid key contains: an ambiguous key is refused).
+    pub idempotency_key: Option<String>,
+}
+
+impl Method {
+    /// The method's name, for logs (`OTHER` for any we do not serve).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Options => "OPTIONS",
+            Method::Other => "OTHER",
+        }
+    }
 }
 
 impl Head {
@@ -103,11 +125,13 @@ pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, Reject> {
         Err(_) => return Err(reject(400, "malformed HTTP request")),
     };
 
-    let target = req.path.unwrap_or("/");
+    let (authority, target) = split_target(req.path.unwrap_or("/"))?;
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q.to_string())),
         None => (target, None),
     };
+    // `http://host` and `http://host?q` name the root.
+    let path = if path.is_empty() { "/" } else { path };
     let mut head = Head {
         method: Some(match req.method.unwrap_or("") {
             "GET" => Method::Get,
@@ -124,6 +148,7 @@ pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, Reject> {
     };
 
     let mut content_length: Option<usize> = None;
+    let (mut saw_close, mut saw_keep_alive) = (false, false);
     for h in req.headers.iter() {
         let name = h.name;
         let is = |n: &str| name.eq_ignore_ascii_case(n);
@@ -147,13 +172,15 @@ pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, Reject> {
         } else if is("connection") {
             for token in text()?.split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") {
-                    head.keep_alive = false;
+                    saw_close = true;
                 } else if token.eq_ignore_ascii_case("keep-alive") {
-                    head.keep_alive = true;
+                    saw_keep_alive = true;
                 } else if token.eq_ignore_ascii_case("upgrade") {
                     head.connection_upgrade = true;
                 }
             }
+        } else if is("expect") {
+            head.expect_continue = text()?.eq_ignore_ascii_case("100-continue");
         } else if is("upgrade") {
             head.upgrade_websocket = text()?.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket"));
         } else if is("origin") {
@@ -175,17 +202,62 @@ pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, Reject> {
                 Some(earlier) => format!("{earlier}, {v}"),
                 None => v.to_string(),
             });
+        } else if is("idempotency-key") {
+            let v = text()?;
+            head.idempotency_key = Some(match head.idempotency_key.take() {
+                Some(earlier) => format!("{earlier}, {v}"),
+                None => v.to_string(),
+            });
         } else if is("host") {
             head.host = Some(text()?.to_string());
         } else if is("access-control-request-method") {
             head.cors_request_method = Some(text()?.to_string());
         }
     }
+    // RFC 9112 §9.6: a "close" option means the connection closes after
+    // this response, whatever else Connection lists (`close, keep-alive`).
+    head.keep_alive = !saw_close && (head.keep_alive || saw_keep_alive);
+    // RFC 9110 §10.1.1: only an HTTP/1.1 client waits for 100 Continue.
+    head.expect_continue &= req.version == Some(1);
+    // RFC 9112 §3.2.2: with an absolute-form target, the Host field is
+    // ignored and the target's authority used instead.
+    if let Some(authority) = authority {
+        head.host = Some(authority.to_string());
+    }
     head.content_length = content_length.unwrap_or(0);
     if head.content_length > max_body {
         return Err(reject(413, "request body too large"));
     }
     Ok(Some(head))
+}
+
+/// Splits an absolute-form request target (`http://host/health?x`) into
+/// its authority and the rest (`/health?x`; empty for `http://host`); any
+/// other target is returned as it is, with no authority.
+///
+/// RFC 9112 §3.2.2: "a server MUST accept the absolute-form in requests
+/// even though most HTTP/1.1 clients will only send the absolute-form to a
+/// proxy". RFC 9110 §4.2.1: an http(s) URI with an empty host "MUST" be
+/// rejected as invalid; §4.2.4: userinfo is deprecated, and a recipient
+/// "SHOULD parse for userinfo and treat its presence as an error" — both 400.
+fn split_target(target: &str) -> Result<(Option<&str>, &str), Reject> {
+    let scheme_len = ["http://", "https://"]
+        .iter()
+        .find(|s| target.as_bytes().get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s.as_bytes())))
+        .map(|s| s.len());
+    let Some(scheme_len) = scheme_len else {
+        return Ok((None, target));
+    };
+    let rest = &target[scheme_len..];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if authority.is_empty() {
+        return Err(reject(400, "absolute request target has no host"));
+    }
+    if authority.contains('@') {
+        return Err(reject(400, "request target must not carry userinfo"));
+    }
+    Ok((Some(authority), path))
 }
 
 /// The reason phrase and the short machine-readable error code of a status.
@@ -390,6 +462,53 @@ mod tests {
             parse_head(b"GET / HTTP/1.1\r\nConnection: close\r\nAuthorization: Basic x\r\n\r\n", 0).unwrap().unwrap();
         assert!(!h.keep_alive);
         assert_eq!(h.bearer_token(), None);
+    }
+
+    #[test]
+    fn connection_close_wins_over_keep_alive() {
+        // RFC 9112 §9.6: close means close, whatever else is listed.
+        for raw in [
+            "GET / HTTP/1.1\r\nConnection: close, keep-alive\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n",
+            "GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n",
+        ] {
+            assert!(!parse_head(raw.as_bytes(), 0).unwrap().unwrap().keep_alive, "{raw:?}");
+        }
+        let h = parse_head(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", 0).unwrap().unwrap();
+        assert!(h.keep_alive);
+    }
+
+    #[test]
+    fn expect_continue_only_in_http_1_1() {
+        let parse = |raw: &str| parse_head(raw.as_bytes(), 100).unwrap().unwrap().expect_continue;
+        assert!(parse("POST / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 5\r\n\r\n"));
+        assert!(!parse("POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"));
+        assert!(!parse("POST / HTTP/1.1\r\nExpect: something-else\r\nContent-Length: 5\r\n\r\n"));
+        assert!(!parse("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"));
+    }
+
+    #[test]
+    fn absolute_form_targets() {
+        // RFC 9112 §3.2.2: accepted; the target's authority replaces Host.
+        let h =
+            parse_head(b"GET http://example.test:8080/health?x=1 HTTP/1.1\r\nHost: other\r\n\r\n", 0).unwrap().unwrap();
+        assert_eq!((h.path.as_str(), h.query.as_deref()), ("/health", Some("x=1")));
+        assert_eq!(h.host.as_deref(), Some("example.test:8080"));
+        let h = parse_head(b"GET HTTPS://h HTTP/1.1\r\n\r\n", 0).unwrap().unwrap();
+        assert_eq!((h.path.as_str(), h.host.as_deref()), ("/", Some("h")));
+        let h = parse_head(b"GET http://h?token=a.b HTTP/1.1\r\n\r\n", 0).unwrap().unwrap();
+        assert_eq!((h.path.as_str(), h.query_param("token")), ("/", Some("a.b")));
+        for bad in ["GET http:///health HTTP/1.1\r\n\r\n", "GET http://u:p@h/health HTTP/1.1\r\n\r\n"] {
+            assert_eq!(parse_head(bad.as_bytes(), 0).unwrap_err().status, 400, "{bad:?}");
+        }
+        // Found by the parse_head fuzzer: a multi-byte character where the
+        // scheme would end is no scheme (and no panic).
+        let h = parse_head("GET http:/ѕuzz/health HTTP/1.1\r\n\r\n".as_bytes(), 0).unwrap().unwrap();
+        assert_eq!((h.path.as_str(), h.host), ("http:/ѕuzz/health", None));
+        // Origin-form is unchanged.
+        let h = parse_head(b"GET /ws?token=t HTTP/1.1\r\nHost: h\r\n\r\n", 0).unwrap().unwrap();
+        assert_eq!((h.path.as_str(), h.host.as_deref()), ("/ws", Some("h")));
     }
 
     #[test]

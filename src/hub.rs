@@ -20,7 +20,7 @@
 //! HISTORY_MAX_BYTES). A channel with no subscribers and no live history is
 //! forgotten, so it costs nothing.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -56,7 +56,8 @@ pub struct Channel {
     /// Shared with the name index (one allocation per channel).
     pub name: Rc<str>,
     /// Names this stream of offsets; a replay never crosses epochs. Every
-    /// channel on its first stream shares the process's epoch string.
+    /// channel on its first stream shares the process's epoch string, and
+    /// every subscription's position in this channel shares it too.
     pub epoch: Epoch,
     /// The latest offset (0: no message yet).
     pub offset: u64,
@@ -69,13 +70,33 @@ pub struct Channel {
 
 /// A channel's epoch (see the module doc): a string, read through
 /// `Deref<Target = str>`, behind one thin pointer (8 bytes, where an
-/// `Rc<str>` takes 16) shared by every channel of the same stream era.
+/// `Rc<str>` takes 16) shared by every channel of the same stream era and
+/// every subscription positioned in it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Epoch(Rc<Box<str>>);
 
 impl Epoch {
     fn new(name: String) -> Epoch {
         Epoch(Rc::new(name.into_boxed_str()))
+    }
+
+    /// The same stream? One pointer compare when both share the string
+    /// (the common case), the text otherwise.
+    pub fn same(&self, other: &Epoch) -> bool {
+        Rc::ptr_eq(&self.0, &other.0) || **self == **other
+    }
+}
+
+impl From<String> for Epoch {
+    /// An epoch from outside the hub (cluster mode: Redis names it).
+    fn from(name: String) -> Epoch {
+        Epoch::new(name)
+    }
+}
+
+impl From<&str> for Epoch {
+    fn from(name: &str) -> Epoch {
+        Epoch::new(name.to_string())
     }
 }
 
@@ -149,6 +170,14 @@ impl Subscribers {
         matches!(self, Subscribers::None)
     }
 
+    fn len(&self) -> usize {
+        match self {
+            Subscribers::None => 0,
+            Subscribers::One(_) => 1,
+            Subscribers::Many(set) => set.len(),
+        }
+    }
+
     fn iter(&self) -> impl Iterator<Item = &usize> {
         let (one, many) = match self {
             Subscribers::None => (None, None),
@@ -198,6 +227,10 @@ pub struct Hub {
     retired: HashSet<u64>,
     /// Keyed per process, so names cannot be chosen to collide.
     hasher: std::collections::hash_map::RandomState,
+    /// Channels kept by reads of their position, and how many such reads
+    /// (see [`Hub::hold`]); rare and short, so kept here rather than in
+    /// every channel.
+    holds: HashMap<ChannelId, u32>,
 }
 
 /// Past this many retired names a new era starts (a new process epoch, the
@@ -226,6 +259,7 @@ impl Hub {
             generations: 0,
             retired: HashSet::new(),
             hasher: Default::default(),
+            holds: HashMap::new(),
         }
     }
 
@@ -267,6 +301,16 @@ impl Hub {
         self.find(name).into_iter().flat_map(|id| self.channels[id].subscribers.iter())
     }
 
+    /// The connections subscribed to channel `id`.
+    pub fn subscriber_keys(&self, id: ChannelId) -> impl Iterator<Item = usize> + '_ {
+        self.channels[id].subscribers.iter().copied()
+    }
+
+    /// How many connections are subscribed to channel `id`.
+    pub fn subscriber_count(&self, id: ChannelId) -> usize {
+        self.channels[id].subscribers.len()
+    }
+
     pub fn find(&self, name: &str) -> Option<ChannelId> {
         self.by_name.get(name, |i| &self.channels[i as usize].name).map(|i| i as usize)
     }
@@ -276,6 +320,29 @@ impl Hub {
         let id = self.get_or_create(name);
         self.channels[id].subscribers.insert(key);
         id
+    }
+
+    /// Keeps `name` (created if new) until [`Hub::release`], even with no
+    /// subscriber and no history: a page that read its position (the
+    /// server API) must find the same stream — the same epoch — when its
+    /// browser subscribes.
+    pub fn hold(&mut self, name: &str) -> ChannelId {
+        let id = self.get_or_create(name);
+        *self.holds.entry(id).or_insert(0) += 1;
+        id
+    }
+
+    /// Ends one [`Hub::hold`]; forgets the channel if nothing else keeps it.
+    pub fn release(&mut self, id: ChannelId) {
+        if let Some(n) = self.holds.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                self.holds.remove(&id);
+            }
+        }
+        if self.channels.contains(id) {
+            self.forget_if_idle(id);
+        }
     }
 
     /// Removes `key`; forgets the channel if nothing is left in it.
@@ -288,7 +355,7 @@ impl Hub {
 
     fn forget_if_idle(&mut self, id: ChannelId) {
         let c = &self.channels[id];
-        if c.subscribers.is_empty() && c.history.is_none() {
+        if c.subscribers.is_empty() && c.history.is_none() && !self.holds.contains_key(&id) {
             if c.offset > 0 {
                 if self.retired.len() >= MAX_RETIRED {
                     self.retired.clear();
@@ -563,6 +630,23 @@ mod tests {
         let since = Since { epoch: h.channel(id).epoch.to_string(), offset: 5 };
         assert_eq!(offsets(&h.replay(id, &since, t2).unwrap()), [6, 7]);
         assert_eq!(h.history().0, 2);
+    }
+
+    #[test]
+    fn a_held_channel_keeps_its_stream_until_released() {
+        let t = Instant::now();
+        let mut h = hub(10, 1, 1 << 20);
+        h.publish("p:1", "t", "1", t);
+        h.expire(t + Duration::from_secs(2));
+        assert_eq!(h.channels(), 0, "forgotten once its history expired");
+        let id = h.hold("p:1");
+        let epoch = h.channel(id).epoch.clone();
+        let sub = h.subscribe("p:1", 7);
+        h.unsubscribe(sub, 7);
+        assert_eq!(h.find("p:1"), Some(id), "held: not forgotten when its last subscriber leaves");
+        assert_eq!(h.channel(id).epoch, epoch);
+        h.release(id);
+        assert_eq!(h.channels(), 0);
     }
 
     #[test]

@@ -18,17 +18,26 @@
 //! - [`api`]: routing decisions for each HTTP request (pure, no I/O).
 //! - [`http`]: request heads (httparse) and responses.
 //! - [`proxies`]: TRUSTED_PROXIES, and the client address X-Forwarded-For gives.
-//! - [`ws`]: the 101 handshake, per-client WebSocket state, client messages,
-//!   and every close code we send.
+//! - [`refusals`]: refusals logged for the operator (why, and the offending
+//!   value), at most one line per reason per 10 s.
+//! - [`ws`]: the 101 handshake, per-client WebSocket state, client messages.
+//! - [`close`]: every close code we send, and why (one place).
 //! - [`frame_meter`]: every frame a client sends, counted before tungstenite
 //!   parses it (rate, fragments, the per-turn budget).
 //! - [`broadcast`]: validating a broadcast (to everyone or to channels) and
 //!   framing it once.
 //! - [`channels`]: channel names, who may join which channel, and the JSON
 //!   of the channel protocol's answers (pure).
+//! - [`control`]: the server API (unsubscribe, disconnect, revoke, a
+//!   channel's position and history): request bodies, the denials and
+//!   revocations tokens are checked against, and the idempotency cache
+//!   (pure; the loop's side is `server::control`).
 //! - [`hub`]: channel state — subscribers per channel, offsets and epochs,
 //!   bounded history for replay after a reconnect; [`name_index`] finds a
 //!   channel by name in 8 bytes per channel.
+//! - [`subscription`]: one connection's subscription to a channel — joining
+//!   or joined at a position — and the rule that a message reaches it only
+//!   if it is exactly the next offset.
 //! - [`outqueue`]: a connection's pending output, written with one writev.
 //! - [`timers`]: connection deadlines in an indexed min-heap, one entry per
 //!   connection (pings, timeouts).
@@ -50,9 +59,11 @@ pub mod api;
 pub mod auth;
 pub mod broadcast;
 pub mod channels;
+pub mod close;
 pub mod cluster;
 pub mod compact;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod frame_meter;
 pub mod http;
@@ -64,7 +75,9 @@ pub mod metrics;
 pub mod name_index;
 pub mod outqueue;
 pub mod proxies;
+pub mod refusals;
 pub mod server;
+pub mod subscription;
 pub mod sys;
 pub mod timers;
 pub mod ws;

@@ -329,6 +329,8 @@ pub fn auth_reason(e: AuthError) -> &'static str {
         AuthError::WrongAlgorithm => "wrong_algorithm",
         AuthError::WrongIssuer => "wrong_issuer",
         AuthError::WrongAudience => "wrong_audience",
+        AuthError::MissingIssuer => "missing_iss",
+        AuthError::MissingAudience => "missing_aud",
         AuthError::Malformed => "malformed",
         AuthError::UnknownKey => "unknown_kid",
         AuthError::MissingKeyId => "missing_kid",

@@ -21,21 +21,27 @@
 //! This file is the loop and the connection table. What happens to one
 //! connection lives next to it: `conn` (the table entry and its phases),
 //! `http_conn` (requests, the upgrade), `ws_conn` (frames, client messages,
-//! subscribes, pings, the close handshake), `fanout` (broadcasts to
+//! pings, the close handshake), `subs` (joining and leaving channels),
+//! `fanout` (broadcasts to
 //! recipients), `cluster` (cluster mode: parked publishes, history reads,
-//! gap repair); and `drain` (signals, the staggered drain, shutdown),
+//! gap repair), `flush` (the "before sleep" writes, in rounds), `control`
+//! (the server API: unsubscribe, disconnect, revoke, positions and history
+//! for pages); and `drain` (signals, the staggered drain, shutdown),
 //! `scrape` (`/metrics`).
 
 mod cluster;
 mod conn;
+mod control;
 mod drain;
 mod fanout;
+mod flush;
 mod http_conn;
 mod scrape;
+mod subs;
 mod ws_conn;
 
 use std::io;
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -51,7 +57,7 @@ use crate::config::Config;
 use crate::hub::{HistoryLimits, Hub};
 use crate::limits::{Limits, READ_BUDGET_BYTES};
 use crate::metrics::Metrics;
-use crate::outqueue::Flush;
+use crate::refusals::RefusalLog;
 use crate::timers::{Due, Timers};
 use crate::ws::{self, Reason};
 
@@ -124,6 +130,9 @@ pub struct Server {
     /// Connections with input left over (budget spent, or bytes that arrived
     /// with the upgrade request): read again next turn without waiting.
     again: Vec<usize>,
+    /// WebSockets waiting for their in-band `auth` message. While 0 (the
+    /// usual case) a broadcast to everyone skips the per-client check.
+    awaiting_auth: usize,
     scratch: Box<[u8]>,
     config: Config,
     verifier: Verifier,
@@ -138,6 +147,9 @@ pub struct Server {
     cluster: Option<cluster::Cluster>,
     /// The link had more events than one turn takes: drain again next turn.
     cluster_again: bool,
+    /// The server API: denials and revocations in force, idempotency keys,
+    /// requests waiting for Redis (see `control`).
+    control: control::ControlState,
     next_id: u64,
     stop: Arc<AtomicBool>,
     /// Set by [`ShutdownHandle::drain`]; the loop starts the drain.
@@ -152,6 +164,8 @@ pub struct Server {
     signal_counts: [Arc<AtomicUsize>; 2],
     /// What `/metrics` reports (see [`crate::metrics`]).
     metrics: Metrics,
+    /// Refusals logged for the operator, rate-limited (see [`crate::refusals`]).
+    refusals: RefusalLog,
     /// Set once shutdown starts: the loop ends by then at the latest.
     shutdown_deadline: Option<Instant>,
     accept_paused_until: Option<Instant>,
@@ -189,6 +203,7 @@ impl Server {
             last_round_end: None,
             fanout_flush_at: None,
             again: Vec::new(),
+            awaiting_auth: 0,
             scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
             verifier,
             protocol: ws::Protocol::new(&config),
@@ -202,7 +217,9 @@ impl Server {
             }),
             cluster,
             cluster_again: false,
+            control: control::ControlState::new(&config),
             metrics: Metrics::new(verifier_has_jwks, config.redis.is_some()),
+            refusals: RefusalLog::new(),
             config,
             next_id: 0,
             stop: Arc::new(AtomicBool::new(false)),
@@ -313,6 +330,7 @@ impl Server {
             self.shutdown_deadline,
             self.hub.next_expiry(),
             self.fanout_flush_at,
+            self.next_cluster_retry(),
             drain,
         ]
         .into_iter()
@@ -363,7 +381,9 @@ impl Server {
                                 }
                             }
                             Err(resp) => {
-                                debug!("{peer}: over MAX_HTTP_CONNECTIONS_PER_IP: 429");
+                                self.refusals.note("too_many_http_connections", now, || {
+                                    format!("connection from {ip}: 429 (over MAX_HTTP_CONNECTIONS_PER_IP)")
+                                });
                                 conn.out.push_owned(resp.encode(false, false));
                                 conn.phase = Phase::Closing { fin_sent: false, http_ip: None };
                                 deadline = now + LINGER;
@@ -429,104 +449,6 @@ impl Server {
         }
     }
 
-    // ---- writing -----------------------------------------------------------
-
-    fn mark_dirty(&mut self, key: usize) {
-        if let Some(conn) = self.conns.get_mut(key)
-            && !conn.dirty
-        {
-            conn.dirty = true;
-            self.dirty.push(key);
-        }
-    }
-
-    /// "Before sleep": one write attempt per connection with output.
-    fn flush_dirty(&mut self) {
-        for key in std::mem::take(&mut self.dirty) {
-            if let Some(conn) = self.conns.get_mut(key) {
-                conn.dirty = false;
-                self.flush_conn(key);
-            }
-        }
-    }
-
-    /// Writes connections that only have broadcast frames waiting, in
-    /// rounds. A round writes every listed connection once, in the order
-    /// they were listed, at most FLUSH_SLICE per turn: past that the loop
-    /// polls again (a publisher's request is read and answered between two
-    /// slices, and the frames of broadcasts that arrive meanwhile ride along
-    /// in the writes still ahead). Between rounds the frames are held for as
-    /// long as the last round took, at most FLUSH_DELAY_MICROS: nothing for
-    /// a handful of clients (a lone broadcast leaves at once), up to the
-    /// delay when writing everyone is the loop's main cost — then each
-    /// write carries more frames. HTTP answers, control and close frames
-    /// never wait here (they go through `dirty`).
-    fn flush_deferred(&mut self, now: Instant) {
-        if self.deferred.is_empty() {
-            return;
-        }
-        if self.round_start.is_none() {
-            let hold = self.last_round_cost.min(self.config.flush_delay);
-            if let Some(end) = self.last_round_end
-                && now.saturating_duration_since(end) < hold
-            {
-                self.fanout_flush_at = Some(end + hold);
-                return;
-            }
-            self.fanout_flush_at = None;
-            self.round_start = Some(now);
-        }
-        let slice_end = now + FLUSH_SLICE;
-        while self.deferred_pos < self.deferred.len() {
-            let key = self.deferred[self.deferred_pos];
-            self.deferred_pos += 1;
-            if let Some(conn) = self.conns.get_mut(key) {
-                conn.deferred = false;
-                self.flush_conn(key);
-            }
-            // The clock is read every 16 writes (a write is ~1-5 µs).
-            if self.deferred_pos.is_multiple_of(16) && Instant::now() >= slice_end {
-                return; // the rest next turn, after a poll
-            }
-        }
-        let end = Instant::now();
-        self.deferred.clear();
-        self.deferred_pos = 0;
-        self.last_round_cost = end.saturating_duration_since(self.round_start.take().unwrap_or(now));
-        self.last_round_end = Some(end);
-    }
-
-    /// One write attempt for one connection; after its last byte, FIN (if
-    /// closing) or resumed parsing (if paused).
-    pub(super) fn flush_conn(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let before = conn.out.bytes();
-        let result = conn.out.write_to(&mut crate::sys::Send(&conn.stream));
-        self.metrics.bytes_written.inc_by((before - conn.out.bytes()) as u64);
-        match result {
-            Ok(Flush::Blocked) => {}
-            Ok(Flush::Done) => match &mut conn.phase {
-                Phase::Closing { fin_sent, .. } if !*fin_sent => {
-                    *fin_sent = true;
-                    if conn.stream.shutdown(Shutdown::Write).is_err() {
-                        self.remove(key);
-                    }
-                }
-                Phase::Http(h) if h.paused => {
-                    h.paused = false;
-                    self.again.push(key);
-                }
-                _ => {}
-            },
-            Err(e) => {
-                debug!("{} write: {e}", conn.peer);
-                self.remove(key);
-            }
-        }
-    }
-
     // ---- closing -----------------------------------------------------------
 
     /// Moves to `Closing`: flush, FIN, drain until the peer closes or LINGER.
@@ -557,26 +479,21 @@ impl Server {
     }
 
     /// Stops counting `key` as a connected client — once: a client we sent
-    /// a close frame was uncounted then (`close_deadline` is set).
+    /// a close frame was uncounted then (`close_deadline` is set). Leaves
+    /// every channel every time (idempotent): nothing more is sent to it,
+    /// and its slab key may be reused.
     fn uncount(&mut self, key: usize, what: &str) {
+        self.leave_all(key);
         let conn = &self.conns[key];
         let Some(ws) = conn.ws() else { return };
         if ws.close_deadline.is_some() {
             return;
         }
         self.limits.remove_client(ws.ip.into());
-        debug!("{} ({:?}) {what}; {} clients", conn.peer, ws.sub, self.limits.clients());
-        // Out of every channel: nothing more is sent to it, and its slab
-        // key may be reused.
-        if let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) {
-            for s in std::mem::take(&mut ws.subs) {
-                let name = self.cluster.as_ref().map(|_| self.hub.channel(s.channel).name.to_string());
-                self.hub.unsubscribe(s.channel, key);
-                if let Some(name) = name {
-                    self.maybe_unsubscribe_remote(&name);
-                }
-            }
+        if ws.awaiting_auth {
+            self.awaiting_auth -= 1;
         }
+        debug!("{} ({:?}) {what}; {} clients", conn.peer, ws.sub, self.limits.clients());
     }
 
     // ---- timers ------------------------------------------------------------
@@ -589,6 +506,7 @@ impl Server {
 
     fn run_timers(&mut self, now: Instant) {
         self.drain_tick(now);
+        self.run_cluster_retries(now);
         if self.accept_paused_until.is_some_and(|t| now >= t) {
             self.accept_paused_until = None;
             self.accept();
@@ -657,6 +575,11 @@ pub fn log_startup(server: &Server) {
     );
     if c.broadcast_api_key.is_none() {
         warn!("BROADCAST_API_KEY is not set: any signed-in user's token can broadcast to everyone");
+    }
+    if c.control_api_key.is_none() && c.broadcast_api_key.is_none() {
+        info!(
+            "the server API (/api/unsubscribe, /api/disconnect, /api/revoke, ...) is off: set CONTROL_API_KEY to use it"
+        );
     }
     if c.allowed_origins == crate::config::Origins::Any {
         warn!("ALLOWED_ORIGINS=* lets any web page connect with a user's token; list your front-end origins instead");

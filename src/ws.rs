@@ -1,5 +1,6 @@
 //! The WebSocket side of a connection: the 101 handshake answer, the state
-//! kept per client, what client messages mean, and every close code we send.
+//! kept per client, and what client messages mean. The close codes we send
+//! are in [`crate::close`].
 //!
 //! tungstenite's [`WebSocketContext`] runs the protocol (frame parsing,
 //! masking, fragments, automatic pongs, the close handshake). It never
@@ -14,93 +15,23 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use serde::Deserialize;
-use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
 
 use crate::channels::{self, Refusal};
+pub use crate::close::Reason;
 use crate::compact::{Millis, PackedIp};
 use crate::config::Config;
 use crate::frame_meter::FrameMeter;
-use crate::hub::{ChannelId, Since};
+use crate::hub::Since;
 use crate::limits::TokenBucket;
 use crate::outqueue::OutQueue;
+pub use crate::subscription::Subscription;
 
 /// tungstenite's read buffer per [`Reading`]. Its default (128 KiB) would
 /// cost 1.3 GB at 10k clients; client messages here are ≤ 512 B (tokens up
 /// to MAX_AUTH_MESSAGE_BYTES grow it on demand), so 512 B covers a read.
 /// An idle client holds none (see [`Protocol`]).
 pub const READ_BUFFER_BYTES: usize = 512;
-
-/// Why we close a WebSocket: the one place that maps reasons to close codes
-/// (RFC 6455 §7.4.1 for 1xxx; 4xxx are taskcast's own).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// 1001: the server is shutting down.
-    Shutdown,
-    /// 1002: the client broke the protocol (bad framing, unmasked frame, ...).
-    Protocol,
-    /// 1003: binary frames are not part of taskcast's protocol.
-    Binary,
-    /// 1007: a text frame that is not UTF-8.
-    BadUtf8,
-    /// 1008: the client sent messages faster than allowed.
-    RateLimited,
-    /// 1009: a message over MAX_MESSAGE_BYTES (MAX_AUTH_MESSAGE_BYTES for auth).
-    TooBig,
-    /// 1012 ("service restart", IANA WebSocket close code registry): the
-    /// server is draining before a restart or deploy; the client should
-    /// reconnect after a random delay (and so reach another instance).
-    Restart,
-    /// 1009: a message in more than `limits::MAX_MESSAGE_FRAGMENTS` frames.
-    TooFragmented,
-    /// 1013 ("try again later"): the client read too slowly and SEND_QUEUE_LIMIT
-    /// messages piled up; it should reconnect and refetch its state.
-    SlowConsumer,
-    /// 4001: the token expired and was not refreshed in time.
-    TokenExpired,
-    /// 4003: an in-band `auth` token was invalid (bad signature, expired, ...).
-    AuthInvalid,
-    /// 4003: an in-band `auth` token was valid but for another user.
-    AuthOtherUser,
-}
-
-impl Reason {
-    pub fn code(self) -> u16 {
-        match self {
-            Reason::Shutdown => 1001,
-            Reason::Protocol => 1002,
-            Reason::Binary => 1003,
-            Reason::BadUtf8 => 1007,
-            Reason::RateLimited => 1008,
-            Reason::TooBig | Reason::TooFragmented => 1009,
-            Reason::Restart => 1012,
-            Reason::SlowConsumer => 1013,
-            Reason::TokenExpired => 4001,
-            Reason::AuthInvalid | Reason::AuthOtherUser => 4003,
-        }
-    }
-
-    pub fn text(self) -> &'static str {
-        match self {
-            Reason::Shutdown => "server shutting down",
-            Reason::Protocol => "protocol error",
-            Reason::Binary => "binary messages are not supported",
-            Reason::BadUtf8 => "text message is not valid UTF-8",
-            Reason::RateLimited => "too many messages",
-            Reason::TooBig => "message too big",
-            Reason::Restart => "server restarting: reconnect",
-            Reason::TooFragmented => "message in too many fragments",
-            Reason::SlowConsumer => "client too slow: reconnect",
-            Reason::TokenExpired => "token expired",
-            Reason::AuthInvalid => "invalid token",
-            Reason::AuthOtherUser => "token is for another user",
-        }
-    }
-
-    pub fn close_frame(self) -> tungstenite::protocol::CloseFrame {
-        tungstenite::protocol::CloseFrame { code: CloseCode::from(self.code()), reason: self.text().into() }
-    }
-}
 
 /// tungstenite settings for one server connection.
 pub fn config(cfg: &Config) -> WebSocketConfig {
@@ -181,14 +112,41 @@ pub struct WsConn {
     pub bucket: TokenBucket,
     /// What the connection token's channels claim grants.
     pub grants: Box<[Box<str>]>,
-    /// The channels this connection is in (at most MAX_SUBSCRIPTIONS).
+    /// The channels this connection is in or joining (at most
+    /// MAX_SUBSCRIPTIONS), each with its position: see
+    /// [`crate::subscription`]. The hub's index lists this connection in
+    /// exactly these channels.
     pub subs: Vec<Subscription>,
+    /// The connection token's `iat` (updated by an in-band refresh): a
+    /// revocation or denial compares it with its cut-off (see
+    /// [`crate::control`]); `None` counts as older than any cut-off.
+    pub iat: Option<u64>,
+    /// When the connection was opened (unix seconds): a disconnect this
+    /// instance missed while cut off from Redis closes the connections
+    /// opened by then.
+    pub opened_at: u64,
+    /// Upgraded with `?auth=message` and its first message (the token) has
+    /// not come yet: no user, no channels, no broadcasts; `expires_at` is the
+    /// deadline for that message (close 4008).
+    pub awaiting_auth: bool,
 }
 
 impl WsConn {
     /// May frames still be sent (not closing)?
     pub fn can_write(&self) -> bool {
         self.reading.as_ref().is_none_or(|r| r.ctx.can_write())
+    }
+
+    /// A `subscribe` this client sent is waiting for Redis: its later
+    /// requests wait too, so answers leave in request order.
+    pub fn awaiting_answer(&self) -> bool {
+        self.subs.iter().any(|s| matches!(&s.state, crate::subscription::State::Joining(j) if !j.silent))
+    }
+
+    /// Closing: a close frame was sent or received; it takes no more
+    /// requests and joins nothing.
+    pub fn closing(&self) -> bool {
+        self.close_deadline.is_some() || !self.can_write()
     }
 }
 
@@ -216,9 +174,12 @@ pub struct Reading {
 /// indistinguishable from a new one.
 pub struct Protocol {
     config: WebSocketConfig,
-    /// CLIENT_MESSAGES_PER_SEC / _BURST, for the meters.
+    /// CLIENT_MESSAGES_PER_SEC / _BURST, MAX_MESSAGE_BYTES and
+    /// MAX_AUTH_MESSAGE_BYTES, for the meters.
     rate: u32,
     burst: u32,
+    max_message: usize,
+    max_auth_message: usize,
     /// One Reading taken back, for the next connection that needs one: a
     /// pong per client every PING_INTERVAL would otherwise allocate one.
     spare: Option<Box<Reading>>,
@@ -235,6 +196,8 @@ impl Protocol {
             config,
             rate: cfg.client_msg_rate,
             burst: cfg.client_msg_burst,
+            max_message: cfg.max_message_bytes,
+            max_auth_message: cfg.max_auth_message_bytes,
             spare: None,
             writer: WebSocketContext::new(Role::Server, Some(config)),
         }
@@ -252,7 +215,8 @@ impl Protocol {
     }
 
     fn make(&mut self, bucket: TokenBucket, leftover: Vec<u8>, now: Instant) -> Box<Reading> {
-        let meter = FrameMeter::resume(self.rate, self.burst, bucket, leftover, now);
+        let meter =
+            FrameMeter::resume(self.rate, self.burst, self.max_message, self.max_auth_message, bucket, leftover, now);
         match self.spare.take() {
             Some(mut r) => {
                 r.meter = meter;
@@ -340,15 +304,6 @@ impl PartialEq<Subject> for &str {
     fn eq(&self, other: &Subject) -> bool {
         *self == other.as_str()
     }
-}
-
-/// One channel a connection is in.
-#[derive(Debug, Clone, Copy)]
-pub struct Subscription {
-    pub channel: ChannelId,
-    /// Joined with a subscription token expiring then (seconds since the
-    /// epoch); `None`: granted by the connection token (or its own user).
-    pub token_exp: Option<u64>,
 }
 
 /// What a client text message asks of the server.

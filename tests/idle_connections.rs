@@ -21,12 +21,17 @@ const PAUSE: Duration = Duration::from_millis(100);
 
 /// Upgrades a raw socket; returns it just past the 101 head.
 fn raw_ws(addr: SocketAddr, token: &str) -> TcpStream {
+    raw_ws_at(addr, &format!("/ws?token={token}"))
+}
+
+/// Upgrades a raw socket at `target` (`/ws?auth=message`: in band).
+fn raw_ws_at(addr: SocketAddr, target: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_nodelay(true).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     write!(
         s,
-        "GET /ws?token={token} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {target} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     .unwrap();
@@ -160,4 +165,70 @@ fn the_message_rate_bucket_outlives_idle_stretches() {
     let (op, payload) = read_frame(&mut c);
     assert_eq!(op, 0x8, "a close frame, not {:?}", String::from_utf8_lossy(&payload));
     assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1008);
+}
+
+/// `text` as a fragmented text message: fragments of `size` bytes, each
+/// its own frame (the first opcode 1, the rest continuations).
+fn fragments(text: &str, size: usize) -> Vec<Vec<u8>> {
+    let chunks: Vec<&[u8]> = text.as_bytes().chunks(size).collect();
+    let last = chunks.len() - 1;
+    chunks.iter().enumerate().map(|(i, c)| frame(i == last, if i == 0 { 0x1 } else { 0x0 }, c)).collect()
+}
+
+/// Sends each frame to each client, with a pause after each round: every
+/// fragment ends a read, so the connection is between frames (but inside
+/// a message) at every pause.
+fn send_with_pauses(clients: &mut [TcpStream], frames: &[Vec<u8>]) {
+    for f in frames {
+        for c in clients.iter_mut() {
+            c.write_all(f).unwrap();
+        }
+        std::thread::sleep(PAUSE);
+    }
+}
+
+/// The close code of the next close frame (pings skipped).
+fn close_code(s: &mut TcpStream) -> u16 {
+    loop {
+        match read_frame(s) {
+            (0x8, p) => return u16::from_be_bytes([p[0], p[1]]),
+            (0x9, _) => {}
+            (op, p) => panic!("opcode {op:#x}: {:?}", String::from_utf8_lossy(&p)),
+        }
+    }
+}
+
+#[test]
+fn a_fragmented_message_keeps_its_limit_across_pauses() {
+    // MAX_MESSAGE_BYTES 512 (MAX_AUTH_MESSAGE_BYTES 8192): an ordinary
+    // message in 100-byte fragments is refused (1009) at the fragment that
+    // takes it past 512, though the connection went idle after each one.
+    let s = start();
+    let mut cs: Vec<TcpStream> = (0..3).map(|i| raw_ws(s.addr, &token(&format!("u{i}")))).collect();
+    let text = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(2000));
+    send_with_pauses(&mut cs, &fragments(&text, 100)[..6]);
+    for c in cs.iter_mut() {
+        assert_eq!(close_code(c), 1009);
+    }
+}
+
+#[test]
+fn in_band_auth_in_fragments_across_pauses() {
+    // An idle in-band connection holds no protocol state; its auth message
+    // may come in fragments past MAX_MESSAGE_BYTES (its start says it may
+    // carry a token), each read in a turn of its own.
+    let s = start();
+    let mut cs: Vec<TcpStream> = (0..3).map(|_| raw_ws_at(s.addr, "/ws?auth=message")).collect();
+    std::thread::sleep(PAUSE);
+    for (i, c) in cs.iter_mut().enumerate() {
+        let text = format!(r#"{{"type":"auth","token":"{}","pad":"{}"}}"#, token(&format!("u{i}")), "x".repeat(900));
+        assert!(text.len() > 512);
+        send_with_pauses(std::slice::from_mut(c), &fragments(&text, 150));
+    }
+    let ping = frame(true, 0x1, br#"{"type":"ping"}"#);
+    for c in cs.iter_mut() {
+        assert_eq!(read_text(c), r#"{"type":"auth_ok"}"#);
+        c.write_all(&ping).unwrap();
+        assert_eq!(read_text(c), r#"{"type":"pong"}"#);
+    }
 }

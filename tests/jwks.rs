@@ -342,8 +342,9 @@ fn foreign_key_wrong_claims_and_expiry_are_refused() {
         ("foreign key", ed_token(ED_C_PRIVATE, "key-a", &claims("user-1")), AuthError::BadSignature),
         ("wrong iss", ed_token(ED_A_PRIVATE, "key-a", &with(json!({"iss": "http://evil"}))), AuthError::WrongIssuer),
         ("wrong aud", ed_token(ED_A_PRIVATE, "key-a", &with(json!({"aud": "http://evil"}))), AuthError::WrongAudience),
-        ("no iss", ed_token(ED_A_PRIVATE, "key-a", &with(json!({"iss": null}))), AuthError::Malformed),
-        ("no aud", ed_token(ED_A_PRIVATE, "key-a", &with(json!({"aud": null}))), AuthError::Malformed),
+        // Issue 18: a missing required claim says so (it was "malformed").
+        ("no iss", ed_token(ED_A_PRIVATE, "key-a", &with(json!({"iss": null}))), AuthError::MissingIssuer),
+        ("no aud", ed_token(ED_A_PRIVATE, "key-a", &with(json!({"aud": null}))), AuthError::MissingAudience),
         ("expired", ed_token(ED_A_PRIVATE, "key-a", &with(json!({"exp": now() - 3600}))), AuthError::Expired),
         ("nbf ahead", ed_token(ED_A_PRIVATE, "key-a", &with(json!({"nbf": now() + 3600}))), AuthError::NotYetValid),
         // An EdDSA key verifies EdDSA only, whatever the header says.

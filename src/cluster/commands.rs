@@ -1,5 +1,5 @@
-//! The `taskcast-redis` thread: one connection for publishes and history
-//! reads, each an atomic Lua script run with EVALSHA.
+//! The `taskcast-redis` thread: one connection for publishes, history
+//! reads and control records, each an atomic Lua script run with EVALSHA.
 //!
 //! Requests are pipelined: the thread takes everything that has queued up
 //! (up to [`MAX_BATCH`]) and sends it in one write, then reads the answers in
@@ -37,6 +37,41 @@ pub const MAX_BATCH: usize = 64;
 
 const PUBLISH_LUA: &str = include_str!("publish.lua");
 const HISTORY_LUA: &str = include_str!("history.lua");
+const BROADCAST_ONCE_LUA: &str = include_str!("broadcast_once.lua");
+const CONTROL_LUA: &str = include_str!("control.lua");
+const CONTROL_LOAD_LUA: &str = include_str!("control_load.lua");
+const PAGE_LUA: &str = include_str!("page.lua");
+
+/// Every script this thread runs, loaded on each new connection (and again
+/// after a SCRIPT FLUSH).
+struct Scripts {
+    publish: Script,
+    history: Script,
+    broadcast_once: Script,
+    control: Script,
+    control_load: Script,
+    page: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            publish: Script::new(PUBLISH_LUA),
+            history: Script::new(HISTORY_LUA),
+            broadcast_once: Script::new(BROADCAST_ONCE_LUA),
+            control: Script::new(CONTROL_LUA),
+            control_load: Script::new(CONTROL_LOAD_LUA),
+            page: Script::new(PAGE_LUA),
+        }
+    }
+
+    fn load(&self, conn: &mut Connection) -> redis::RedisResult<()> {
+        for s in [&self.publish, &self.history, &self.broadcast_once, &self.control, &self.control_load, &self.page] {
+            s.prepare_invoke().load(conn)?;
+        }
+        Ok(())
+    }
+}
 
 /// What the thread is asked to do.
 pub enum Job {
@@ -47,8 +82,19 @@ pub enum Job {
 
 /// The [`Command`]s this thread runs (the others go to the subscriber).
 pub enum Request {
-    Publish { id: u64, channel: String, kind: String, payload: String },
-    History { id: u64, channel: String, since: Option<(String, u64)> },
+    Publish {
+        id: u64,
+        channel: String,
+        kind: String,
+        payload: String,
+    },
+    History {
+        id: u64,
+        channel: String,
+        since: Option<(String, u64)>,
+    },
+    /// Everything but Publish and History is kept as the command itself.
+    Other(Command),
 }
 
 impl Request {
@@ -57,6 +103,10 @@ impl Request {
         match c {
             Command::Publish { id, channel, kind, payload } => Ok(Request::Publish { id, channel, kind, payload }),
             Command::History { id, channel, since } => Ok(Request::History { id, channel, since }),
+            c @ (Command::PublishOnce { .. }
+            | Command::Control { .. }
+            | Command::LoadControl { .. }
+            | Command::Page { .. }) => Ok(Request::Other(c)),
             other => Err(other),
         }
     }
@@ -65,6 +115,7 @@ impl Request {
         match self {
             Request::Publish { id, channel, kind, payload } => Command::Publish { id, channel, kind, payload },
             Request::History { id, channel, since } => Command::History { id, channel, since },
+            Request::Other(c) => c,
         }
     }
 }
@@ -76,8 +127,7 @@ pub struct Worker {
     outbox: Arc<Outbox>,
     jobs: Receiver<Job>,
     rng: Rng,
-    publish: Script,
-    read_history: Script,
+    scripts: Scripts,
     conn: Option<Connection>,
     /// Why the last connect failed: the error a request gets while down.
     last_error: String,
@@ -101,8 +151,7 @@ impl Worker {
             outbox,
             jobs,
             rng: Rng::new(),
-            publish: Script::new(PUBLISH_LUA),
-            read_history: Script::new(HISTORY_LUA),
+            scripts: Scripts::new(),
             conn: None,
             last_error: "not connected yet".into(),
             backoff: Backoff::new(),
@@ -143,8 +192,7 @@ impl Worker {
             let mut conn = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
             conn.set_read_timeout(Some(COMMAND_TIMEOUT))?;
             conn.set_write_timeout(Some(COMMAND_TIMEOUT))?;
-            self.publish.prepare_invoke().load(&mut conn)?;
-            self.read_history.prepare_invoke().load(&mut conn)?;
+            self.scripts.load(&mut conn)?;
             Ok(conn)
         };
         match attempt() {
@@ -180,7 +228,7 @@ impl Worker {
             cmds.push(redis::cmd("PING"));
         }
         for c in &requests {
-            cmds.push(to_redis(c, &self.names, self.history, &mut self.rng, &self.publish, &self.read_history));
+            cmds.push(to_redis(c, &self.names, self.history, &mut self.rng, &self.scripts));
         }
         let answers = match pipeline(conn, &cmds) {
             Ok(mut answers) => {
@@ -191,12 +239,7 @@ impl Worker {
                 if !stale.is_empty() {
                     debug!("Redis lost our scripts; loading them again");
                     let again: Vec<Cmd> = stale.iter().map(|&i| cmds[i].clone()).collect();
-                    let reloaded = self
-                        .publish
-                        .prepare_invoke()
-                        .load(conn)
-                        .and_then(|_| self.read_history.prepare_invoke().load(conn))
-                        .and_then(|_| pipeline(conn, &again));
+                    let reloaded = self.scripts.load(conn).and_then(|_| pipeline(conn, &again));
                     match reloaded {
                         Ok(retried) => stale.iter().zip(retried).for_each(|(&i, v)| answers[i] = v),
                         Err(e) => return self.lost(requests, e),
@@ -240,14 +283,9 @@ fn is_noscript(v: &Value) -> bool {
 }
 
 /// The Redis command for a request.
-fn to_redis(
-    c: &Request,
-    names: &Names,
-    history: HistorySettings,
-    rng: &mut Rng,
-    publish: &Script,
-    read_history: &Script,
-) -> Cmd {
+fn to_redis(c: &Request, names: &Names, history: HistorySettings, rng: &mut Rng, scripts: &Scripts) -> Cmd {
+    let (publish, read_history) = (&scripts.publish, &scripts.history);
+    let meta_ttl = META_TTL.as_secs().max(history.ttl.as_secs());
     match c {
         Request::Publish { channel, kind, payload, .. } if channel == BROADCAST => {
             redis::cmd("PUBLISH").arg(names.broadcast()).arg(wire::encode_broadcast(kind, payload)).to_owned()
@@ -262,7 +300,7 @@ fn to_redis(
             .arg(payload)
             .arg(history.size)
             .arg(history.ttl.as_secs())
-            .arg(META_TTL.as_secs().max(history.ttl.as_secs()))
+            .arg(meta_ttl)
             .arg(names.pubsub(channel))
             .to_owned(),
         Request::History { channel, since, .. } => {
@@ -276,12 +314,81 @@ fn to_redis(
                 .arg(names.meta(channel))
                 .arg(names.stream(channel))
                 .arg(rng.epoch())
-                .arg(META_TTL.as_secs().max(history.ttl.as_secs()))
+                // A read fixes a silent channel's epoch only for as long as
+                // its history would last: a subscribe alone never makes a
+                // long-lived key (a publish extends it to META_TTL).
+                .arg(history.ttl.as_secs().max(1))
                 .arg(since_epoch)
                 .arg(since_offset)
                 .arg(history.size)
                 .to_owned()
         }
+        Request::Other(Command::PublishOnce { channel, kind, payload, key, ttl_secs, .. }) if channel == BROADCAST => {
+            redis::cmd("EVALSHA")
+                .arg(scripts.broadcast_once.get_hash())
+                .arg(1)
+                .arg(names.idempotency(BROADCAST, key))
+                .arg(ttl_secs)
+                .arg(names.broadcast())
+                .arg(wire::encode_broadcast(kind, payload))
+                .to_owned()
+        }
+        Request::Other(Command::PublishOnce { channel, kind, payload, key, ttl_secs, .. }) => redis::cmd("EVALSHA")
+            .arg(publish.get_hash())
+            .arg(3)
+            .arg(names.meta(channel))
+            .arg(names.stream(channel))
+            .arg(names.idempotency(channel, key))
+            .arg(rng.epoch())
+            .arg(kind)
+            .arg(payload)
+            .arg(history.size)
+            .arg(history.ttl.as_secs())
+            .arg(meta_ttl)
+            .arg(names.pubsub(channel))
+            .arg(ttl_secs)
+            .to_owned(),
+        Request::Other(Command::Control { field, record, message, before, expires, .. }) => redis::cmd("EVALSHA")
+            .arg(scripts.control.get_hash())
+            .arg(2)
+            .arg(names.control_records())
+            .arg(names.control_expiry())
+            .arg(field)
+            .arg(record)
+            .arg(before)
+            .arg(expires)
+            .arg(crate::auth::now_secs())
+            .arg(names.control())
+            .arg(message)
+            .to_owned(),
+        Request::Other(Command::LoadControl { .. }) => redis::cmd("EVALSHA")
+            .arg(scripts.control_load.get_hash())
+            .arg(2)
+            .arg(names.control_records())
+            .arg(names.control_expiry())
+            .arg(crate::auth::now_secs())
+            .to_owned(),
+        Request::Other(Command::Page { channel, since, limit, .. }) => {
+            let (since_epoch, since_offset) = match since {
+                Some((e, o)) => (e.as_str(), *o),
+                None => ("", 0),
+            };
+            redis::cmd("EVALSHA")
+                .arg(scripts.page.get_hash())
+                .arg(2)
+                .arg(names.meta(channel))
+                .arg(names.stream(channel))
+                .arg(rng.epoch())
+                // Like a subscribe's read: a page's read fixes a silent
+                // channel's epoch for as long as its history would last.
+                .arg(history.ttl.as_secs().max(1))
+                .arg(since_epoch)
+                .arg(since_offset)
+                .arg(limit)
+                .to_owned()
+        }
+        // Subscribe/Unsubscribe go to the pub/sub thread (see `from_command`).
+        Request::Other(_) => redis::cmd("PING"),
     }
 }
 
@@ -297,16 +404,42 @@ fn answer(c: Request, v: Value) -> Event {
     let unexpected = |what: &str| format!("unexpected answer from Redis to {what}: {v:?}");
     match c {
         Request::Publish { id, channel, .. } if channel == BROADCAST => {
-            Event::Published { id, channel, epoch: String::new(), offset: 0 }
+            Event::Published { id, channel, epoch: String::new(), offset: 0, duplicate: false }
         }
         Request::Publish { id, channel, .. } => match position(&v) {
-            Some((epoch, offset)) => Event::Published { id, channel, epoch, offset },
+            Some((epoch, offset)) => Event::Published { id, channel, epoch, offset, duplicate: false },
             None => Event::PublishFailed { id, channel, error: unexpected("publish.lua") },
         },
         Request::History { id, channel, since } => match history(&v, since.as_ref()) {
             Some((epoch, offset, entries)) => Event::History { id, channel, epoch, offset, entries },
             None => Event::HistoryFailed { id, channel, error: unexpected("history.lua") },
         },
+        Request::Other(Command::PublishOnce { id, channel, .. }) if channel == BROADCAST => match v {
+            Value::Int(n @ (0 | 1)) => {
+                Event::Published { id, channel, epoch: String::new(), offset: 0, duplicate: n == 1 }
+            }
+            _ => Event::PublishFailed { id, channel, error: unexpected("broadcast_once.lua") },
+        },
+        Request::Other(Command::PublishOnce { id, channel, .. }) => {
+            let duplicate = matches!(&v, Value::Array(items) if matches!(items.get(2), Some(Value::Int(1))));
+            match position(&v) {
+                Some((epoch, offset)) => Event::Published { id, channel, epoch, offset, duplicate },
+                None => Event::PublishFailed { id, channel, error: unexpected("publish.lua") },
+            }
+        }
+        Request::Other(Command::Control { id, .. }) => match v {
+            Value::Int(1) => Event::ControlStored { id },
+            _ => Event::ControlFailed { id, error: unexpected("control.lua") },
+        },
+        Request::Other(Command::LoadControl { id }) => match texts(&v) {
+            Some(records) => Event::ControlLoaded { id, records },
+            None => Event::ControlFailed { id, error: unexpected("control_load.lua") },
+        },
+        Request::Other(Command::Page { id, channel, .. }) => match page(&v) {
+            Some((epoch, offset, first, entries)) => Event::Page { id, channel, epoch, offset, first, entries },
+            None => Event::ControlFailed { id, error: unexpected("page.lua") },
+        },
+        Request::Other(c) => failed(Request::Other(c), "not a Redis request"),
     }
 }
 
@@ -315,7 +448,40 @@ fn failed(c: Request, error: &str) -> Event {
     match c {
         Request::Publish { id, channel, .. } => Event::PublishFailed { id, channel, error },
         Request::History { id, channel, .. } => Event::HistoryFailed { id, channel, error },
+        Request::Other(Command::PublishOnce { id, channel, .. }) => Event::PublishFailed { id, channel, error },
+        Request::Other(
+            Command::Control { id, .. }
+            | Command::LoadControl { id }
+            | Command::Page { id, .. }
+            | Command::Publish { id, .. }
+            | Command::History { id, .. },
+        ) => Event::ControlFailed { id, error },
+        Request::Other(Command::Subscribe { .. } | Command::Unsubscribe { .. }) => {
+            Event::ControlFailed { id: 0, error }
+        }
     }
+}
+
+/// An array of texts (control_load.lua's answer).
+fn texts(v: &Value) -> Option<Vec<String>> {
+    let Value::Array(items) = v else { return None };
+    items.iter().map(text).collect()
+}
+
+/// page.lua's answer: `{epoch, offset, first, entries}`.
+fn page(v: &Value) -> Option<(String, u64, u64, Vec<Entry>)> {
+    let (epoch, offset) = position(v)?;
+    let Value::Array(items) = v else { return None };
+    let first = match items.get(2)? {
+        Value::Int(n) => u64::try_from(*n).ok()?,
+        _ => return None,
+    };
+    let Value::Array(raw) = items.get(3)? else { return None };
+    let entries = raw
+        .iter()
+        .map(|e| stream_entry(e).map(|(offset, (kind, payload))| Entry { offset, kind, payload }))
+        .collect::<Option<Vec<_>>>()?;
+    Some((epoch, offset, first, entries))
 }
 
 /// `{epoch, offset, ...}` as both scripts return it.

@@ -109,16 +109,72 @@ fn check_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `redis://user:secret@host/0` -> `redis://user:***@host/0`.
+/// Query parameters whose values are shown as they are: the redis crate
+/// reads `db`, `protocol` and `user` (none secret) besides `pass`. Any
+/// other parameter's value is shown as `***` — `pass`, `password`, and
+/// names we cannot vouch for (`pa%73s` is `pass` to the crate).
+const SHOWN_PARAMS: [&str; 3] = ["db", "protocol", "user"];
+
+/// The URL with every credential replaced by `***`, for logs and errors:
+/// `redis://user:secret@host/0` -> `redis://user:***@host/0`,
+/// `redis+unix:///run/redis.sock?pass=secret&db=1` ->
+/// `redis+unix:///run/redis.sock?pass=***&db=1`.
+///
+/// Fails closed, since the input may be a malformed URL being refused:
+/// everything up to the last `@` before the query counts as userinfo (a
+/// password holding an unescaped `/` or `@` stays hidden), only the values
+/// of [`SHOWN_PARAMS`] are shown, and a fragment is dropped.
 fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_string() };
-    match rest[..at].split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{}", &rest[at + 1..]),
-        // `redis://secret@host`: a bare userinfo is the password to the crate.
-        None => format!("{scheme}://***@{}", &rest[at + 1..]),
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let (rest, fragment) = match rest.split_once('#') {
+        Some((r, _)) => (r, true),
+        None => (rest, false),
+    };
+    let (before_query, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest, None),
+    };
+    let mut out = String::with_capacity(url.len());
+    if let Some(scheme) = scheme {
+        out.push_str(scheme);
+        out.push_str("://");
     }
+    match before_query.rfind('@') {
+        Some(at) => {
+            match before_query[..at].split_once(':') {
+                Some((user, _)) => {
+                    out.push_str(user);
+                    out.push_str(":***@");
+                }
+                // `redis://secret@host`: a bare userinfo is the password to the crate.
+                None => out.push_str("***@"),
+            }
+            out.push_str(&before_query[at + 1..]);
+        }
+        None => out.push_str(before_query),
+    }
+    if let Some(query) = query {
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((name, _)) if !SHOWN_PARAMS.contains(&name) => {
+                    out.push_str(name);
+                    out.push_str("=***");
+                }
+                _ => out.push_str(pair),
+            }
+        }
+    }
+    if fragment {
+        out.push_str("#***");
+    }
+    out
 }
 
 #[cfg(test)]
@@ -188,5 +244,34 @@ mod tests {
         assert!(!format!("{c:?}").contains("hunter2"));
         assert_eq!(redact("redis://hunter2@h"), "redis://***@h");
         assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+    }
+
+    #[test]
+    fn a_credential_is_redacted_wherever_it_sits() {
+        let table = [
+            ("redis+unix:///run/redis.sock?pass=hunter2", "redis+unix:///run/redis.sock?pass=***"),
+            ("redis+unix:///run/r.sock?db=1&user=app&pass=hunter2", "redis+unix:///run/r.sock?db=1&user=app&pass=***"),
+            ("unix:///r.sock?password=hunter2&db=2", "unix:///r.sock?password=***&db=2"),
+            ("redis://h:6379/0?password=hunter2", "redis://h:6379/0?password=***"),
+            ("redis+unix:///r.sock?pa%73s=hunter2", "redis+unix:///r.sock?pa%73s=***"),
+            ("redis://u:hunter2@h/0?db=1", "redis://u:***@h/0?db=1"),
+            ("redis://u:hun/ter2@h:6379", "redis://u:***@h:6379"),
+            ("redis://u:hun@ter2@h:6379", "redis://u:***@h:6379"),
+            ("redis://u:pw@h#hunter2", "redis://u:***@h#***"),
+            ("u:hunter2@h:6379", "u:***@h:6379"),
+            ("redis+unix://:hunter2@/r.sock", "redis+unix://:***@/r.sock"),
+            ("redis://h:6379/0?protocol=resp3", "redis://h:6379/0?protocol=resp3"),
+        ];
+        for (url, want) in table {
+            assert_eq!(redact(url), want, "{url}");
+        }
+        // Everywhere the URL is shown: the config's Debug, and start-up errors.
+        let c = parse(&[("REDIS_URL", "redis+unix:///run/redis.sock?pass=hunter2")]).unwrap().unwrap();
+        assert_eq!(c.redacted_url(), "redis+unix:///run/redis.sock?pass=***");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let e = parse(&[("REDIS_URL", "http://h/?pass=hunter2")]).unwrap_err();
+        assert!(!e.message.contains("hunter2"), "{}", e.message);
+        let e = parse(&[("REDIS_URL", "redis://u:hun/ter2@h:notaport")]).unwrap_err();
+        assert!(!e.message.contains("ter2"), "{}", e.message);
     }
 }

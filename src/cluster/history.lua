@@ -3,7 +3,8 @@
 -- KEYS[1]  the channel's meta hash   ({prefix}:meta:{channel}): epoch, offset
 -- KEYS[2]  the channel's stream      ({prefix}:stream:{channel})
 -- ARGV[1]  a fresh random epoch, used only if the meta hash does not exist
--- ARGV[2]  meta TTL in seconds (for a meta hash created here)
+-- ARGV[2]  TTL in seconds for a meta hash created here: the history TTL, so
+--          subscribes alone never leave long-lived keys (a publish extends it)
 -- ARGV[3]  the epoch the subscriber last saw, or '' for none
 -- ARGV[4]  the offset the subscriber last saw (ignored without ARGV[3])
 -- ARGV[5]  the most entries to read (history size)

@@ -6,6 +6,10 @@
 //! | `{prefix}:stream:{<channel>}` | stream | the last HISTORY_SIZE messages, entry ID `<offset>-0`, fields `k` (type) and `p` (payload) |
 //! | `{prefix}:ch:{<channel>}` | pub/sub channel | each message as it is published (see [`super::wire`]) |
 //! | `{prefix}:broadcast` | pub/sub channel | the original broadcast to everyone (no offset, no history) |
+//! | `{prefix}:idem:{<channel>}:<key>` | string | `<epoch> <offset>` the first publish with `Idempotency-Key: <key>` got (`{*}`: a broadcast to everyone); expires after IDEMPOTENCY_TTL_SECS |
+//! | `{prefix}:control:{*}` | hash | the denials, revocations and disconnects in force ([`crate::control::Record`] text), one field per user (and pattern) |
+//! | `{prefix}:control-expiry:{*}` | sorted set | the same fields, scored by when each may be dropped (unix seconds) |
+//! | `{prefix}:control` | pub/sub channel | each control action as it is taken: `<instance> <record>` |
 //!
 //! The braces do two jobs. They are Redis Cluster hash tags: a channel's meta
 //! and stream hash to the same slot, which a script touching both needs
@@ -54,6 +58,29 @@ impl Names {
         &self.broadcast
     }
 
+    /// Where a publish's `Idempotency-Key` is remembered: tagged with its
+    /// channel (in the slot of the channel's meta hash, which
+    /// `publish.lua` touches in the same step), or `*` for everyone.
+    pub fn idempotency(&self, channel: &str, key: &str) -> String {
+        format!("{}:idem:{{{channel}}}:{key}", self.prefix)
+    }
+
+    /// The hash of control records and its expiry index (one hash tag, so
+    /// one script may touch both under Redis Cluster; `*` is no channel).
+    pub fn control_records(&self) -> String {
+        format!("{}:control:{{*}}", self.prefix)
+    }
+
+    pub fn control_expiry(&self) -> String {
+        format!("{}:control-expiry:{{*}}", self.prefix)
+    }
+
+    /// The pub/sub channel control actions travel on (not a channel name
+    /// [`Names::channel_of`] accepts).
+    pub fn control(&self) -> String {
+        format!("{}:control", self.prefix)
+    }
+
     /// Which taskcast channel a pub/sub channel name carries: `Some(None)`
     /// for the broadcast, `None` for a name that is not ours.
     pub fn channel_of<'a>(&self, pubsub: &'a str) -> Option<Option<&'a str>> {
@@ -76,6 +103,10 @@ mod tests {
         assert_eq!(n.stream("project:42"), "app:stream:{project:42}");
         assert_eq!(n.pubsub("project:42"), "app:ch:{project:42}");
         assert_eq!(n.broadcast(), "app:broadcast");
+        assert_eq!(n.idempotency("project:42", "k-1"), "app:idem:{project:42}:k-1");
+        assert_eq!(n.control_records(), "app:control:{*}");
+        assert_eq!(n.control_expiry(), "app:control-expiry:{*}");
+        assert_eq!(n.channel_of(&n.control()), None, "control messages are not a channel's");
         assert_eq!(n.channel_of("app:ch:{project:42}"), Some(Some("project:42")));
         assert_eq!(n.channel_of("app:broadcast"), Some(None));
         assert_eq!(n.channel_of("app:ch:{}"), None);

@@ -10,9 +10,10 @@
 //! from [`RedisLink::try_recv`] after the loop's `mio::Waker` fires. Behind
 //! the link, two helper threads each own one connection:
 //!
-//! - `taskcast-redis` (`commands.rs`): publishes and history reads, each one
-//!   atomic Lua script (`publish.lua`, `history.lua`, kept as files next to
-//!   the code), pipelined: whatever has queued up while a round trip was out
+//! - `taskcast-redis` (`commands.rs`): publishes, history reads and control
+//!   records, each one atomic Lua script (`publish.lua`, `history.lua`,
+//!   `broadcast_once.lua`, `control.lua`, `control_load.lua`, `page.lua`,
+//!   kept as files next to the code), pipelined: whatever has queued up while a round trip was out
 //!   goes in the next one.
 //! - `taskcast-redis-sub` (`subscriber.rs`): the pub/sub connection, SUBSCRIBEd
 //!   to the broadcast channel and to every channel the loop asked for.
@@ -50,6 +51,14 @@
 //!   [`Event::Message`]'s offset is not last+1, or its epoch differs from the
 //!   one the loop knows (the channel's meta was flushed or evicted in Redis:
 //!   offsets restarted at 1 under a new epoch).
+//! - **The server API** (`crate::control`): a publish with an
+//!   `Idempotency-Key` is a [`Command::PublishOnce`]; an unsubscribe,
+//!   disconnect or revoke is stored and announced with [`Command::Control`];
+//!   every instance hears them as [`Event::Control`] (the pub/sub connection
+//!   is always in the control channel, like the broadcast one) and, after
+//!   every [`Event::LinkUp`], sends [`Command::LoadControl`] before any gap
+//!   repair, to catch up on what it missed. Positions and history for pages
+//!   are [`Command::Page`].
 
 mod commands;
 pub mod config;
@@ -115,6 +124,24 @@ pub enum Command {
         /// `(epoch, offset)` the subscriber last saw.
         since: Option<(String, u64)>,
     },
+    /// [`Command::Publish`] with an `Idempotency-Key`: stored and published
+    /// only if `key` was not seen on this channel within `ttl_secs`, in the
+    /// same atomic step. Answered by [`Event::Published`] (with `duplicate`
+    /// set, and the first publish's epoch and offset, when it was seen) or
+    /// [`Event::PublishFailed`]. [`BROADCAST`] works too (PUBLISH only).
+    PublishOnce { id: u64, channel: String, kind: String, payload: String, key: String, ttl_secs: u64 },
+    /// Store a control record under `field` (the later `before` wins) and
+    /// PUBLISH `message` on the control channel, in one step (`control.lua`).
+    /// Answered by [`Event::ControlStored`] or [`Event::ControlFailed`].
+    Control { id: u64, field: String, record: String, message: String, before: u64, expires: u64 },
+    /// Every control record in force. Answered by [`Event::ControlLoaded`]
+    /// or [`Event::ControlFailed`].
+    LoadControl { id: u64 },
+    /// A channel's position, the oldest offset it holds, and up to `limit`
+    /// held messages after `since` (from the oldest without it, or when its
+    /// epoch is not the channel's). Fixes the epoch like [`Command::History`].
+    /// Answered by [`Event::Page`] or [`Event::ControlFailed`].
+    Page { id: u64, channel: String, since: Option<(String, u64)>, limit: usize },
     /// SUBSCRIBE to the channel; answered by [`Event::Subscribed`] once it is
     /// in effect. The broadcast channel is always subscribed.
     Subscribe { channel: String },
@@ -141,6 +168,9 @@ pub enum Event {
         channel: String,
         epoch: String,
         offset: u64,
+        /// A [`Command::PublishOnce`] whose key was seen: nothing was
+        /// stored or published; `epoch` and `offset` are the first publish's.
+        duplicate: bool,
     },
     /// Not published, or not known to be: Redis is down, the link is
     /// reconnecting, the queue is full, or the connection broke while the
@@ -185,6 +215,38 @@ pub enum Event {
     /// connection is back (around [`Event::LinkUp`], in either order).
     Subscribed {
         channel: String,
+    },
+    /// A [`Command::Control`] is stored and published.
+    ControlStored {
+        id: u64,
+    },
+    /// The control records in force, as stored (see [`crate::control::Record`]).
+    ControlLoaded {
+        id: u64,
+        records: Vec<String>,
+    },
+    /// A [`Command::Control`], [`Command::LoadControl`] or [`Command::Page`]
+    /// failed (Redis down or refused, or the connection broke: a Control
+    /// may or may not have been stored).
+    ControlFailed {
+        id: u64,
+        error: String,
+    },
+    /// The answer to [`Command::Page`]: `first` is the oldest offset the
+    /// channel's history holds (0: none); `entries` oldest first.
+    Page {
+        id: u64,
+        channel: String,
+        epoch: String,
+        offset: u64,
+        first: u64,
+        entries: Vec<Entry>,
+    },
+    /// A message on the control channel: `<instance> <record>`, from any
+    /// instance (this one's own included). At most once, like every pub/sub
+    /// message: [`Command::LoadControl`] after [`Event::LinkUp`] catches up.
+    Control {
+        message: String,
     },
     /// Both connections are up (again) and every channel asked for is
     /// subscribed. After a [`Event::LinkDown`], every subscribed channel may

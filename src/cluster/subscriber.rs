@@ -198,7 +198,10 @@ impl Worker {
         // Messages are large and pongs tiny; both come through one parser,
         // which keeps a partly read reply across read timeouts.
         let mut parser = Parser::new();
-        let mut all: Vec<String> = vec![self.names.broadcast().to_string()];
+        // The control channel with the broadcast: both are subscribed before
+        // LinkUp, which is what the loop's load of control records after
+        // LinkUp relies on (see control.lua).
+        let mut all: Vec<String> = vec![self.names.broadcast().to_string(), self.names.control()];
         all.extend(self.wanted.iter().map(|c| self.names.pubsub(c)));
         if let Err(e) = send(&mut sock, "SUBSCRIBE", &all) {
             return End::Lost(e);
@@ -338,6 +341,13 @@ impl Worker {
                     return Reply::Broken("malformed pub/sub message".into());
                 };
                 let name = String::from_utf8_lossy(&name);
+                if name == self.names.control() {
+                    let Ok(message) = String::from_utf8(payload) else {
+                        warn!("ignoring a control message that is not UTF-8 (not written by taskcast?)");
+                        return Reply::Message;
+                    };
+                    return if self.outbox.post(Event::Control { message }) { Reply::Message } else { Reply::LoopGone };
+                }
                 let channel = match self.names.channel_of(&name) {
                     Some(Some(c)) => c.to_string(),
                     Some(None) => BROADCAST.to_string(),

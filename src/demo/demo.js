@@ -72,7 +72,7 @@ function startWith(token) {
   });
   // Before channels, the server ignores the subscribe; channel broadcasts then reach everyone.
   setTimeout(() => {
-    if (client.state === 'connected' && !$('log').textContent.includes('subscribed')) {
+    if (client.state === 'open' && !$('log').textContent.includes('subscribed')) {
       $('note').textContent = 'this server has no channels: showing broadcasts to everyone';
     }
   }, 3000);

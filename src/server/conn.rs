@@ -23,6 +23,10 @@ pub(super) struct Conn {
     pub dirty: bool,
     /// Already listed in `Server::deferred` (broadcast frames only).
     pub deferred: bool,
+    /// Output held back, 101 included, until the user channel's position is
+    /// known (cluster mode): a client that sees the upgrade then gets every
+    /// message of its user channel published after it.
+    pub corked: bool,
     /// 18 bytes, packed with the fields above into one 32-byte head.
     pub peer: PackedAddr,
     pub out: OutQueue,
@@ -103,6 +107,7 @@ impl Conn {
             stream,
             dirty: false,
             deferred: false,
+            corked: false,
             peer: peer.into(),
             out: OutQueue::default(),
             phase: Phase::Http(HttpConn::default()),

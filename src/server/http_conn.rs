@@ -11,20 +11,23 @@ use log::debug;
 
 use super::conn::Phase;
 use super::{READ_BUDGET_BYTES, Server};
-use crate::api::{self, Action, Ctx};
-use crate::auth;
+use crate::api::{self, Action, Ctx, UpgradeAuth};
 use crate::http::{self, Head, Response};
-use crate::ws::{self, WsConn};
+use crate::ws::{self, Reason, WsConn};
 
 /// An HTTP client with this much unread output gets no more requests
 /// parsed until it reads (pipelining without reading cannot grow memory).
 pub(super) const HTTP_OUT_HIGH_WATER: usize = 256 * 1024;
+
+/// The interim answer to `Expect: 100-continue` (RFC 9110 §15.2.1).
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 impl Server {
     pub(super) fn read_http(&mut self, key: usize) {
         let limit = http::MAX_HEAD_BYTES + self.config.max_broadcast_bytes;
         let mut total = 0;
         let mut eof = false;
+        let started;
         {
             let conn = &mut self.conns[key];
             let Phase::Http(h) = &mut conn.phase else {
@@ -37,6 +40,7 @@ impl Server {
                 h.buf.drain(..h.consumed);
                 h.consumed = 0;
             }
+            let was_idle = h.is_idle();
             loop {
                 // Never hold more than one head + one body: parse_head
                 // rejects what would not fit, so stop reading past that.
@@ -59,6 +63,14 @@ impl Server {
                     Err(_) => return self.remove(key),
                 }
             }
+            // A request's first byte: its REQUEST_TIMEOUT_SECS start now,
+            // not when the previous response left (which would leave a
+            // request that starts late in an idle keep-alive connection
+            // only what remains of that wait).
+            started = was_idle && !h.buf.is_empty();
+        }
+        if started {
+            self.set_deadline(key, Instant::now() + self.config.request_timeout);
         }
         if self.process_http(key) {
             // Publishers first: a Server Action waits for this answer, so it
@@ -68,6 +80,9 @@ impl Server {
         }
         if eof {
             match self.conns.get(key).map(|c| &c.phase) {
+                // A publish waiting for Redis (cluster mode) is answered
+                // first: its answer reads again, sees this EOF, and closes.
+                Some(Phase::Http(h)) if h.parked => {}
                 // Half-close: answer what arrived whole, then close.
                 Some(Phase::Http(_)) => self.begin_close(key),
                 // The EOF came in the same read as an upgrade request: let
@@ -130,8 +145,10 @@ impl Server {
                         now,
                         admitted: false,
                         metrics: &self.metrics,
+                        refusals: &self.refusals,
                         draining,
                         redis_up: self.cluster.as_ref().map(|c| c.up),
+                        control: &self.control.store,
                     };
                     if let Err(resp) = api::admit(&head, &ctx) {
                         h.buf = Vec::new();
@@ -143,6 +160,17 @@ impl Server {
                         return published;
                     }
                     h.admitted = true;
+                    // RFC 9110 §10.1.1: a client that sent `Expect:
+                    // 100-continue` waits for this before its body (curl,
+                    // for a second). A refusal above went out as the final
+                    // status instead, without the body being read.
+                    if head.expect_continue && h.buf.len() == start {
+                        conn.out.push_owned(CONTINUE.to_vec());
+                        if !conn.dirty {
+                            conn.dirty = true;
+                            self.dirty.push(key);
+                        }
+                    }
                 }
                 h.head = Some(head);
                 return published;
@@ -156,13 +184,15 @@ impl Server {
                 now,
                 admitted,
                 metrics: &self.metrics,
+                refusals: &self.refusals,
                 draining,
                 redis_up: self.cluster.as_ref().map(|c| c.up),
+                control: &self.control.store,
             };
             let action = api::route(&head, &h.buf[start..end], &ctx);
-            if let Action::Upgrade { key: ws_key, claims } = action {
+            if let Action::Upgrade { key: ws_key, auth } = action {
                 let leftover = h.buf.split_off(end);
-                self.upgrade(key, &head, ip, &ws_key, claims, leftover);
+                self.upgrade(key, &head, ip, &ws_key, auth, leftover);
                 return published;
             }
             h.consumed = end;
@@ -185,6 +215,14 @@ impl Server {
                     }
                 }
                 Action::Metrics => self.scrape(),
+                Action::Control(req) => {
+                    // Like a publish: a server waits for this answer.
+                    published = true;
+                    match self.control(key, &head, req) {
+                        Some(resp) => resp,
+                        None => return published, // parked until Redis answers
+                    }
+                }
                 Action::Upgrade { .. } => unreachable!("handled above"),
             };
             self.respond(key, &head, resp);
@@ -212,56 +250,51 @@ impl Server {
         self.set_deadline(key, Instant::now() + self.config.request_timeout);
     }
 
-    fn upgrade(&mut self, key: usize, head: &Head, ip: IpAddr, ws_key: &str, claims: auth::Claims, leftover: Vec<u8>) {
+    /// Sends 101 and makes the connection a WebSocket. With the token
+    /// verified already it is authenticated at once; in band it waits for
+    /// its first message until REQUEST_TIMEOUT_SECS ([`Server::authenticate`]
+    /// is the one path that sets up an authenticated connection either way).
+    fn upgrade(&mut self, key: usize, head: &Head, ip: IpAddr, ws_key: &str, auth: UpgradeAuth, leftover: Vec<u8>) {
         let now = Instant::now();
-        let expires_at = auth::expires_at(now, claims.exp, self.config.jwt_leeway_secs);
-        let grants = crate::channels::grants_from_claim(
-            claims.extra.get(&self.config.channels_claim),
-            self.config.max_subscriptions,
-        );
-        let sub = claims.sub.unwrap_or_default();
-        // Every connection is in its own user's channel. Most connections
-        // stay in that one: room for one subscription (a Vec's first
-        // allocation would otherwise hold four).
-        let mut subs = Vec::with_capacity(1);
-        let sub = match crate::channels::user_channel(&sub) {
-            Some(name) => {
-                let id = self.hub.subscribe(&name, key);
-                subs.push(ws::Subscription { channel: id, token_exp: None });
-                self.cluster_ensure(&name);
-                ws::Subject::shared(self.hub.channel(id).name.clone())
-            }
-            None => ws::Subject::new(&sub),
-        };
         let conn = &mut self.conns[key];
         conn.out.push_owned(ws::handshake_response(ws_key));
         let has_leftover = !leftover.is_empty();
+        // Bytes that came with the request go through a meter first, like
+        // every other frame byte.
         let (reading, bucket) = self.protocol.open(leftover, now);
         let http_ip = conn.phase.http_ip();
         conn.phase = Phase::Ws(WsConn {
             reading,
-            sub,
+            sub: ws::Subject::new(""),
             ip: ip.into(),
-            expires_at: expires_at.into(),
+            // Replaced by the token's expiry once authenticated.
+            expires_at: (now + self.config.request_timeout).into(),
             last_seen: now.into(),
             next_ping: (now + self.config.ping_interval).into(),
             close_deadline: None,
             bucket,
-            grants,
-            subs,
+            grants: Box::default(),
+            subs: Vec::new(),
+            awaiting_auth: matches!(auth, UpgradeAuth::FirstMessage { .. }),
+            iat: None,
+            opened_at: crate::auth::now_secs(),
         });
+        let conn = &mut self.conns[key];
         self.limits.add_client(ip);
+        if matches!(auth, UpgradeAuth::FirstMessage { .. }) {
+            self.awaiting_auth += 1;
+        }
         self.metrics.upgrade_answered(101);
         if let Some(http_ip) = http_ip {
             self.limits.remove_http(http_ip); // a WebSocket now: counted as one
         }
-        debug!(
-            "{} connected as {:?} (origin {:?}); {} clients",
-            conn.peer,
-            conn.ws().map_or("", |w| w.sub.as_str()),
-            head.origin.as_deref().unwrap_or("-"),
-            self.limits.clients()
-        );
+        debug!("{} upgraded (origin {:?})", conn.peer, head.origin.as_deref().unwrap_or("-"));
+        match auth {
+            UpgradeAuth::Verified(claims) => self.authenticate(key, claims, now),
+            // Refused after the upgrade, so the page learns why from the close frame.
+            UpgradeAuth::FirstMessage { origin_ok: false } => return self.close_ws(key, Reason::OriginRefused, now),
+            UpgradeAuth::FirstMessage { origin_ok: true } => {}
+        }
         self.mark_dirty(key);
         self.reschedule_ws(key);
         if has_leftover {
@@ -279,6 +312,13 @@ impl Server {
         };
         if h.is_idle() {
             return self.remove(key);
+        }
+        if h.parked {
+            // Its publish is with Redis, stored or about to be: a 408 now
+            // would make the client retry a message that is delivered. The
+            // link answers or fails every command (REDIS_* timeouts).
+            let at = Instant::now() + self.config.request_timeout;
+            return self.set_deadline(key, at);
         }
         debug!("{} request not completed in time: 408", conn.peer);
         let resp = Response::error(408, "request not completed in time");

@@ -12,8 +12,8 @@ use super::conn::Phase;
 use super::{CLOSE_WAIT, READ_BUDGET_BYTES, READ_BUDGET_MESSAGES, Server};
 use crate::auth;
 use crate::channels::{self, Refusal};
-use crate::hub::Since;
-use crate::ws::{self, Inbound, Reason, Subscription, Wire, WsConn};
+use crate::metrics::auth_reason;
+use crate::ws::{self, Inbound, Reason, Wire};
 
 impl Server {
     /// Reads the client's frames (each one metered: see
@@ -21,6 +21,9 @@ impl Server {
     /// budget of frames, bytes and messages.
     pub(super) fn read_ws(&mut self, key: usize) {
         let now = Instant::now();
+        if self.conns.get(key).and_then(|c| c.ws()).is_some_and(|ws| ws.awaiting_answer()) {
+            return; // read when its subscribe is answered
+        }
         if let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) {
             self.protocol.reading(ws, now).meter.start_turn(now);
         }
@@ -59,6 +62,12 @@ impl Server {
                         // peer's close only refresh `last_seen`.
                         _ => {}
                     }
+                    // A subscribe waits for Redis: the requests behind it
+                    // wait unread, so answers leave in request order
+                    // (reading resumes when it is answered).
+                    if self.conns.get(key).and_then(|c| c.ws()).is_some_and(|ws| ws.awaiting_answer()) {
+                        return;
+                    }
                 }
                 Err(E::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     if ws.reading.as_ref().is_some_and(|r| r.meter.spent || r.meter.has_pending()) {
@@ -94,6 +103,15 @@ impl Server {
     }
 
     fn on_client_text(&mut self, key: usize, text: &str, now: Instant) {
+        // A connection that is closing (say, its last answer overflowed its
+        // output bound) takes no more requests: nothing may follow its
+        // close frame, and it must join nothing.
+        if !self.is_open_ws(key) {
+            return;
+        }
+        if self.conns[key].ws().is_some_and(|w| w.awaiting_auth) {
+            return self.authenticate_first_message(key, text, now);
+        }
         match ws::on_text(text, self.config.max_message_bytes) {
             Inbound::Ignore => debug!("{} sent an unhandled message", self.conns[key].peer),
             Inbound::Reply(reply) => self.send_text(key, reply),
@@ -105,83 +123,42 @@ impl Server {
         }
     }
 
-    /// `{"type":"subscribe"}`: checks the name, the limit and the grant,
-    /// joins, answers with the channel's position, then replays what the
-    /// client missed since `since` — all of it, or nothing and
-    /// `recovered: false`. One loop turn does all of this, so no message
-    /// published meanwhile can fall between the replay and live delivery.
-    fn subscribe(&mut self, key: usize, channel: &str, token: Option<&str>, since: Option<Since>, now: Instant) {
-        let refuse = |r: Refusal, m: &str| channels::error(r, m, Some(channel));
-        if !channels::valid_name(channel) {
-            return self.send_text(key, refuse(Refusal::InvalidChannel, channels::NAME_RULE));
-        }
-        let Some(ws) = self.conns[key].ws() else { return };
-        let existing = self.hub.find(channel).and_then(|id| ws.subs.iter().position(|s| s.channel == id));
-        if existing.is_none() && ws.subs.len() >= self.config.max_subscriptions {
-            let msg =
-                format!("at most {} subscriptions per connection (MAX_SUBSCRIPTIONS)", self.config.max_subscriptions);
-            return self.send_text(key, refuse(Refusal::TooManySubscriptions, &msg));
-        }
-        let token_exp = match self.grant(ws, channel, token) {
-            Ok(exp) => exp,
-            Err(error) => return self.send_text(key, error),
-        };
-        if self.cluster.is_some() {
-            // Position and replay come from Redis; joined when they arrive.
-            return self.cluster_subscribe(key, channel, since, token_exp);
-        }
-        let id = self.hub.subscribe(channel, key);
-        if let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) {
-            match existing {
-                // Joined again (say, with a fresh subscription token): keep
-                // the longer-lived grant.
-                Some(i) => {
-                    let s = &mut ws.subs[i];
-                    s.token_exp =
-                        if s.token_exp.is_none() || token_exp.is_none() { None } else { s.token_exp.max(token_exp) };
-                }
-                None => ws.subs.push(Subscription { channel: id, token_exp }),
-            }
-        }
-        let replay = since.as_ref().and_then(|s| self.hub.replay(id, s, now));
-        // A replay must fit MAX_OUTPUT_BYTES with what is queued already;
-        // one that does not is not sent (recovered:false: the app refetches,
-        // which costs it one request instead of a 1013 loop).
-        let queued = self.conns[key].out.bytes();
-        let max = self.config.max_output_bytes;
-        let replay = replay.filter(|r| queued + r.iter().map(|f| f.len()).sum::<usize>() <= max);
-        if since.is_some() {
-            self.metrics.recovery(replay.is_some());
-        }
-        let c = self.hub.channel(id);
-        let answer = channels::subscribed(channel, &c.epoch, c.offset, replay.is_some());
-        debug!(
-            "{} subscribed to {channel} (since {:?}: {:?} replayed)",
-            self.conns[key].peer,
-            since,
-            replay.as_ref().map(Vec::len)
-        );
-        self.send_text(key, answer);
-        let conn = &mut self.conns[key];
-        for frame in replay.into_iter().flatten() {
-            conn.out.push_shared(frame);
-        }
-        self.mark_dirty(key);
-    }
-
     /// May this connection join `channel`? `Ok(Some(exp))` when only a
     /// subscription token grants it; `Err` is the error message to send.
-    fn grant(&self, ws: &WsConn, channel: &str, token: Option<&str>) -> Result<Option<u64>, String> {
+    /// A subscription token that fails verification counts as a failed
+    /// authentication of the connection's address (AUTH_FAILURES_PER_MIN),
+    /// and an address past that limit gets no more of them checked.
+    pub(super) fn grant(&mut self, key: usize, channel: &str, token: Option<&str>) -> Result<Option<u64>, String> {
+        let refuse = |r: Refusal, m: &str| Err(channels::error(r, m, Some(channel)));
+        let Some(ws) = self.conns[key].ws() else {
+            return refuse(Refusal::Forbidden, "not connected");
+        };
+        // Before any grant is looked at: nothing opens another user's channel.
+        if channels::user_channel_of_other(channel, &ws.sub) {
+            return refuse(Refusal::Forbidden, "a user: channel is only open to its own user");
+        }
+        // A denial or revocation from the server API refuses whatever grants it.
+        self.control_denies(ws, channel, token)?;
         if channels::may_join_user(channel, &ws.sub) || channels::granted(channel, &ws.grants) {
             return Ok(None);
         }
-        let refuse = |r: Refusal, m: &str| Err(channels::error(r, m, Some(channel)));
         let Some(token) = token else {
             return refuse(
                 Refusal::Forbidden,
                 "not allowed to join this channel: no grant in the token, no subscription token",
             );
         };
+        let now = Instant::now();
+        if self.limits.check_auth_failures(&self.config, ws.ip.into(), now).is_err() {
+            let ip = std::net::IpAddr::from(ws.ip);
+            self.refusals.note("too_many_auth_failures", now, || {
+                format!("subscription token for {channel} from {ip}: not checked (over AUTH_FAILURES_PER_MIN)")
+            });
+            return refuse(
+                Refusal::RateLimited,
+                "too many failed authentications from this address: retry in a minute",
+            );
+        }
         match self.verifier.verify(token) {
             Ok(claims) if claims.sub.as_deref().unwrap_or("") != ws.sub => {
                 refuse(Refusal::Forbidden, "the subscription token is for another user")
@@ -190,51 +167,50 @@ impl Server {
                 refuse(Refusal::Forbidden, "the subscription token is for another channel")
             }
             Ok(claims) => Ok(Some(claims.exp)),
-            Err(e) => refuse(Refusal::InvalidToken, &format!("subscription token refused: {}", e.message())),
-        }
-    }
-
-    /// `{"type":"unsubscribe"}`: leaves the channel (answered even if the
-    /// connection was not in it, so the client's state converges).
-    fn unsubscribe(&mut self, key: usize, channel: &str) {
-        if !channels::valid_name(channel) {
-            let e = channels::error(Refusal::InvalidChannel, channels::NAME_RULE, Some(channel));
-            return self.send_text(key, e);
-        }
-        if let Some(id) = self.hub.find(channel)
-            && let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase)
-            && let Some(i) = ws.subs.iter().position(|s| s.channel == id)
-        {
-            ws.subs.swap_remove(i);
-            self.hub.unsubscribe(id, key);
-            self.maybe_unsubscribe_remote(channel);
-        }
-        self.send_text(key, channels::unsubscribed(channel, None));
-    }
-
-    /// After a token refresh: leaves every channel the new token no longer
-    /// grants (a subscription token that has not expired still does).
-    fn recheck_grants(&mut self, key: usize, grants: Box<[Box<str>]>) {
-        let now = auth::now_secs();
-        let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) else { return };
-        ws.grants = grants;
-        let mut left = Vec::new();
-        let hub = &mut self.hub;
-        ws.subs.retain(|s| {
-            let name = &hub.channel(s.channel).name;
-            let keep = channels::may_join_user(name, &ws.sub)
-                || channels::granted(name, &ws.grants)
-                || s.token_exp.is_some_and(|exp| exp > now);
-            if !keep {
-                left.push(s.channel);
+            Err(e) => {
+                self.metrics.auth_failed(e);
+                let ip = std::net::IpAddr::from(ws.ip);
+                self.refusals.note(auth_reason(e), now, || {
+                    let why = auth::describe_refusal(token, e, &self.config);
+                    format!("subscription token for {channel} from {ip}: {why}")
+                });
+                if e.counts_as_failure() {
+                    self.limits.record_auth_failure(&self.config, ip, now);
+                }
+                refuse(Refusal::InvalidToken, &format!("subscription token refused: {}", e.message()))
             }
-            keep
-        });
-        for id in left {
-            let name = self.hub.channel(id).name.to_string();
-            self.hub.unsubscribe(id, key);
-            self.maybe_unsubscribe_remote(&name);
-            self.send_text(key, channels::unsubscribed(&name, Some("grant revoked")));
+        }
+    }
+
+    /// Ends every subscription that only a subscription token granted, once
+    /// that token has expired (`exp` + JWT_LEEWAY_SECS, like a connection
+    /// token). A client keeps it by subscribing again with a fresh token
+    /// before then; a channel the connection token's claim grants by now is
+    /// kept (the claim is its grant from here on). The client is told:
+    /// `{"type":"unsubscribed","channel":C,"reason":"subscription token expired"}`.
+    pub(super) fn expire_subscription_tokens(&mut self, key: usize) {
+        let now = auth::now_secs();
+        let leeway = self.config.jwt_leeway_secs;
+        let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) else { return };
+        let ws = &mut *ws;
+        let mut ended = Vec::new();
+        for s in &mut ws.subs {
+            let Some(exp) = s.token_exp else { continue };
+            if exp.saturating_add(leeway) > now {
+                continue;
+            }
+            let name = &self.hub.channel(s.channel).name;
+            if channels::granted(name, &ws.grants) {
+                s.token_exp = None;
+            } else {
+                ended.push(name.to_string());
+            }
+        }
+        for name in ended {
+            self.end_subscription(key, &name, Some("subscription token expired"));
+            if !self.is_open_ws(key) {
+                return; // its answer closed it: nothing may follow the close frame
+            }
         }
     }
 
@@ -247,6 +223,13 @@ impl Server {
         };
         match self.verifier.verify(token) {
             Ok(claims) if claims.sub.as_deref().unwrap_or("") == ws.sub => {
+                if let Err(why) = self.control.store.check_token(&ws.sub, claims.iat, claims.exp, auth::now_secs()) {
+                    debug!("{} refresh token refused: {}", conn.peer, why.message());
+                    self.metrics.auth_failed_because(why.label());
+                    return self.close_ws(key, Reason::AuthRevoked, now);
+                }
+                // A fresh token lifts the denials issued before it.
+                ws.iat = claims.iat;
                 ws.expires_at = auth::expires_at(now, claims.exp, self.config.jwt_leeway_secs).into();
                 let grants = channels::grants_from_claim(
                     claims.extra.get(&self.config.channels_claim),
@@ -257,16 +240,105 @@ impl Server {
                 self.reschedule_ws(key);
             }
             Ok(_) => {
-                debug!("{} refresh token is for another subject", conn.peer);
+                let ip = std::net::IpAddr::from(ws.ip);
+                self.refusals.note("wrong_subject", now, || {
+                    format!("in-band auth from {ip}: the token is for another subject (closed with 4003)")
+                });
                 self.metrics.auth_failed_because("wrong_subject");
                 self.close_ws(key, Reason::AuthOtherUser, now);
             }
             Err(e) => {
-                debug!("{} refresh token refused: {}", conn.peer, e.message());
+                let ip = std::net::IpAddr::from(ws.ip);
+                self.refusals.note(auth_reason(e), now, || {
+                    let why = auth::describe_refusal(token, e, &self.config);
+                    format!("in-band auth from {ip}: {why} (closed with 4003)")
+                });
                 self.metrics.auth_failed(e);
                 self.close_ws(key, Reason::AuthInvalid, now);
             }
         }
+    }
+
+    /// Makes connection `key` the authenticated connection of `claims`'s
+    /// user: its subject, grants and expiry, and its own `user:` channel.
+    /// The one path for both ways in (a token in the upgrade request, or
+    /// in band), so both end in the same state.
+    pub(super) fn authenticate(&mut self, key: usize, claims: auth::Claims, now: Instant) {
+        let expires_at = auth::expires_at(now, claims.exp, self.config.jwt_leeway_secs);
+        let grants =
+            channels::grants_from_claim(claims.extra.get(&self.config.channels_claim), self.config.max_subscriptions);
+        let iat = claims.iat;
+        let sub = claims.sub.unwrap_or_default();
+        let user_channel = channels::user_channel(&sub);
+        let conn = &mut self.conns[key];
+        let Phase::Ws(ws) = &mut conn.phase else { return };
+        if std::mem::take(&mut ws.awaiting_auth) {
+            self.awaiting_auth -= 1;
+        }
+        ws.iat = iat;
+        ws.sub = ws::Subject::new(&sub);
+        ws.grants = grants;
+        ws.expires_at = expires_at.into();
+        // Most connections stay in their user channel alone: room for one
+        // subscription (a Vec's first push would make room for four).
+        ws.subs.reserve_exact(1);
+        debug!("{} connected as {:?}; {} clients", conn.peer, ws.sub, self.limits.clients());
+        // Every connection is in its own user's channel.
+        if let Some(name) = user_channel {
+            self.join_user_channel(key, &name);
+            // The subject shares the channel's name (`user:<sub>`): one
+            // allocation for the hub's channel, its index and every tab.
+            if let Some(id) = self.hub.find(&name)
+                && let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase)
+            {
+                ws.sub = ws::Subject::shared(self.hub.channel(id).name.clone());
+            }
+        }
+    }
+
+    /// In-band authentication (`GET /ws?auth=message`): the first message
+    /// must be `{"type":"auth","token":…}`. A valid token authenticates the
+    /// connection ([`Server::authenticate`]) and is answered `auth_ok`;
+    /// anything else closes it with a code and the reason (4001 expired,
+    /// 1013 unknown key, 4003 refused or not an auth message), and counts
+    /// as a failed authentication of its address, like a 401 at the upgrade.
+    fn authenticate_first_message(&mut self, key: usize, text: &str, now: Instant) {
+        let ip = self.conns[key].ws().map(|w| std::net::IpAddr::from(w.ip));
+        let reason = match ws::on_text(text, self.config.max_message_bytes) {
+            Inbound::Auth(token) => match self.verifier.verify(&token) {
+                Ok(claims) => {
+                    // Revoked (POST /api/revoke) or too long-lived: as at the
+                    // upgrade, not counted against the address.
+                    let sub = claims.sub.as_deref().unwrap_or("");
+                    if let Err(why) = self.control.store.check_token(sub, claims.iat, claims.exp, auth::now_secs()) {
+                        debug!("{} in-band token refused: {}", self.conns[key].peer, why.message());
+                        self.metrics.auth_failed_because(why.label());
+                        return self.close_ws(key, Reason::AuthRevoked, now);
+                    }
+                    self.authenticate(key, claims, now);
+                    self.send_text(key, r#"{"type":"auth_ok"}"#.to_string());
+                    return self.reschedule_ws(key);
+                }
+                Err(e) => {
+                    self.metrics.auth_failed(e);
+                    // As at the upgrade: no token, or an unknown key, cost no signature check.
+                    if matches!(e, auth::AuthError::Missing | auth::AuthError::UnknownKey) {
+                        return self.close_ws(key, Reason::AuthRefused(e), now);
+                    }
+                    Reason::AuthRefused(e)
+                }
+            },
+            Inbound::Close(reason) => return self.fail_ws(key, reason),
+            _ => {
+                self.metrics.auth_failed_because("not_an_auth_message");
+                Reason::AuthExpected
+            }
+        };
+        if let Some(ip) = ip {
+            self.limits.record_auth_failure(&self.config, ip, now);
+        }
+        debug!("{} in-band authentication refused: {}", self.conns[key].peer, reason.text());
+        self.close_ws(key, reason, now);
     }
 
     /// Sends a text message through tungstenite (so it respects the close state).
@@ -293,7 +365,7 @@ impl Server {
         if conn.out.bytes() <= max || conn.ws().is_none_or(|w| w.close_deadline.is_some() || !w.can_write()) {
             return false;
         }
-        if conn.out.write_to(&mut crate::sys::Send(&conn.stream)).is_ok() && conn.out.bytes() <= max {
+        if !conn.corked && conn.out.write_to(&mut crate::sys::Send(&conn.stream)).is_ok() && conn.out.bytes() <= max {
             return false;
         }
         let sub = conn.ws().map_or("", |w| w.sub.as_str());
@@ -352,7 +424,7 @@ impl Server {
     }
 
     /// A WebSocket's next wake-up: the earliest of ping, silence limit,
-    /// token expiry and close deadline.
+    /// token expiry, subscription token expiry and close deadline.
     pub(super) fn reschedule_ws(&mut self, key: usize) {
         let Some(ws) = self.conns[key].ws() else {
             return;
@@ -361,15 +433,20 @@ impl Server {
         if let Some(d) = ws.close_deadline {
             at = at.min(d);
         }
-        self.set_deadline(key, at.instant());
+        let mut at = at.instant();
+        // The first subscription token to expire (see expire_subscription_tokens).
+        if let Some(exp) = ws.subs.iter().filter_map(|s| s.token_exp).min() {
+            at = at.min(auth::expires_at(Instant::now(), exp, self.config.jwt_leeway_secs));
+        }
+        self.set_deadline(key, at);
     }
 
     /// A WebSocket's deadline: close handshake overdue, silent client,
-    /// expired token, or time to ping.
+    /// expired token, expired subscription tokens, or time to ping.
     pub(super) fn on_ws_timer(&mut self, key: usize, now: Instant) {
-        let conn = &mut self.conns[key];
+        let conn = &self.conns[key];
         let peer = conn.peer;
-        let Some((ws, mut wire)) = conn.ws_wire() else {
+        let Some(ws) = conn.ws() else {
             return;
         };
         if ws.close_deadline.is_some_and(|d| now >= d) {
@@ -381,8 +458,21 @@ impl Server {
             return self.remove(key);
         }
         if now >= ws.expires_at {
+            if ws.awaiting_auth {
+                // Holding a connection slot without authenticating counts like a failure.
+                let ip = std::net::IpAddr::from(ws.ip);
+                self.metrics.auth_failed_because("auth_timeout");
+                self.limits.record_auth_failure(&self.config, ip, now);
+                return self.close_ws(key, Reason::AuthTimeout, now);
+            }
             return self.close_ws(key, Reason::TokenExpired, now);
         }
+        if ws.close_deadline.is_none() && ws.subs.iter().any(|s| s.token_exp.is_some()) {
+            self.expire_subscription_tokens(key);
+        }
+        let Some((ws, mut wire)) = self.conns[key].ws_wire() else {
+            return;
+        };
         if now >= ws.next_ping {
             ws.next_ping = (now + self.config.ping_interval).into();
             // Idle housekeeping: a ring of output slots a past burst left.

@@ -3,6 +3,8 @@
 //! raw HTTP over a real socket. Every wait is bounded.
 #![allow(dead_code)]
 
+pub mod home;
+pub mod raw_ws;
 pub mod redis_server;
 
 use std::io::{Read, Write};

@@ -17,7 +17,7 @@ use serde_json::json;
 // ---- raw WebSocket helpers ------------------------------------------------
 
 /// Upgrades a raw socket with `token`; returns it just past the 101 head.
-fn raw_ws(addr: SocketAddr, token: &str, extra_headers: &str) -> TcpStream {
+pub(crate) fn raw_ws(addr: SocketAddr, token: &str, extra_headers: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     write!(
@@ -37,7 +37,7 @@ fn raw_ws(addr: SocketAddr, token: &str, extra_headers: &str) -> TcpStream {
 }
 
 /// A masked client frame (mask key 0, so the payload goes as is).
-fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     assert!(payload.len() < 126);
     let mut f = vec![(u8::from(fin) << 7) | opcode, 0x80 | payload.len() as u8, 0, 0, 0, 0];
     f.extend_from_slice(payload);
@@ -46,15 +46,15 @@ fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
 
 /// What the server sent on a raw WebSocket until it closed.
 #[derive(Debug, Default)]
-struct Received {
-    bytes: usize,
-    frames: usize,
-    close: Option<(u16, String)>,
-    eof: bool,
+pub(crate) struct Received {
+    pub bytes: usize,
+    pub frames: usize,
+    pub close: Option<(u16, String)>,
+    pub eof: bool,
 }
 
 /// Reads server frames until a close frame, EOF or `wait`.
-fn read_until_close(s: &mut TcpStream, wait: Duration) -> Received {
+pub(crate) fn read_until_close(s: &mut TcpStream, wait: Duration) -> Received {
     let deadline = Instant::now() + wait;
     let mut got = Received::default();
     let mut buf = Vec::new();

@@ -220,3 +220,45 @@ export async function post(base, body, bearer = token('publisher')) {
   });
   return { status: res.status, body: await res.json() };
 }
+
+export const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+
+/** Debian's chromium through playwright-core, headless, in a throwaway profile. */
+export async function launchChromium() {
+  const { chromium } = await import('playwright-core');
+  const { mkdtempSync: mkdtemp } = await import('node:fs');
+  return chromium.launchPersistentContext(mkdtemp(path.join(tmpdir(), 'taskcast-chromium-')), {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+}
+
+/** A small HTTP server on 127.0.0.1 answering `routes[path]` (`{type, body}`); 404 otherwise. Resolves with its origin and close(). */
+export async function serveRoutes(routes) {
+  const http = await import('node:http');
+  const server = http.createServer((req, res) => {
+    const route = routes[new URL(req.url, 'http://x').pathname];
+    if (!route) return res.writeHead(404).end();
+    res.writeHead(200, { 'Content-Type': route.type });
+    res.end(typeof route.body === 'function' ? route.body() : route.body);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { origin: `http://127.0.0.1:${server.address().port}`, close: () => server.close() };
+}
+
+/** The value of a gauge or counter in the server's /metrics (first sample line), or null. */
+export async function metric(base, name) {
+  const text = await (await fetch(`${base}/metrics`)).text();
+  const m = new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)`, 'm').exec(text);
+  return m ? Number(m[1]) : null;
+}

@@ -41,13 +41,13 @@ describe('against taskcast', () => {
     const got = [[], []];
     const clients = [0, 1].map((i) => client(server.ws, () => token(`u${i}`), { onBroadcast: (m) => got[i].push(m) }));
     try {
-      await Promise.all(clients.map((c) => (c.state === 'connected' ? null : nextEvent(c, 'connected'))));
+      await Promise.all(clients.map((c) => (c.state === 'open' ? null : nextEvent(c, 'connected'))));
       const answer = await pub({ type: 'task_created', data: { id: 't1', title: 'Write tests' } });
       assert.equal(answer.status, 'ok');
       assert.equal(answer.recipients, 2);
       await until(() => got[0].length && got[1].length, 'both broadcasts');
       // A round trip on each socket after the broadcast: nothing else came.
-      for (const c of clients) assert.equal(c.state, 'connected');
+      for (const c of clients) assert.equal(c.state, 'open');
       assert.deepEqual(got, [0, 1].map(() => [{ type: 'task_created', payload: { id: 't1', title: 'Write tests' } }]));
     } finally {
       clients.forEach((c) => c.close());
@@ -138,7 +138,7 @@ describe('against taskcast', () => {
       const err = await nextEvent(c, 'error');
       assert.equal(err.code, 'auth_failed');
       assert.equal(err.closeCode, 4003);
-      assert.equal(c.state, 'closed');
+      assert.equal(c.state, 'error');
       // Longer than any backoff window here (maxMs 400): nothing more happens.
       await new Promise((resolve) => setTimeout(resolve, 1000));
       assert.equal(c.calls.n, 2);
@@ -260,7 +260,7 @@ describe('against taskcast', () => {
     let second;
     try {
       c.subscribe('project:c3', { onMessage: (m) => got.push(m.payload), onResync: (r) => resyncs.push(r) });
-      await until(() => c.state === 'connected', 'connected');
+      await until(() => c.state === 'open', 'open');
       await until(async () => {
         await broadcast({ url: first.http, apiKey: API_KEY, type: 'm', data: 'before', channel: 'project:c3' });
         return got.length > 0;
@@ -304,7 +304,7 @@ describe('against taskcast', () => {
       assert.equal(errors[0].code, 'forbidden');
       await pub({ type: 'global', data: 1 });
       await until(() => got.length === 1, 'a broadcast after the refusal');
-      assert.equal(c.state, 'connected');
+      assert.equal(c.state, 'open');
     } finally {
       c.close();
     }

@@ -41,7 +41,11 @@ test('close policy: each close code gets its documented answer', () => {
   const half = () => 0.5;
   const rows = [
     // code, attempt, reconnect, delayMs, error
-    [4003, 0, false, 0, 'auth_failed'],
+    [4003, 0, false, 0, 'auth_failed'], // refused (bad token, issuer, audience, origin): the reason says why
+    [4009, 0, false, 0, 'disconnected'], // the app's server ended the session: stop
+    [4011, 0, true, 0, null], // fresh token, at once
+    [4011, 2, true, 1000, null], // ... and backing off if it keeps coming
+    [4008, 1, true, 500, 'auth_timeout'],
     [4001, 0, true, 0, null], // first expiry: straight back with a new token
     [4001, 3, true, 2000, null], // repeated expiries back off
     [1008, 0, true, 45_000, 'rate_limited'], // never a tight loop
@@ -170,6 +174,17 @@ test('connect refuses bad options at once', () => {
   assert.throws(() => connect({ url: 'ws://x/ws' }), /getToken/);
   assert.throws(() => connect({ getToken: () => 't' }), /url/);
   assert.throws(() => connect({ url: 'ftp://x/ws', getToken: () => 't', WebSocket: class {} }), /ws\(s\)/);
-  if (!globalThis.WebSocket) assert.throws(() => connect({ url: 'ws://x/ws', getToken: () => 't' }), /no global WebSocket/);
+  // No window (Node, or Next's server rendering, which has a global
+  // WebSocket in Node 22): refused unless a WebSocket is passed explicitly.
+  assert.equal(typeof window, 'undefined');
+  const saved = globalThis.WebSocket;
+  globalThis.WebSocket = class {};
+  try {
+    assert.throws(() => connect({ url: 'ws://x/ws', getToken: () => 't' }), /no window here \(server rendering\?\)/);
+  } finally {
+    if (saved === undefined) delete globalThis.WebSocket;
+    else globalThis.WebSocket = saved;
+  }
+  assert.throws(() => connect({ url: 'ws://x/ws', getToken: () => 't', WebSocket: class {}, getSubscriptionToken: 'x' }), /getSubscriptionToken/);
   assert.equal(DEFAULTS.refreshBeforeMs, 60_000);
 });

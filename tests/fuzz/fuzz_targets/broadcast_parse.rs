@@ -1,13 +1,21 @@
-//! `broadcast::parse` directly: an accepted body becomes exactly one final,
-//! unmasked text frame holding `{"type": T, "payload": <data as sent>}`.
+//! `broadcast::parse` and `parse_publish` directly: an accepted body becomes
+//! exactly one final, unmasked text frame holding `{"type": T, "payload":
+//! <data as sent>}`; and a body reaches everyone only when it names no
+//! recipients at all (issue 18: a target key present with null, an unknown
+//! key or a key given twice is refused, never read as "everyone").
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use taskcast::broadcast::{parse, valid_type};
+use taskcast::broadcast::{Target, parse, parse_publish, valid_type};
 use taskcast_fuzz::parse_frame;
 
+/// The only top-level keys a broadcast body may have.
+const KEYS: [&str; 5] = ["type", "data", "channel", "channels", "users"];
+const TARGET_KEYS: [&str; 3] = ["channel", "channels", "users"];
+
 fuzz_target!(|data: &[u8]| {
+    check_publish(data);
     let Ok((kind, frame)) = parse(data) else { return };
     assert!(valid_type(&kind), "{kind:?}");
     let (f, n) = parse_frame(&frame).expect("a whole frame");
@@ -27,3 +35,28 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(env["payload"], body["data"]);
     }
 });
+
+/// Who an accepted body reaches follows from its keys alone.
+fn check_publish(data: &[u8]) {
+    let result = parse_publish(data, 8, true);
+    // serde_json's Value keeps the last of a repeated key; a body with one
+    // is refused, so compare only bodies whose keys are all distinct.
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
+    let Ok(publish) = result else { return };
+    if let Some(k) = body.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        panic!("accepted a body with the unknown key {k:?}");
+    }
+    if let Some(k) = TARGET_KEYS.iter().find(|k| body.get(**k).is_some_and(Value::is_null)) {
+        panic!("accepted a body whose {k:?} is null");
+    }
+    let named = TARGET_KEYS.iter().filter(|k| body.contains_key(**k)).count();
+    match publish.target {
+        Target::All(_) => assert_eq!(named, 0, "a body naming recipients went to everyone: {body:?}"),
+        Target::Channels(list) => {
+            assert_eq!(named, 1, "{body:?}");
+            assert!(!list.is_empty() && list.len() <= 8, "{list:?}");
+        }
+    }
+}

@@ -75,10 +75,22 @@ impl Json {
     }
 }
 
+/// Who a broadcast body names (issue 18: only naming no one is "everyone").
+#[derive(Arbitrary, Debug)]
+enum Recipients {
+    Everyone,
+    Channel(String),
+    Users(Vec<String>),
+    /// `"channel"`, `"channels"` or `"users"` present with null: refused.
+    Null(u8),
+    /// A key that is not one of the five (a typo such as `"chanel"`): refused.
+    Unknown(String),
+}
+
 #[derive(Arbitrary, Debug)]
 enum Body {
     Empty,
-    Broadcast { kind: u8, custom: Option<String>, data: Json },
+    Broadcast { kind: u8, custom: Option<String>, data: Json, to: Recipients },
     Raw(Vec<u8>),
 }
 
@@ -92,6 +104,10 @@ struct Request {
     origin: Option<u8>,
     content_type: Option<u8>,
     upgrade_headers: bool,
+    /// `Expect: 100-continue` (answered with 100 before the body, or not at all).
+    expect_continue: bool,
+    /// The target in absolute form (`http://fuzz/health`), RFC 9112 §3.2.2.
+    absolute: bool,
     body: Body,
     length: Length,
     extra: Vec<(String, String)>,
@@ -138,6 +154,9 @@ impl Request {
             Path::Query(q) => format!("/ws?{q}"),
             Path::Other(p) => p.clone(),
         };
+        if self.absolute && target.starts_with('/') {
+            target.insert_str(0, "http://fuzz");
+        }
         if matches!(self.auth, Auth::Query) {
             target.push_str(&format!("{}token={}", if target.contains('?') { '&' } else { '?' }, h.token));
         }
@@ -151,7 +170,8 @@ impl Request {
             Auth::None | Auth::Query => {}
         }
         if let Some(c) = self.connection {
-            let v = ["close", "keep-alive", "Upgrade", "keep-alive, Upgrade", "CLOSE", "x"][c as usize % 6];
+            let v = ["close", "keep-alive", "Upgrade", "keep-alive, Upgrade", "CLOSE", "x", "close, keep-alive"]
+                [c as usize % 7];
             head.push_str(&format!("Connection: {v}\r\n"));
         }
         if let Some(o) = self.origin {
@@ -170,15 +190,28 @@ impl Request {
                 "Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
             );
         }
+        if self.expect_continue {
+            head.push_str("Expect: 100-continue\r\n");
+        }
         for (k, v) in &self.extra {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         let body = match &self.body {
             Body::Empty => Vec::new(),
-            Body::Broadcast { kind, custom, data } => {
+            Body::Broadcast { kind, custom, data, to } => {
                 let types = taskcast::broadcast::DOCUMENTED_TYPES;
                 let kind = custom.clone().unwrap_or_else(|| types[*kind as usize % types.len()].to_string());
-                serde_json::json!({"type": kind, "data": data.value()}).to_string().into_bytes()
+                let mut body = serde_json::json!({"type": kind, "data": data.value()});
+                match to {
+                    Recipients::Everyone => {}
+                    Recipients::Channel(c) => body["channel"] = c.as_str().into(),
+                    Recipients::Users(u) => body["users"] = u.clone().into(),
+                    Recipients::Null(k) => {
+                        body[["channel", "channels", "users"][*k as usize % 3]] = serde_json::Value::Null
+                    }
+                    Recipients::Unknown(k) => body[k.as_str()] = "project:1".into(),
+                }
+                body.to_string().into_bytes()
             }
             Body::Raw(b) => b.clone(),
         };
@@ -196,7 +229,10 @@ impl Request {
         head.push_str("\r\n");
         out.extend_from_slice(head.as_bytes());
         out.extend_from_slice(&body);
-        matches!(self.method, Method::Head)
+        // What the server goes by (a HEAD's answer has no body), also for
+        // `Other("HEAD")` and for a line it refuses (`HEAD  x`): 400 to a
+        // request that starts "HEAD " has no body either.
+        head.starts_with("HEAD ")
     }
 }
 

@@ -267,6 +267,8 @@ pub enum CloseRule {
 pub fn check_http(ex: &Exchange, head_requests: Option<&[bool]>, close: CloseRule) -> Result<(), String> {
     let mut rest = &ex.bytes[..];
     let mut i = 0;
+    // The last thing read was a `100 Continue` (a final answer must follow).
+    let mut interim = false;
     while !rest.is_empty() {
         let show = || String::from_utf8_lossy(&rest[..rest.len().min(200)]).into_owned();
         if !rest.starts_with(b"HTTP/1.1 ") {
@@ -281,6 +283,17 @@ pub fn check_http(ex: &Exchange, head_requests: Option<&[bool]>, close: CloseRul
             Err(e) => return Err(format!("response {i} does not parse ({e}): {:?}", show())),
         };
         let status = resp.code.unwrap_or(0);
+        if status == 100 {
+            // RFC 9110 §10.1.1 / §15.2: an interim answer to `Expect:
+            // 100-continue`, bare, at most once before the request's final one.
+            if interim || n != b"HTTP/1.1 100 Continue\r\n\r\n".len() {
+                return Err(format!("response {i}: unexpected 100 Continue: {:?}", show()));
+            }
+            interim = true;
+            rest = &rest[n..];
+            continue;
+        }
+        interim = false;
         if !STATUSES.contains(&status) {
             return Err(format!("response {i}: unexpected status {status}"));
         }
