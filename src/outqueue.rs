@@ -115,11 +115,6 @@ impl OutQueue {
         front + self.more.as_ref().map_or(0, |m| m.rest_bytes)
     }
 
-    /// Every chunk, oldest first.
-    fn chunks(&self) -> impl Iterator<Item = &Chunk> {
-        self.front.iter().chain(self.more.iter().flat_map(|m| m.rest.iter()))
-    }
-
     /// Drops every chunk not yet started, keeping a partly written front
     /// chunk so the byte stream stays well-framed. Used before a close frame
     /// is queued for a client too slow to read what is already waiting.
@@ -145,14 +140,15 @@ impl OutQueue {
     /// Writes queued chunks until the queue is empty or `w` would block.
     /// Other errors (reset, broken pipe) are returned: the connection is dead.
     pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<Flush> {
-        while !self.is_empty() {
+        while let Some(front) = &self.front {
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let mut n = 0;
-            let front_written = self.front_written();
-            for (i, chunk) in self.chunks().take(MAX_IOV).enumerate() {
-                let b = chunk.bytes();
-                slices[i] = IoSlice::new(if i == 0 { &b[front_written..] } else { b });
-                n += 1;
+            slices[0] = IoSlice::new(&front.bytes()[self.front_written()..]);
+            let mut n = 1;
+            if let Some(m) = &self.more {
+                for chunk in m.rest.iter().take(MAX_IOV - 1) {
+                    slices[n] = IoSlice::new(chunk.bytes());
+                    n += 1;
+                }
             }
             let written = match if n == 1 { w.write(&slices[0]) } else { w.write_vectored(&slices[..n]) } {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -172,6 +168,16 @@ impl OutQueue {
 
     /// Advances past `n` written bytes, popping finished chunks.
     fn consume(&mut self, mut n: usize) {
+        if n == self.bytes() {
+            // Everything went (the usual case): no chunk-by-chunk popping.
+            self.front = None;
+            if let Some(m) = self.more.as_mut() {
+                m.rest.clear();
+                m.rest_bytes = 0;
+                m.front_written = 0;
+            }
+            return;
+        }
         while n > 0 {
             let left = self.front.as_ref().map_or(0, |c| c.bytes().len()) - self.front_written();
             if n < left {

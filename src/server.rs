@@ -542,8 +542,15 @@ impl Drop for Server {
 /// parts are counted by `benches/conn_memory.rs`, which prints this).
 pub fn memory_layout() -> Vec<(&'static str, usize)> {
     use std::mem::size_of;
+    // slab 0.4's entry, mirrored to learn its size.
+    #[allow(dead_code)]
+    enum SlabEntry<T> {
+        Vacant(usize),
+        Occupied(T),
+    }
     vec![
-        ("Conn (one slab entry's value)", size_of::<Conn>()),
+        ("slab entry of a Conn", size_of::<SlabEntry<Conn>>()),
+        ("Conn", size_of::<Conn>()),
         ("conn::HttpConn", size_of::<conn::HttpConn>()),
         ("ws::WsConn", size_of::<ws::WsConn>()),
         ("ws::Reading (only while reading or closing)", size_of::<ws::Reading>()),
@@ -551,6 +558,7 @@ pub fn memory_layout() -> Vec<(&'static str, usize)> {
         ("  frame_meter::FrameMeter", size_of::<crate::frame_meter::FrameMeter>()),
         ("outqueue::OutQueue", size_of::<crate::outqueue::OutQueue>()),
         ("timers entry", crate::timers::ENTRY_BYTES),
+        ("slab entry of a hub::Channel", size_of::<SlabEntry<crate::hub::Channel>>()),
         ("hub::Channel", size_of::<crate::hub::Channel>()),
         ("ws::Subscription", size_of::<ws::Subscription>()),
         ("compact::PackedAddr (std SocketAddr: 32)", size_of::<crate::compact::PackedAddr>()),
