@@ -29,8 +29,11 @@ use slab::Slab;
 use crate::broadcast;
 use crate::name_index::NameIndex;
 
-/// A channel's slot in the hub (valid while it has subscribers or history).
-pub type ChannelId = usize;
+/// A channel's slot in the hub (valid while it has subscribers, history or
+/// a hold). 4 bytes: the hub holds far fewer than 2^32 channels (one per
+/// connection and per named channel at most), and every subscription and
+/// history log entry keeps one.
+pub type ChannelId = u32;
 
 /// History limits (HISTORY_SIZE, HISTORY_TTL_SECS, HISTORY_MAX_BYTES).
 #[derive(Debug, Clone, Copy)]
@@ -280,45 +283,46 @@ impl Hub {
         } else {
             self.first_epoch.clone()
         };
-        let id = self.channels.insert(Channel {
+        let slot = self.channels.insert(Channel {
             name: name.into(),
             epoch,
             offset: 0,
             subscribers: Subscribers::None,
             history: None,
         });
+        let id = ChannelId::try_from(slot).expect("fewer than 2^32 channels");
         let channels = &self.channels;
-        self.by_name.insert(name, index_id(id), |i| &channels[i as usize].name);
+        self.by_name.insert(name, id, |i| &channels[i as usize].name);
         id
     }
 
     pub fn channel(&self, id: ChannelId) -> &Channel {
-        &self.channels[id]
+        &self.channels[id as usize]
     }
 
     /// The connections subscribed to `name` (none if it is not held).
     pub fn subscribers(&self, name: &str) -> impl Iterator<Item = &usize> {
-        self.find(name).into_iter().flat_map(|id| self.channels[id].subscribers.iter())
+        self.find(name).into_iter().flat_map(|id| self.channels[id as usize].subscribers.iter())
     }
 
     /// The connections subscribed to channel `id`.
     pub fn subscriber_keys(&self, id: ChannelId) -> impl Iterator<Item = usize> + '_ {
-        self.channels[id].subscribers.iter().copied()
+        self.channels[id as usize].subscribers.iter().copied()
     }
 
     /// How many connections are subscribed to channel `id`.
     pub fn subscriber_count(&self, id: ChannelId) -> usize {
-        self.channels[id].subscribers.len()
+        self.channels[id as usize].subscribers.len()
     }
 
     pub fn find(&self, name: &str) -> Option<ChannelId> {
-        self.by_name.get(name, |i| &self.channels[i as usize].name).map(|i| i as usize)
+        self.by_name.get(name, |i| &self.channels[i as usize].name)
     }
 
     /// Adds `key` to the channel (created if new); returns its id.
     pub fn subscribe(&mut self, name: &str, key: usize) -> ChannelId {
         let id = self.get_or_create(name);
-        self.channels[id].subscribers.insert(key);
+        self.channels[id as usize].subscribers.insert(key);
         id
     }
 
@@ -340,21 +344,21 @@ impl Hub {
                 self.holds.remove(&id);
             }
         }
-        if self.channels.contains(id) {
+        if self.channels.contains(id as usize) {
             self.forget_if_idle(id);
         }
     }
 
     /// Removes `key`; forgets the channel if nothing is left in it.
     pub fn unsubscribe(&mut self, id: ChannelId, key: usize) {
-        if let Some(c) = self.channels.get_mut(id) {
+        if let Some(c) = self.channels.get_mut(id as usize) {
             c.subscribers.remove(key);
             self.forget_if_idle(id);
         }
     }
 
     fn forget_if_idle(&mut self, id: ChannelId) {
-        let c = &self.channels[id];
+        let c = &self.channels[id as usize];
         if c.subscribers.is_empty() && c.history.is_none() && !self.holds.contains_key(&id) {
             if c.offset > 0 {
                 if self.retired.len() >= MAX_RETIRED {
@@ -367,7 +371,7 @@ impl Hub {
             let name = c.name.clone();
             let channels = &self.channels;
             self.by_name.remove(&name, |i| &channels[i as usize].name);
-            self.channels.remove(id);
+            self.channels.remove(id as usize);
         }
     }
 
@@ -376,7 +380,7 @@ impl Hub {
     pub fn publish(&mut self, name: &str, kind: &str, payload: &str, now: Instant) -> Published {
         self.expire(now);
         let id = self.get_or_create(name);
-        let c = &mut self.channels[id];
+        let c = &mut self.channels[id as usize];
         c.offset += 1;
         let frame = broadcast::frame(&broadcast::channel_envelope(kind, payload, &c.name, c.offset));
         let offset = c.offset;
@@ -409,7 +413,7 @@ impl Hub {
     /// held in this epoch; `None` means "cannot recover".
     pub fn replay(&mut self, id: ChannelId, since: &Since, now: Instant) -> Option<Vec<Rc<[u8]>>> {
         self.expire(now);
-        let c = self.channels.get(id)?;
+        let c = self.channels.get(id as usize)?;
         if *c.epoch != *since.epoch || since.offset > c.offset {
             return None;
         }
@@ -445,7 +449,7 @@ impl Hub {
         let Some(e) = self.log.pop_front() else {
             return false;
         };
-        if let Some(c) = self.channels.get_mut(e.channel)
+        if let Some(c) = self.channels.get_mut(e.channel as usize)
             && c.front_of(e.generation) == Some(e.offset)
             && let Some(h) = c.history.as_mut()
         {
@@ -469,7 +473,10 @@ impl Hub {
         }
         let channels = &self.channels;
         self.log.retain(|e| {
-            channels.get(e.channel).and_then(|c| c.front_of(e.generation)).is_some_and(|front| front <= e.offset)
+            channels
+                .get(e.channel as usize)
+                .and_then(|c| c.front_of(e.generation))
+                .is_some_and(|front| front <= e.offset)
         });
     }
 
@@ -487,12 +494,6 @@ impl Hub {
 /// The epoch of a channel's first stream: the process's random seed.
 fn first_epoch(seed: u64) -> Epoch {
     Epoch::new(format!("{seed:016x}"))
-}
-
-/// A channel id as the name index keeps it (the hub holds far fewer than
-/// 2^32 channels: one per connection and per named channel at most).
-fn index_id(id: ChannelId) -> u32 {
-    u32::try_from(id).expect("fewer than 2^32 channels")
 }
 
 fn random_u64() -> u64 {

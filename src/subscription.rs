@@ -22,6 +22,7 @@
 //! linear scan (a handful in practice); `offer` is one comparison.
 
 use std::collections::VecDeque;
+use std::num::NonZeroU32;
 use std::rc::Rc;
 
 use crate::hub::{ChannelId, Epoch, Since};
@@ -30,14 +31,16 @@ use crate::hub::{ChannelId, Epoch, Since};
 /// oldest go, and the gap they leave is repaired from history once joined.
 pub const MAX_HELD: usize = 1024;
 
-/// One channel a connection is in (or joining).
+/// One channel a connection is in (or joining). 24 bytes, so a
+/// connection's list of one (its user channel: most connections have no
+/// other) is one 32-byte heap block.
 #[derive(Debug)]
 pub struct Subscription {
     /// The hub's slot for the channel (valid while anyone is in it).
     pub channel: ChannelId,
-    /// Joined with a subscription token expiring then (seconds since the
-    /// epoch); `None`: granted by the connection token (or its own user).
-    pub token_exp: Option<u64>,
+    /// See [`Subscription::token_exp`]: in 4 bytes, saturating at
+    /// `u32::MAX` (2106-02-07: for an expiry, "not before then").
+    token_exp: Option<NonZeroU32>,
     pub state: State,
 }
 
@@ -97,13 +100,23 @@ pub enum Verdict {
 impl Subscription {
     /// Joined at a known position (one process; a replay already queued).
     pub fn joined(channel: ChannelId, token_exp: Option<u64>, at: Position) -> Subscription {
-        Subscription { channel, token_exp, state: State::Joined(at) }
+        Subscription { channel, token_exp: compact_exp(token_exp), state: State::Joined(at) }
     }
 
     /// Waiting for its position (cluster mode).
     pub fn joining(channel: ChannelId, token_exp: Option<u64>, since: Option<Since>, silent: bool) -> Subscription {
         let j = Joining { read: 0, since, silent, held: VecDeque::new() };
-        Subscription { channel, token_exp, state: State::Joining(Box::new(j)) }
+        Subscription { channel, token_exp: compact_exp(token_exp), state: State::Joining(Box::new(j)) }
+    }
+
+    /// Joined with a subscription token expiring then (seconds since the
+    /// epoch); `None`: granted by the connection token (or its own user).
+    pub fn token_exp(&self) -> Option<u64> {
+        self.token_exp.map(|e| u64::from(e.get()))
+    }
+
+    pub fn set_token_exp(&mut self, exp: Option<u64>) {
+        self.token_exp = compact_exp(exp);
     }
 
     /// The rule: may this message be sent to the client now?
@@ -149,6 +162,11 @@ impl Subscription {
     }
 }
 
+/// An expiry in 4 bytes: 0 (long past) as 1, past 2106 as `u32::MAX`.
+fn compact_exp(exp: Option<u64>) -> Option<NonZeroU32> {
+    exp.map(|e| NonZeroU32::MIN.saturating_add(u32::try_from(e).unwrap_or(u32::MAX).saturating_sub(1)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +201,17 @@ mod tests {
         assert_eq!(j.held.len(), MAX_HELD);
         assert_eq!(j.held.front().unwrap().offset, 6, "the oldest went");
         assert!(s.position().is_none());
+    }
+
+    #[test]
+    fn a_subscription_is_24_bytes_and_keeps_its_token_expiry() {
+        assert_eq!(std::mem::size_of::<Subscription>(), 24);
+        let at = || Position { epoch: Epoch::from("e"), offset: 0 };
+        for exp in [None, Some(1), Some(1_767_225_600), Some(u64::from(u32::MAX))] {
+            assert_eq!(Subscription::joined(0, exp, at()).token_exp(), exp);
+        }
+        assert_eq!(Subscription::joined(0, Some(0), at()).token_exp(), Some(1), "long past stays past");
+        let far = Subscription::joined(0, Some(u64::MAX), at()).token_exp();
+        assert_eq!(far, Some(u64::from(u32::MAX)), "past 2106: not before then");
     }
 }

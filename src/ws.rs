@@ -19,7 +19,7 @@ use tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
 
 use crate::channels::{self, Refusal};
 pub use crate::close::Reason;
-use crate::compact::{Millis, PackedIp};
+use crate::compact::{Millis, OptSecs, PackedIp};
 use crate::config::Config;
 use crate::frame_meter::FrameMeter;
 use crate::hub::Since;
@@ -120,15 +120,20 @@ pub struct WsConn {
     /// The connection token's `iat` (updated by an in-band refresh): a
     /// revocation or denial compares it with its cut-off (see
     /// [`crate::control`]); `None` counts as older than any cut-off.
-    pub iat: Option<u64>,
-    /// When the connection was opened (unix seconds): a disconnect this
-    /// instance missed while cut off from Redis closes the connections
-    /// opened by then.
-    pub opened_at: u64,
+    pub iat: OptSecs,
+    /// When the connection was opened (Unix seconds, see
+    /// [`crate::compact::secs32`]): a disconnect this instance missed while
+    /// cut off from Redis closes the connections opened by then.
+    pub opened_at: u32,
     /// Upgraded with `?auth=message` and its first message (the token) has
     /// not come yet: no user, no channels, no broadcasts; `expires_at` is the
     /// deadline for that message (close 4008).
     pub awaiting_auth: bool,
+    /// Output held back, 101 included, until the user channel's position is
+    /// known (cluster mode): a client that sees the upgrade then gets every
+    /// message of its user channel published after it. (Here rather than in
+    /// the connection's head, which is full: see `Conn`.)
+    pub corked: bool,
 }
 
 impl WsConn {

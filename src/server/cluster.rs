@@ -429,7 +429,7 @@ impl Server {
         };
         let j = *j;
         if j.silent {
-            if self.conns[key].corked {
+            if self.conns[key].corked() {
                 self.uncork(key); // the 101 leaves now: exact from here on
             } else {
                 // The 101 went out before the position was known (Redis was
@@ -477,9 +477,9 @@ impl Server {
     /// Lets a connection's held output (its 101 first) go.
     fn uncork(&mut self, key: usize) {
         if let Some(c) = self.conns.get_mut(key)
-            && c.corked
+            && c.corked()
         {
-            c.corked = false;
+            c.set_corked(false);
             self.mark_dirty(key);
         }
     }

@@ -23,11 +23,9 @@ pub(super) struct Conn {
     pub dirty: bool,
     /// Already listed in `Server::deferred` (broadcast frames only).
     pub deferred: bool,
-    /// Output held back, 101 included, until the user channel's position is
-    /// known (cluster mode): a client that sees the upgrade then gets every
-    /// message of its user channel published after it.
-    pub corked: bool,
-    /// 18 bytes, packed with the fields above into one 32-byte head.
+    /// 18 bytes, packed with the fields above into one 32-byte head (so a
+    /// flag that only WebSockets need lives in `WsConn`: see
+    /// [`Conn::corked`]).
     pub peer: PackedAddr,
     pub out: OutQueue,
     pub phase: Phase,
@@ -101,13 +99,24 @@ impl HttpConn {
 }
 
 impl Conn {
+    /// Output held back until the user channel's position is known (see
+    /// [`WsConn::corked`]); only a WebSocket is ever corked.
+    pub fn corked(&self) -> bool {
+        matches!(&self.phase, Phase::Ws(ws) if ws.corked)
+    }
+
+    pub fn set_corked(&mut self, on: bool) {
+        if let Phase::Ws(ws) = &mut self.phase {
+            ws.corked = on;
+        }
+    }
+
     pub fn new(id: u64, stream: TcpStream, peer: SocketAddr) -> Conn {
         Conn {
             id,
             stream,
             dirty: false,
             deferred: false,
-            corked: false,
             peer: peer.into(),
             out: OutQueue::default(),
             phase: Phase::Http(HttpConn::default()),

@@ -260,7 +260,7 @@ fn queue(
         let before = conn.out.bytes();
         // A corked connection (its 101 waits for its user channel) is not
         // written here either.
-        let wrote = if conn.corked {
+        let wrote = if conn.corked() {
             Ok(crate::outqueue::Flush::Blocked)
         } else {
             conn.out.write_to(&mut crate::sys::Send(&conn.stream))

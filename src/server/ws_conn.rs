@@ -195,13 +195,13 @@ impl Server {
         let ws = &mut *ws;
         let mut ended = Vec::new();
         for s in &mut ws.subs {
-            let Some(exp) = s.token_exp else { continue };
+            let Some(exp) = s.token_exp() else { continue };
             if exp.saturating_add(leeway) > now {
                 continue;
             }
             let name = &self.hub.channel(s.channel).name;
             if channels::granted(name, &ws.grants) {
-                s.token_exp = None;
+                s.set_token_exp(None);
             } else {
                 ended.push(name.to_string());
             }
@@ -229,7 +229,7 @@ impl Server {
                     return self.close_ws(key, Reason::AuthRevoked, now);
                 }
                 // A fresh token lifts the denials issued before it.
-                ws.iat = claims.iat;
+                ws.iat = claims.iat.into();
                 ws.expires_at = auth::expires_at(now, claims.exp, self.config.jwt_leeway_secs).into();
                 let grants = channels::grants_from_claim(
                     claims.extra.get(&self.config.channels_claim),
@@ -275,7 +275,7 @@ impl Server {
         if std::mem::take(&mut ws.awaiting_auth) {
             self.awaiting_auth -= 1;
         }
-        ws.iat = iat;
+        ws.iat = iat.into();
         ws.sub = ws::Subject::new(&sub);
         ws.grants = grants;
         ws.expires_at = expires_at.into();
@@ -365,7 +365,7 @@ impl Server {
         if conn.out.bytes() <= max || conn.ws().is_none_or(|w| w.close_deadline.is_some() || !w.can_write()) {
             return false;
         }
-        if !conn.corked && conn.out.write_to(&mut crate::sys::Send(&conn.stream)).is_ok() && conn.out.bytes() <= max {
+        if !conn.corked() && conn.out.write_to(&mut crate::sys::Send(&conn.stream)).is_ok() && conn.out.bytes() <= max {
             return false;
         }
         let sub = conn.ws().map_or("", |w| w.sub.as_str());
@@ -435,7 +435,7 @@ impl Server {
         }
         let mut at = at.instant();
         // The first subscription token to expire (see expire_subscription_tokens).
-        if let Some(exp) = ws.subs.iter().filter_map(|s| s.token_exp).min() {
+        if let Some(exp) = ws.subs.iter().filter_map(|s| s.token_exp()).min() {
             at = at.min(auth::expires_at(Instant::now(), exp, self.config.jwt_leeway_secs));
         }
         self.set_deadline(key, at);
@@ -467,7 +467,7 @@ impl Server {
             }
             return self.close_ws(key, Reason::TokenExpired, now);
         }
-        if ws.close_deadline.is_none() && ws.subs.iter().any(|s| s.token_exp.is_some()) {
+        if ws.close_deadline.is_none() && ws.subs.iter().any(|s| s.token_exp().is_some()) {
             self.expire_subscription_tokens(key);
         }
         let Some((ws, mut wire)) = self.conns[key].ws_wire() else {
