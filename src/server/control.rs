@@ -200,7 +200,7 @@ impl Server {
             let Some(ws) = self.conns[key].ws() else { continue };
             match rec {
                 Record::Revoke { before, .. } => {
-                    if control::is_old(ws.iat, *before) {
+                    if control::is_old(ws.iat.get(), *before) {
                         self.close_because(key, Reason::Reauthenticate, REVOKED_REASON, now);
                         n += 1;
                         continue;
@@ -213,7 +213,7 @@ impl Server {
                     }
                 }
                 Record::Deny { pattern, before, reason, .. } => {
-                    let old = control::is_old(ws.iat, *before);
+                    let old = control::is_old(ws.iat.get(), *before);
                     let pattern: [Box<str>; 1] = [pattern.as_str().into()];
                     // Joined through the token's claim: ended if the token is
                     // old. Through a subscription token: always (its age is
@@ -317,8 +317,8 @@ impl Server {
             token_iat = Some(claims.iat);
         }
         if let Some(d) = store.denial(&ws.sub, channel, now) {
-            let lifted =
-                !control::is_old(ws.iat, d.before) || token_iat.is_some_and(|iat| !control::is_old(iat, d.before));
+            let lifted = !control::is_old(ws.iat.get(), d.before)
+                || token_iat.is_some_and(|iat| !control::is_old(iat, d.before));
             if !lifted {
                 return forbid(&format!(
                     "access to this channel was withdrawn ({}): a token issued after that is needed",

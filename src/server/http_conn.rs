@@ -276,7 +276,7 @@ impl Server {
             grants: Box::default(),
             subs: Vec::new(),
             awaiting_auth: matches!(auth, UpgradeAuth::FirstMessage { .. }),
-            iat: None,
+            iat: ws::IssuedAt::default(),
             opened_at: crate::auth::now_secs(),
         });
         let conn = &mut self.conns[key];

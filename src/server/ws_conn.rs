@@ -229,7 +229,7 @@ impl Server {
                     return self.close_ws(key, Reason::AuthRevoked, now);
                 }
                 // A fresh token lifts the denials issued before it.
-                ws.iat = claims.iat;
+                ws.iat = claims.iat.into();
                 ws.expires_at = auth::expires_at(now, claims.exp, self.config.jwt_leeway_secs).into();
                 let grants = channels::grants_from_claim(
                     claims.extra.get(&self.config.channels_claim),
@@ -275,7 +275,7 @@ impl Server {
         if std::mem::take(&mut ws.awaiting_auth) {
             self.awaiting_auth -= 1;
         }
-        ws.iat = iat;
+        ws.iat = iat.into();
         ws.sub = ws::Subject::new(&sub);
         ws.grants = grants;
         ws.expires_at = expires_at.into();
