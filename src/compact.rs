@@ -13,9 +13,6 @@
 //!   IPv4-mapped IPv6) where `IpAddr` takes 17 and pads to 24 beside
 //!   8-byte fields; a socket address in 18 where `SocketAddr` takes 32
 //!   (flow info and scope id are never used here).
-//! - [`OptSecs`]: an optional count of seconds (a token's `iat`) in 8
-//!   bytes, where an `Option<u64>` takes 16; [`secs32`]: Unix seconds in 4
-//!   bytes (until 2106).
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU64;
@@ -106,29 +103,6 @@ impl PartialOrd<Millis> for Instant {
     }
 }
 
-/// An optional count of seconds in 8 bytes (`None`, or the value plus
-/// one). `u64::MAX` itself is kept as `u64::MAX - 1`: a time 584 billion
-/// years away, compared with real cut-offs, orders the same.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct OptSecs(Option<NonZeroU64>);
-
-impl OptSecs {
-    pub fn get(self) -> Option<u64> {
-        self.0.map(|n| n.get() - 1)
-    }
-}
-
-impl From<Option<u64>> for OptSecs {
-    fn from(s: Option<u64>) -> OptSecs {
-        OptSecs(s.map(|s| NonZeroU64::MIN.saturating_add(s)))
-    }
-}
-
-/// Unix seconds in 4 bytes, saturating at `u32::MAX` (2106-02-07).
-pub fn secs32(s: u64) -> u32 {
-    u32::try_from(s).unwrap_or(u32::MAX)
-}
-
 /// An IP address in 16 bytes, alignment 1 (IPv4 as IPv4-mapped IPv6).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PackedIp([u8; 16]);
@@ -217,17 +191,6 @@ mod tests {
         }
         assert_eq!((std::mem::size_of::<PackedAddr>(), std::mem::align_of::<PackedAddr>()), (18, 1));
         assert_eq!(std::mem::size_of::<PackedIp>(), 16);
-    }
-
-    #[test]
-    fn optional_seconds_in_eight_bytes() {
-        assert_eq!(std::mem::size_of::<OptSecs>(), 8);
-        for s in [None, Some(0), Some(1), Some(1_767_225_600), Some(u64::MAX - 1)] {
-            assert_eq!(OptSecs::from(s).get(), s);
-        }
-        assert_eq!(OptSecs::from(Some(u64::MAX)).get(), Some(u64::MAX - 1));
-        assert_eq!(OptSecs::default().get(), None);
-        assert_eq!((secs32(1_767_225_600), secs32(u64::MAX)), (1_767_225_600, u32::MAX));
     }
 
     #[test]

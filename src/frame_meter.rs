@@ -156,7 +156,7 @@ impl FrameMeter {
 
     /// The client's token bucket as it stands.
     pub fn bucket(&self) -> TokenBucket {
-        self.bucket.clone()
+        self.bucket
     }
 
     /// Nothing partly passed: every byte handed to tungstenite belongs to a

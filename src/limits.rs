@@ -77,7 +77,11 @@ impl std::fmt::Display for AddrKey {
 pub const MAX_MESSAGE_FRAGMENTS: u32 = 128;
 
 /// A token bucket: `burst` messages at once, refilled at `per_sec`.
-#[derive(Debug, Clone)]
+///
+/// 12 bytes at 4-byte alignment (packed: every WebSocket client has one,
+/// and 16 bytes at 8-byte alignment would round `WsConn` up by 8).
+#[derive(Debug, Clone, Copy)]
+#[repr(C, packed(4))]
 pub struct TokenBucket {
     tokens: f32,
     /// 8 bytes, not an Instant's 16: every WebSocket client has a bucket.

@@ -19,7 +19,7 @@ use tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
 
 use crate::channels::{self, Refusal};
 pub use crate::close::Reason;
-use crate::compact::{Millis, OptSecs, PackedIp};
+use crate::compact::{Millis, PackedIp};
 use crate::config::Config;
 use crate::frame_meter::FrameMeter;
 use crate::hub::Since;
@@ -76,7 +76,7 @@ impl<S: Read> Read for Wire<'_, S> {
 
 impl<S> Write for Wire<'_, S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.push_owned(buf.to_vec());
+        self.out.push_copy(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -119,12 +119,12 @@ pub struct WsConn {
     pub subs: Vec<Subscription>,
     /// The connection token's `iat` (updated by an in-band refresh): a
     /// revocation or denial compares it with its cut-off (see
-    /// [`crate::control`]); `None` counts as older than any cut-off.
-    pub iat: OptSecs,
-    /// When the connection was opened (Unix seconds, see
-    /// [`crate::compact::secs32`]): a disconnect this instance missed while
-    /// cut off from Redis closes the connections opened by then.
-    pub opened_at: u32,
+    /// [`crate::control`]); none counts as older than any cut-off.
+    pub iat: IssuedAt,
+    /// When the connection was opened (unix seconds): a disconnect this
+    /// instance missed while cut off from Redis closes the connections
+    /// opened by then.
+    pub opened_at: u64,
     /// Upgraded with `?auth=message` and its first message (the token) has
     /// not come yet: no user, no channels, no broadcasts; `expires_at` is the
     /// deadline for that message (close 4008).
@@ -152,6 +152,24 @@ impl WsConn {
     /// requests and joins nothing.
     pub fn closing(&self) -> bool {
         self.close_deadline.is_some() || !self.can_write()
+    }
+}
+
+/// A token's `iat` in 8 bytes where an `Option<u64>` takes 16 (every
+/// connection keeps one): seconds since the epoch, plus one; 0 for none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IssuedAt(u64);
+
+impl IssuedAt {
+    pub fn get(self) -> Option<u64> {
+        self.0.checked_sub(1)
+    }
+}
+
+impl From<Option<u64>> for IssuedAt {
+    /// An `iat` of u64::MAX (not a time) is kept as none: older than any cut-off.
+    fn from(iat: Option<u64>) -> IssuedAt {
+        IssuedAt(iat.and_then(|s| s.checked_add(1)).unwrap_or(0))
     }
 }
 
@@ -234,7 +252,7 @@ impl Protocol {
     /// The connection's Reading, lent now if it holds none.
     pub fn reading<'a>(&mut self, ws: &'a mut WsConn, now: Instant) -> &'a mut Reading {
         if ws.reading.is_none() {
-            ws.reading = Some(self.make(ws.bucket.clone(), Vec::new(), now));
+            ws.reading = Some(self.make(ws.bucket, Vec::new(), now));
         }
         ws.reading.as_deref_mut().expect("just set")
     }
@@ -463,6 +481,15 @@ mod tests {
         assert!(matches!(on_text(&big, 512), Inbound::Subscribe { token: Some(_), .. }));
         let big = format!(r#"{{"type":"subscribe","channel":"p:{}"}}"#, "x".repeat(900));
         assert_eq!(on_text(&big, 512), Inbound::Close(Reason::TooBig));
+    }
+
+    #[test]
+    fn issued_at_keeps_every_iat_but_the_impossible_one() {
+        for iat in [None, Some(0), Some(1), Some(1_700_000_000), Some(u64::MAX - 1)] {
+            assert_eq!(IssuedAt::from(iat).get(), iat);
+        }
+        assert_eq!(IssuedAt::from(Some(u64::MAX)).get(), None, "not a time: older than any cut-off");
+        assert_eq!(std::mem::size_of::<IssuedAt>(), 8);
     }
 
     #[test]

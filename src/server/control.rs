@@ -227,7 +227,7 @@ impl Server {
                     }
                 }
                 Record::Disconnect { at, reconnect, reason, .. } => {
-                    if how == Apply::CatchUp && u64::from(ws.opened_at) > *at {
+                    if how == Apply::CatchUp && ws.opened_at > *at {
                         continue; // opened after the action: not concerned
                     }
                     let r = if *reconnect { Reason::Reauthenticate } else { Reason::Disconnected };

@@ -276,8 +276,8 @@ impl Server {
             grants: Box::default(),
             subs: Vec::new(),
             awaiting_auth: matches!(auth, UpgradeAuth::FirstMessage { .. }),
-            iat: Default::default(),
-            opened_at: crate::compact::secs32(crate::auth::now_secs()),
+            iat: ws::IssuedAt::default(),
+            opened_at: crate::auth::now_secs(),
             corked: false,
         });
         let conn = &mut self.conns[key];
