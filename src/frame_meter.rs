@@ -106,6 +106,21 @@ impl FrameMeter {
         leftover: Vec<u8>,
         now: Instant,
     ) -> FrameMeter {
+        let bucket = TokenBucket::new(burst, now);
+        FrameMeter::resume(rate, burst, max_message, max_auth_message, bucket, leftover, now)
+    }
+
+    /// A meter at a frame boundary whose client's bucket is `bucket` (kept
+    /// by the connection while it holds no meter: see [`crate::ws::Reading`]).
+    pub fn resume(
+        rate: u32,
+        burst: u32,
+        max_message: usize,
+        max_auth_message: usize,
+        bucket: TokenBucket,
+        leftover: Vec<u8>,
+        now: Instant,
+    ) -> FrameMeter {
         FrameMeter {
             max_message: max_message as u64,
             max_auth_message: max_auth_message.max(max_message) as u64,
@@ -119,7 +134,7 @@ impl FrameMeter {
             hdr_len: 0,
             payload_left: 0,
             fragments: 0,
-            bucket: TokenBucket::new(burst, now),
+            bucket,
             rate,
             burst,
             now,
@@ -137,6 +152,25 @@ impl FrameMeter {
         self.turn_bytes = 0;
         self.turn_frames = 0;
         self.spent = false;
+    }
+
+    /// The client's token bucket as it stands.
+    pub fn bucket(&self) -> TokenBucket {
+        self.bucket
+    }
+
+    /// Nothing partly passed: every byte handed to tungstenite belongs to a
+    /// whole frame, no fragmented message is in progress, nothing waits,
+    /// nothing was refused, the turn's budget was not what stopped the read.
+    /// After a read that would block, tungstenite then holds nothing either.
+    pub fn at_rest(&self) -> bool {
+        self.hdr_len == 0
+            && self.payload_left == 0
+            && self.fragments == 0
+            && self.message_bytes.is_none()
+            && self.pending.is_empty()
+            && self.refused.is_none()
+            && !self.spent
     }
 
     /// Any bytes still waiting from the upgrade request?
@@ -466,6 +500,29 @@ mod tests {
             let f = masked(fin, 2, &[0; 100]);
             assert_eq!(m.scan(&f[..6]), Err(Reason::Binary), "fin {fin}");
         }
+    }
+
+    #[test]
+    fn at_rest_only_between_whole_messages() {
+        let mut m = meter(100);
+        assert!(m.at_rest());
+        let f = frame(true, 1, 300);
+        assert_eq!(m.scan(&f[..1]), Ok(1));
+        assert!(!m.at_rest(), "inside a header");
+        assert_eq!(m.scan(&f[1..10]), Ok(9));
+        assert!(!m.at_rest(), "inside a payload");
+        assert_eq!(m.scan(&f[10..]), Ok(f.len() - 10));
+        assert!(m.at_rest());
+        assert_eq!(m.scan(&frame(false, 1, 3)), Ok(9));
+        assert!(!m.at_rest(), "a fragmented message in progress");
+        assert_eq!(m.scan(&frame(true, 9, 0)), Ok(6));
+        assert!(!m.at_rest(), "a ping between fragments does not end the message");
+        assert_eq!(m.scan(&frame(true, 0, 2)), Ok(8));
+        assert!(m.at_rest());
+        let mut spent = meter(100);
+        spent.spent = true;
+        assert!(!spent.at_rest(), "the budget stopped the read: bytes may wait in the socket");
+        assert!(!FrameMeter::new(1, 1, 512, 8192, vec![0x81], Instant::now()).at_rest(), "upgrade leftovers wait");
     }
 
     #[test]

@@ -310,6 +310,14 @@ impl Response {
         r
     }
 
+    /// A JSON body already written (answers on the publish path, built
+    /// without a `serde_json::Value`).
+    pub fn json_text(status: u16, body: String) -> Response {
+        let mut r = Response::new(status).header("Content-Type", "application/json");
+        r.body = body;
+        r
+    }
+
     /// A body of another type (the development demo page and its scripts).
     pub fn text(status: u16, content_type: &'static str, body: impl Into<String>) -> Response {
         let mut r = Response::new(status).header("Content-Type", content_type);
@@ -338,8 +346,12 @@ impl Response {
     pub fn encode(&self, keep_alive: bool, omit_body: bool) -> Vec<u8> {
         let mut s = String::with_capacity(160 + self.body.len());
         let _ = write!(s, "HTTP/1.1 {} {}\r\n", self.status, status_text(self.status).0);
+        // push_str, not write!: every publish's answer goes through here.
         for (k, v) in &self.headers {
-            let _ = write!(s, "{k}: {v}\r\n");
+            s.push_str(k);
+            s.push_str(": ");
+            s.push_str(v);
+            s.push_str("\r\n");
         }
         if self.status != 101 && self.status != 204 {
             let _ = write!(s, "Content-Length: {}\r\n", self.body.len());

@@ -27,9 +27,13 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use crate::broadcast;
+use crate::name_index::NameIndex;
 
-/// A channel's slot in the hub (valid while it has subscribers or history).
-pub type ChannelId = usize;
+/// A channel's slot in the hub (valid while it has subscribers, history or
+/// a hold). 4 bytes: the hub holds far fewer than 2^32 channels (one per
+/// connection and per named channel at most), and every subscription and
+/// history log entry keeps one.
+pub type ChannelId = u32;
 
 /// History limits (HISTORY_SIZE, HISTORY_TTL_SECS, HISTORY_MAX_BYTES).
 #[derive(Debug, Clone, Copy)]
@@ -52,21 +56,147 @@ struct Entry {
 }
 
 pub struct Channel {
-    pub name: Box<str>,
-    /// Names this stream of offsets; a replay never crosses epochs. Shared
-    /// with every subscription's position in this channel.
-    pub epoch: Rc<str>,
+    /// Shared with the name index (one allocation per channel).
+    pub name: Rc<str>,
+    /// Names this stream of offsets; a replay never crosses epochs. Every
+    /// channel on its first stream shares the process's epoch string, and
+    /// every subscription's position in this channel shares it too.
+    pub epoch: Epoch,
     /// The latest offset (0: no message yet).
     pub offset: u64,
     /// Connection keys (slab keys of the server's table).
-    pub subscribers: HashSet<usize>,
-    /// Reads of the channel's position that keep it (see [`Hub::hold`]).
-    holds: u32,
-    /// The last messages, oldest first, contiguous offsets.
-    history: VecDeque<Entry>,
-    /// Tells this channel from a later one in the same slot (log entries
-    /// outlive a forgotten channel).
+    subscribers: Subscribers,
+    /// The last messages (`None` while there are none: most channels —
+    /// every connection's own `user:` channel — never have any).
+    history: Option<Box<History>>,
+}
+
+/// A channel's epoch (see the module doc): a string, read through
+/// `Deref<Target = str>`, behind one thin pointer (8 bytes, where an
+/// `Rc<str>` takes 16) shared by every channel of the same stream era and
+/// every subscription positioned in it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Epoch(Rc<Box<str>>);
+
+impl Epoch {
+    fn new(name: String) -> Epoch {
+        Epoch(Rc::new(name.into_boxed_str()))
+    }
+
+    /// The same stream? One pointer compare when both share the string
+    /// (the common case), the text otherwise.
+    pub fn same(&self, other: &Epoch) -> bool {
+        Rc::ptr_eq(&self.0, &other.0) || **self == **other
+    }
+}
+
+impl From<String> for Epoch {
+    /// An epoch from outside the hub (cluster mode: Redis names it).
+    fn from(name: String) -> Epoch {
+        Epoch::new(name)
+    }
+}
+
+impl From<&str> for Epoch {
+    fn from(name: &str) -> Epoch {
+        Epoch::new(name.to_string())
+    }
+}
+
+impl std::ops::Deref for Epoch {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl std::fmt::Debug for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+/// A channel's retained messages.
+struct History {
+    /// Oldest first, contiguous offsets.
+    entries: VecDeque<Entry>,
+    /// Tells this history from a later one in the same channel slot (log
+    /// entries outlive a forgotten channel or an emptied history).
     generation: u64,
+}
+
+/// The connections in a channel. Most channels (every connection's own
+/// `user:` channel) have one subscriber: it is held inline, and a set is
+/// allocated only from the second one on.
+enum Subscribers {
+    None,
+    One(usize),
+    // Boxed: 8 bytes inline instead of a HashSet's 48, in every channel.
+    #[allow(clippy::box_collection)]
+    Many(Box<HashSet<usize>>),
+}
+
+impl Subscribers {
+    fn insert(&mut self, key: usize) {
+        match self {
+            Subscribers::None => *self = Subscribers::One(key),
+            Subscribers::One(k) if *k == key => {}
+            Subscribers::One(k) => *self = Subscribers::Many(Box::new(HashSet::from([*k, key]))),
+            Subscribers::Many(set) => {
+                set.insert(key);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: usize) {
+        match self {
+            Subscribers::One(k) if *k == key => *self = Subscribers::None,
+            Subscribers::Many(set) => {
+                set.remove(&key);
+                match set.len() {
+                    0 => *self = Subscribers::None,
+                    1 => *self = Subscribers::One(*set.iter().next().expect("one left")),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Subscribers::None)
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Subscribers::None => 0,
+            Subscribers::One(_) => 1,
+            Subscribers::Many(set) => set.len(),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &usize> {
+        let (one, many) = match self {
+            Subscribers::None => (None, None),
+            Subscribers::One(k) => (Some(k), None),
+            Subscribers::Many(set) => (None, Some(set.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
+impl Channel {
+    /// The oldest retained offset of history `generation`, if it is held.
+    fn front_of(&self, generation: u64) -> Option<u64> {
+        let h = self.history.as_ref().filter(|h| h.generation == generation)?;
+        h.entries.front().map(|e| e.offset)
+    }
 }
 
 /// One history entry in publish order, for TTL and byte-cap expiry.
@@ -80,7 +210,8 @@ struct LogEntry {
 
 pub struct Hub {
     channels: Slab<Channel>,
-    by_name: HashMap<Box<str>, ChannelId>,
+    /// Name → id (8 bytes per channel; the names stay in `channels`).
+    by_name: NameIndex,
     log: VecDeque<LogEntry>,
     /// Live history entries and their frame bytes (all channels).
     entries: usize,
@@ -89,13 +220,20 @@ pub struct Hub {
     /// Random per process (and per era): epochs differ between server
     /// lifetimes.
     epoch_seed: u64,
-    /// Channels created so far: epochs differ between a channel's lives.
+    /// The epoch of every channel's first stream in this era (shared).
+    first_epoch: Epoch,
+    /// Channels and histories created so far: epochs differ between a
+    /// channel's lives, log entries tell histories apart.
     generations: u64,
     /// Hashes of names forgotten after they had messages: their next stream
     /// must not reuse the first-stream epoch.
     retired: HashSet<u64>,
     /// Keyed per process, so names cannot be chosen to collide.
     hasher: std::collections::hash_map::RandomState,
+    /// Channels kept by reads of their position, and how many such reads
+    /// (see [`Hub::hold`]); rare and short, so kept here rather than in
+    /// every channel.
+    holds: HashMap<ChannelId, u32>,
 }
 
 /// Past this many retired names a new era starts (a new process epoch, the
@@ -111,17 +249,20 @@ pub struct Published {
 
 impl Hub {
     pub fn new(limits: HistoryLimits) -> Hub {
+        let epoch_seed = random_u64();
         Hub {
             channels: Slab::new(),
-            by_name: HashMap::new(),
+            by_name: NameIndex::new(),
             log: VecDeque::new(),
             entries: 0,
             bytes: 0,
             limits,
-            epoch_seed: random_u64(),
+            epoch_seed,
+            first_epoch: first_epoch(epoch_seed),
             generations: 0,
             retired: HashSet::new(),
             hasher: Default::default(),
+            holds: HashMap::new(),
         }
     }
 
@@ -131,47 +272,57 @@ impl Hub {
     }
 
     fn get_or_create(&mut self, name: &str) -> ChannelId {
-        if let Some(&id) = self.by_name.get(name) {
+        if let Some(id) = self.find(name) {
             return id;
         }
         self.generations += 1;
         // 64 random bits per process; a counter for a name's later lives:
         // short, unguessable across restarts, never reused within one.
         let epoch = if self.retired.contains(&self.name_hash(name)) {
-            format!("{:016x}-{:x}", self.epoch_seed, self.generations)
+            Epoch::new(format!("{:016x}-{:x}", self.epoch_seed, self.generations))
         } else {
-            format!("{:016x}", self.epoch_seed)
+            self.first_epoch.clone()
         };
-        let id = self.channels.insert(Channel {
+        let slot = self.channels.insert(Channel {
             name: name.into(),
-            epoch: epoch.into(),
+            epoch,
             offset: 0,
-            subscribers: HashSet::new(),
-            holds: 0,
-            history: VecDeque::new(),
-            generation: self.generations,
+            subscribers: Subscribers::None,
+            history: None,
         });
-        self.by_name.insert(name.into(), id);
+        let id = ChannelId::try_from(slot).expect("fewer than 2^32 channels");
+        let channels = &self.channels;
+        self.by_name.insert(name, id, |i| &channels[i as usize].name);
         id
     }
 
     pub fn channel(&self, id: ChannelId) -> &Channel {
-        &self.channels[id]
+        &self.channels[id as usize]
     }
 
     /// The connections subscribed to `name` (none if it is not held).
     pub fn subscribers(&self, name: &str) -> impl Iterator<Item = &usize> {
-        self.find(name).into_iter().flat_map(|id| self.channels[id].subscribers.iter())
+        self.find(name).into_iter().flat_map(|id| self.channels[id as usize].subscribers.iter())
+    }
+
+    /// The connections subscribed to channel `id`.
+    pub fn subscriber_keys(&self, id: ChannelId) -> impl Iterator<Item = usize> + '_ {
+        self.channels[id as usize].subscribers.iter().copied()
+    }
+
+    /// How many connections are subscribed to channel `id`.
+    pub fn subscriber_count(&self, id: ChannelId) -> usize {
+        self.channels[id as usize].subscribers.len()
     }
 
     pub fn find(&self, name: &str) -> Option<ChannelId> {
-        self.by_name.get(name).copied()
+        self.by_name.get(name, |i| &self.channels[i as usize].name)
     }
 
     /// Adds `key` to the channel (created if new); returns its id.
     pub fn subscribe(&mut self, name: &str, key: usize) -> ChannelId {
         let id = self.get_or_create(name);
-        self.channels[id].subscribers.insert(key);
+        self.channels[id as usize].subscribers.insert(key);
         id
     }
 
@@ -181,38 +332,46 @@ impl Hub {
     /// browser subscribes.
     pub fn hold(&mut self, name: &str) -> ChannelId {
         let id = self.get_or_create(name);
-        self.channels[id].holds += 1;
+        *self.holds.entry(id).or_insert(0) += 1;
         id
     }
 
     /// Ends one [`Hub::hold`]; forgets the channel if nothing else keeps it.
     pub fn release(&mut self, id: ChannelId) {
-        if let Some(c) = self.channels.get_mut(id) {
-            c.holds = c.holds.saturating_sub(1);
+        if let Some(n) = self.holds.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                self.holds.remove(&id);
+            }
+        }
+        if self.channels.contains(id as usize) {
             self.forget_if_idle(id);
         }
     }
 
     /// Removes `key`; forgets the channel if nothing is left in it.
     pub fn unsubscribe(&mut self, id: ChannelId, key: usize) {
-        if let Some(c) = self.channels.get_mut(id) {
-            c.subscribers.remove(&key);
+        if let Some(c) = self.channels.get_mut(id as usize) {
+            c.subscribers.remove(key);
             self.forget_if_idle(id);
         }
     }
 
     fn forget_if_idle(&mut self, id: ChannelId) {
-        let c = &self.channels[id];
-        if c.subscribers.is_empty() && c.history.is_empty() && c.holds == 0 {
+        let c = &self.channels[id as usize];
+        if c.subscribers.is_empty() && c.history.is_none() && !self.holds.contains_key(&id) {
             if c.offset > 0 {
                 if self.retired.len() >= MAX_RETIRED {
                     self.retired.clear();
                     self.epoch_seed = random_u64();
+                    self.first_epoch = first_epoch(self.epoch_seed);
                 }
                 self.retired.insert(self.name_hash(&c.name));
             }
-            let c = self.channels.remove(id);
-            self.by_name.remove(&c.name);
+            let name = c.name.clone();
+            let channels = &self.channels;
+            self.by_name.remove(&name, |i| &channels[i as usize].name);
+            self.channels.remove(id as usize);
         }
     }
 
@@ -221,21 +380,27 @@ impl Hub {
     pub fn publish(&mut self, name: &str, kind: &str, payload: &str, now: Instant) -> Published {
         self.expire(now);
         let id = self.get_or_create(name);
-        let c = &mut self.channels[id];
+        let c = &mut self.channels[id as usize];
         c.offset += 1;
         let frame = broadcast::frame(&broadcast::channel_envelope(kind, payload, &c.name, c.offset));
         let offset = c.offset;
         if self.limits.size > 0 {
-            if c.history.len() == self.limits.size
-                && let Some(old) = c.history.pop_front()
+            let generations = &mut self.generations;
+            let h = c.history.get_or_insert_with(|| {
+                *generations += 1;
+                Box::new(History { entries: VecDeque::new(), generation: *generations })
+            });
+            if h.entries.len() == self.limits.size
+                && let Some(old) = h.entries.pop_front()
             {
                 self.entries -= 1;
                 self.bytes -= old.frame.len();
             }
-            c.history.push_back(Entry { offset, frame: frame.clone() });
+            h.entries.push_back(Entry { offset, frame: frame.clone() });
+            let generation = h.generation;
             self.entries += 1;
             self.bytes += frame.len();
-            self.log.push_back(LogEntry { channel: id, generation: c.generation, offset, bytes: frame.len(), at: now });
+            self.log.push_back(LogEntry { channel: id, generation, offset, bytes: frame.len(), at: now });
             self.compact_log();
             // The byte cap: oldest entries (of any channel) go first.
             while self.bytes > self.limits.max_bytes && self.pop_oldest() {}
@@ -248,7 +413,7 @@ impl Hub {
     /// held in this epoch; `None` means "cannot recover".
     pub fn replay(&mut self, id: ChannelId, since: &Since, now: Instant) -> Option<Vec<Rc<[u8]>>> {
         self.expire(now);
-        let c = self.channels.get(id)?;
+        let c = self.channels.get(id as usize)?;
         if *c.epoch != *since.epoch || since.offset > c.offset {
             return None;
         }
@@ -256,12 +421,13 @@ impl Hub {
             return Some(Vec::new());
         }
         // History offsets are contiguous and end at c.offset.
-        let first = c.history.front()?.offset;
+        let entries = &c.history.as_ref()?.entries;
+        let first = entries.front()?.offset;
         if first > since.offset + 1 {
             return None;
         }
         let skip = (since.offset + 1 - first) as usize;
-        Some(c.history.iter().skip(skip).map(|e| e.frame.clone()).collect())
+        Some(entries.iter().skip(skip).map(|e| e.frame.clone()).collect())
     }
 
     /// Drops history older than the TTL; forgets channels left idle.
@@ -283,11 +449,14 @@ impl Hub {
         let Some(e) = self.log.pop_front() else {
             return false;
         };
-        if let Some(c) = self.channels.get_mut(e.channel)
-            && c.generation == e.generation
-            && c.history.front().is_some_and(|h| h.offset == e.offset)
+        if let Some(c) = self.channels.get_mut(e.channel as usize)
+            && c.front_of(e.generation) == Some(e.offset)
+            && let Some(h) = c.history.as_mut()
         {
-            c.history.pop_front();
+            h.entries.pop_front();
+            if h.entries.is_empty() {
+                c.history = None;
+            }
             self.entries -= 1;
             self.bytes -= e.bytes;
             self.forget_if_idle(e.channel);
@@ -304,9 +473,10 @@ impl Hub {
         }
         let channels = &self.channels;
         self.log.retain(|e| {
-            channels.get(e.channel).is_some_and(|c| {
-                c.generation == e.generation && c.history.front().is_some_and(|h| h.offset <= e.offset)
-            })
+            channels
+                .get(e.channel as usize)
+                .and_then(|c| c.front_of(e.generation))
+                .is_some_and(|front| front <= e.offset)
         });
     }
 
@@ -319,6 +489,11 @@ impl Hub {
     pub fn history(&self) -> (usize, usize) {
         (self.entries, self.bytes)
     }
+}
+
+/// The epoch of a channel's first stream: the process's random seed.
+fn first_epoch(seed: u64) -> Epoch {
+    Epoch::new(format!("{seed:016x}"))
 }
 
 fn random_u64() -> u64 {
@@ -411,6 +586,51 @@ mod tests {
         h.unsubscribe(id, 1);
         let id = h.subscribe("p:1", 1);
         assert_ne!(h.channel(id).epoch, e2);
+    }
+
+    #[test]
+    fn subscribers_one_inline_then_a_set_and_back() {
+        let mut h = hub(0, 10, 1 << 20);
+        let keys = |h: &Hub| {
+            let mut k: Vec<usize> = h.subscribers("p:1").copied().collect();
+            k.sort();
+            k
+        };
+        let id = h.subscribe("p:1", 4);
+        h.subscribe("p:1", 4);
+        assert_eq!(keys(&h), [4], "a key joins once");
+        h.subscribe("p:1", 9);
+        h.subscribe("p:1", 2);
+        assert_eq!(keys(&h), [2, 4, 9]);
+        h.unsubscribe(id, 4);
+        h.unsubscribe(id, 77); // not in it: nothing happens
+        assert_eq!(keys(&h), [2, 9]);
+        h.unsubscribe(id, 9);
+        assert_eq!(keys(&h), [2]);
+        assert!(matches!(h.channel(id).subscribers, Subscribers::One(2)), "back to inline");
+        h.unsubscribe(id, 2);
+        assert_eq!(h.channels(), 0, "the last one out forgets the channel");
+        assert!(keys(&h).is_empty());
+    }
+
+    #[test]
+    fn a_history_emptied_by_expiry_starts_again_without_old_log_entries_touching_it() {
+        let t = Instant::now();
+        let mut h = hub(2, 10, usize::MAX);
+        let id = h.subscribe("p:1", 1);
+        for _ in 0..5 {
+            h.publish("p:1", "t", "1", t); // trims: log entries of offsets 1..=3 are stale
+        }
+        h.expire(t + Duration::from_secs(11));
+        assert_eq!(h.history(), (0, 0));
+        assert!(h.channel(id).history.is_none(), "an empty history holds no allocation");
+        let t2 = t + Duration::from_secs(12);
+        h.publish("p:1", "t", "1", t2);
+        h.publish("p:1", "t", "1", t2);
+        h.expire(t2 + Duration::from_secs(5));
+        let since = Since { epoch: h.channel(id).epoch.to_string(), offset: 5 };
+        assert_eq!(offsets(&h.replay(id, &since, t2).unwrap()), [6, 7]);
+        assert_eq!(h.history().0, 2);
     }
 
     #[test]

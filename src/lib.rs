@@ -33,13 +33,15 @@
 //!   revocations tokens are checked against, and the idempotency cache
 //!   (pure; the loop's side is `server::control`).
 //! - [`hub`]: channel state — subscribers per channel, offsets and epochs,
-//!   bounded history for replay after a reconnect.
+//!   bounded history for replay after a reconnect; [`name_index`] finds a
+//!   channel by name in 8 bytes per channel.
 //! - [`subscription`]: one connection's subscription to a channel — joining
 //!   or joined at a position — and the rule that a message reaches it only
 //!   if it is exactly the next offset.
 //! - [`outqueue`]: a connection's pending output, written with one writev.
 //! - [`timers`]: connection deadlines in an indexed min-heap, one entry per
 //!   connection (pings, timeouts).
+//! - [`compact`]: 8-byte moments and 16-byte addresses for per-connection state.
 //! - [`auth`]: JWT verification (which key checks which token) and minting.
 //! - [`jwks`]: the front end's public keys (JWKS_URL / JWKS_FILE), refreshed
 //!   by one helper thread so the loop never waits on a fetch, with its
@@ -59,6 +61,7 @@ pub mod broadcast;
 pub mod channels;
 pub mod close;
 pub mod cluster;
+pub mod compact;
 pub mod config;
 pub mod control;
 pub mod demo;
@@ -69,6 +72,7 @@ pub mod jwks;
 pub mod limits;
 pub mod logs;
 pub mod metrics;
+pub mod name_index;
 pub mod outqueue;
 pub mod proxies;
 pub mod refusals;

@@ -50,7 +50,6 @@ use log::{debug, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
-use tungstenite::protocol::WebSocketConfig;
 
 use self::conn::{Conn, Phase};
 use crate::auth::Verifier;
@@ -137,7 +136,9 @@ pub struct Server {
     scratch: Box<[u8]>,
     config: Config,
     verifier: Verifier,
-    ws_config: WebSocketConfig,
+    /// tungstenite's settings, the spare [`ws::Reading`], and writing for
+    /// idle connections (see [`ws::Protocol`]).
+    protocol: ws::Protocol,
     /// Client counts and rate limits (see [`crate::limits`]).
     limits: Limits,
     /// Channels: subscribers, offsets, history (see [`crate::hub`]).
@@ -205,7 +206,7 @@ impl Server {
             awaiting_auth: 0,
             scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
             verifier,
-            ws_config: ws::config(&config),
+            protocol: ws::Protocol::new(&config),
             limits: Limits::new(&config, Instant::now()),
             // In cluster mode history lives in Redis; the hub only indexes
             // who is subscribed where.
@@ -367,27 +368,32 @@ impl Server {
                     }
                     self.next_id += 1;
                     let now = Instant::now();
-                    let mut conn = Conn::new(self.next_id, stream, peer, now + self.config.request_timeout);
+                    let mut conn = Conn::new(self.next_id, stream, peer);
+                    let mut deadline = now + self.config.request_timeout;
                     // Plain HTTP connections count per address too (they hold
                     // fds); a trusted proxy's connections carry many clients.
                     let ip = peer.ip().to_canonical();
                     if !self.config.trusted_proxies.contains(ip) {
                         match self.limits.add_http(&self.config, ip) {
-                            Ok(()) => conn.http_ip = Some(ip),
+                            Ok(()) => {
+                                if let Phase::Http(h) = &mut conn.phase {
+                                    h.http_ip = Some(ip);
+                                }
+                            }
                             Err(resp) => {
                                 self.refusals.note("too_many_http_connections", now, || {
                                     format!("connection from {ip}: 429 (over MAX_HTTP_CONNECTIONS_PER_IP)")
                                 });
                                 conn.out.push_owned(resp.encode(false, false));
-                                conn.phase = Phase::Closing { fin_sent: false };
-                                conn.deadline = now + LINGER;
+                                conn.phase = Phase::Closing { fin_sent: false, http_ip: None };
+                                deadline = now + LINGER;
                                 conn.dirty = true;
                                 self.dirty.push(key);
                             }
                         }
                     }
                     self.metrics.connections_accepted.inc();
-                    self.timers.set(conn.deadline, key, self.next_id);
+                    self.timers.set(deadline, key);
                     entry.insert(conn);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -454,7 +460,7 @@ impl Server {
         self.uncount(key, "disconnected");
         let conn = &mut self.conns[key];
         if !matches!(conn.phase, Phase::Closing { .. }) {
-            conn.phase = Phase::Closing { fin_sent: false };
+            conn.phase = Phase::Closing { fin_sent: false, http_ip: conn.phase.http_ip() };
         }
         self.mark_dirty(key);
         let until = Instant::now() + LINGER;
@@ -466,7 +472,7 @@ impl Server {
         if self.conns.contains(key) {
             self.uncount(key, "dropped");
             self.timers.cancel(key);
-            if let Some(ip) = self.conns.remove(key).http_ip {
+            if let Some(ip) = self.conns.remove(key).phase.http_ip() {
                 self.limits.remove_http(ip);
             }
         }
@@ -483,7 +489,7 @@ impl Server {
         if ws.close_deadline.is_some() {
             return;
         }
-        self.limits.remove_client(ws.ip);
+        self.limits.remove_client(ws.ip.into());
         if ws.awaiting_auth {
             self.awaiting_auth -= 1;
         }
@@ -495,9 +501,7 @@ impl Server {
     /// Re-arms `key`'s one timer entry (a popped entry is gone, so this
     /// sets it even when the deadline did not change).
     fn set_deadline(&mut self, key: usize, at: Instant) {
-        let conn = &mut self.conns[key];
-        conn.deadline = at;
-        self.timers.set(at, key, conn.id);
+        self.timers.set(at, key);
     }
 
     fn run_timers(&mut self, now: Instant) {
@@ -507,11 +511,12 @@ impl Server {
             self.accept_paused_until = None;
             self.accept();
         }
-        while let Some(Due { key, id }) = self.timers.pop_due(now) {
-            match self.conns.get(key) {
-                Some(c) if c.id == id && c.deadline <= now => self.on_timer(key, now),
-                Some(c) if c.id == id => self.timers.set(c.deadline, key, id),
-                _ => {} // stale: the connection is gone (its key reused)
+        // A connection's one entry is re-armed in place and cancelled with
+        // it (`remove`), so a due entry is the current deadline of the
+        // connection at its key.
+        while let Some(Due { key }) = self.timers.pop_due(now) {
+            if self.conns.contains(key) {
+                self.on_timer(key, now);
             }
         }
     }
@@ -531,6 +536,34 @@ impl Drop for Server {
             debug!("dropping {} connections", self.conns.len());
         }
     }
+}
+
+/// Sizes in bytes of what each connection holds (inline parts only; heap
+/// parts are counted by `benches/conn_memory.rs`, which prints this).
+pub fn memory_layout() -> Vec<(&'static str, usize)> {
+    use std::mem::size_of;
+    // slab 0.4's entry, mirrored to learn its size.
+    #[allow(dead_code)]
+    enum SlabEntry<T> {
+        Vacant(usize),
+        Occupied(T),
+    }
+    vec![
+        ("slab entry of a Conn", size_of::<SlabEntry<Conn>>()),
+        ("Conn", size_of::<Conn>()),
+        ("conn::HttpConn", size_of::<conn::HttpConn>()),
+        ("ws::WsConn", size_of::<ws::WsConn>()),
+        ("ws::Reading (only while reading or closing)", size_of::<ws::Reading>()),
+        ("  tungstenite WebSocketContext", size_of::<tungstenite::protocol::WebSocketContext>()),
+        ("  frame_meter::FrameMeter", size_of::<crate::frame_meter::FrameMeter>()),
+        ("outqueue::OutQueue", size_of::<crate::outqueue::OutQueue>()),
+        ("timers entry", crate::timers::ENTRY_BYTES),
+        ("slab entry of a hub::Channel", size_of::<SlabEntry<crate::hub::Channel>>()),
+        ("hub::Channel", size_of::<crate::hub::Channel>()),
+        ("ws::Subscription", size_of::<ws::Subscription>()),
+        ("compact::PackedAddr (std SocketAddr: 32)", size_of::<crate::compact::PackedAddr>()),
+        ("compact::Millis (std Instant: 16)", size_of::<crate::compact::Millis>()),
+    ]
 }
 
 /// Logs the start-up line.

@@ -6,35 +6,42 @@
 //! entry in place (an indexed heap: `pos` maps a slab key to its entry), so
 //! the heap never holds more entries than there are connections, however
 //! often deadlines move — 300k pipelined keep-alive requests on one
-//! connection used to leave 300k stale entries behind. Entries carry the
-//! connection's lifetime-unique id because slab keys are reused. Cost:
-//! O(log n) per set, cancel and pop.
+//! connection used to leave 300k stale entries behind. A connection's entry
+//! is cancelled when it is removed, so an entry always belongs to the
+//! connection now at its slab key. Cost:
+//! O(log n) per set, cancel and pop; memory 20 bytes per connection
+//! (deadlines are kept as [`Millis`], rounded up to the millisecond: poll
+//! waits in whole milliseconds anyway, and a timer never fires early).
 
 use std::time::Instant;
 
-/// A due entry: slab key and the id of the connection it was set for.
+use crate::compact::Millis;
+
+/// A due entry: the slab key of its connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Due {
     pub key: usize,
-    pub id: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    at: Instant,
-    key: usize,
-    id: u64,
+    at: Millis,
+    /// A slab key (the table holds at most MAX_CONNECTIONS ≤ 10M).
+    key: u32,
 }
 
+/// Bytes of one heap entry plus one `pos` slot: one of each per connection.
+pub const ENTRY_BYTES: usize = std::mem::size_of::<Entry>() + std::mem::size_of::<u32>();
+
 /// No entry for this key.
-const NONE: usize = usize::MAX;
+const NONE: u32 = u32::MAX;
 
 #[derive(Debug, Default)]
 pub struct Timers {
     /// A binary min-heap on `at`.
     heap: Vec<Entry>,
     /// `heap` index of each slab key's entry, or [`NONE`].
-    pos: Vec<usize>,
+    pos: Vec<u32>,
 }
 
 impl Timers {
@@ -42,21 +49,23 @@ impl Timers {
         Timers::default()
     }
 
-    /// Wakes connection (`key`, `id`) at `at`, replacing its earlier
-    /// deadline if it had one.
-    pub fn set(&mut self, at: Instant, key: usize, id: u64) {
+    /// Wakes connection `key` at `at`, replacing its earlier deadline if it
+    /// had one.
+    pub fn set(&mut self, at: Instant, key: usize) {
         if key >= self.pos.len() {
             self.pos.resize(key + 1, NONE);
         }
+        let (at, key32) = (Millis::ceil(at), u32::try_from(key).expect("slab keys fit in u32"));
         let i = self.pos[key];
         if i == NONE {
-            self.heap.push(Entry { at, key, id });
-            self.pos[key] = self.heap.len() - 1;
+            self.heap.push(Entry { at, key: key32 });
+            self.pos[key] = (self.heap.len() - 1) as u32;
             self.sift_up(self.heap.len() - 1);
             return;
         }
+        let i = i as usize;
         let old = self.heap[i].at;
-        self.heap[i] = Entry { at, key, id };
+        self.heap[i] = Entry { at, key: key32 };
         if at < old {
             self.sift_up(i);
         } else {
@@ -69,13 +78,13 @@ impl Timers {
         if let Some(&i) = self.pos.get(key)
             && i != NONE
         {
-            self.remove_at(i);
+            self.remove_at(i as usize);
         }
     }
 
-    /// The earliest deadline.
+    /// The earliest deadline (rounded up to the millisecond).
     pub fn next(&self) -> Option<Instant> {
-        self.heap.first().map(|e| e.at)
+        self.heap.first().map(|e| e.at.instant())
     }
 
     /// Removes and returns one entry due at `now`, if any.
@@ -83,7 +92,7 @@ impl Timers {
         match self.heap.first() {
             Some(e) if e.at <= now => {
                 let e = self.remove_at(0);
-                Some(Due { key: e.key, id: e.id })
+                Some(Due { key: e.key as usize })
             }
             _ => None,
         }
@@ -102,7 +111,7 @@ impl Timers {
         let last = self.heap.len() - 1;
         self.swap(i, last);
         let e = self.heap.pop().expect("non-empty");
-        self.pos[e.key] = NONE;
+        self.pos[e.key as usize] = NONE;
         if i < self.heap.len() {
             self.sift_down(i);
             self.sift_up(i);
@@ -112,8 +121,8 @@ impl Timers {
 
     fn swap(&mut self, a: usize, b: usize) {
         self.heap.swap(a, b);
-        self.pos[self.heap[a].key] = a;
-        self.pos[self.heap[b].key] = b;
+        self.pos[self.heap[a].key as usize] = a as u32;
+        self.pos[self.heap[b].key as usize] = b as u32;
     }
 
     fn sift_up(&mut self, mut i: usize) {
@@ -151,18 +160,24 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// What `next` reports for a deadline `t`.
+    fn ms(t: Instant) -> Instant {
+        Millis::ceil(t).instant()
+    }
+
     #[test]
     fn pops_in_deadline_order_only_when_due() {
         let t0 = Instant::now();
         let mut t = Timers::new();
-        t.set(t0 + Duration::from_secs(3), 3, 30);
-        t.set(t0 + Duration::from_secs(1), 1, 10);
-        t.set(t0 + Duration::from_secs(2), 2, 20);
-        assert_eq!(t.next(), Some(t0 + Duration::from_secs(1)));
+        t.set(t0 + Duration::from_secs(3), 3);
+        t.set(t0 + Duration::from_secs(1), 1);
+        t.set(t0 + Duration::from_secs(2), 2);
+        assert_eq!(t.next(), Some(ms(t0 + Duration::from_secs(1))));
         assert_eq!(t.pop_due(t0), None);
-        let now = t0 + Duration::from_secs(2);
-        assert_eq!(t.pop_due(now), Some(Due { key: 1, id: 10 }));
-        assert_eq!(t.pop_due(now), Some(Due { key: 2, id: 20 }));
+        assert_eq!(t.pop_due(t0 + Duration::from_secs(1) - Duration::from_nanos(1)), None, "never early");
+        let now = ms(t0 + Duration::from_secs(2));
+        assert_eq!(t.pop_due(now), Some(Due { key: 1 }));
+        assert_eq!(t.pop_due(now), Some(Due { key: 2 }));
         assert_eq!(t.pop_due(now), None);
         assert_eq!(t.len(), 1);
     }
@@ -172,12 +187,12 @@ mod tests {
         let t0 = Instant::now();
         let mut t = Timers::new();
         for i in 0..10_000u64 {
-            t.set(t0 + Duration::from_millis(i % 97), 5, 1);
-            t.set(t0 + Duration::from_millis(50), 6, 2);
+            t.set(t0 + Duration::from_millis(i % 97), 5);
+            t.set(t0 + Duration::from_millis(50), 6);
         }
         assert_eq!(t.len(), 2);
-        t.set(t0 + Duration::from_secs(9), 5, 1);
-        assert_eq!(t.pop_due(t0 + Duration::from_secs(1)), Some(Due { key: 6, id: 2 }));
+        t.set(t0 + Duration::from_secs(9), 5);
+        assert_eq!(t.pop_due(t0 + Duration::from_secs(1)), Some(Due { key: 6 }));
         t.cancel(5);
         assert!(t.is_empty());
         t.cancel(5); // twice, or never set: nothing happens
@@ -202,19 +217,19 @@ mod tests {
                 }
                 1 => {
                     let now = t0 + Duration::from_millis(x % 1000);
-                    while let Some(Due { key, .. }) = t.pop_due(now) {
+                    while let Some(Due { key }) = t.pop_due(now) {
                         assert!(want.remove(&key).expect("popped a live key") <= now);
                     }
-                    assert!(want.values().all(|at| *at > now));
+                    assert!(want.values().all(|at| ms(*at) > now));
                 }
                 _ => {
                     let at = t0 + Duration::from_millis((x >> 8) % 1000);
-                    t.set(at, key, key as u64);
+                    t.set(at, key);
                     want.insert(key, at);
                 }
             }
             assert_eq!(t.len(), want.len());
-            assert_eq!(t.next(), want.values().min().copied());
+            assert_eq!(t.next(), want.values().min().copied().map(ms));
         }
     }
 }

@@ -11,22 +11,26 @@
 
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
+use std::rc::Rc;
 use std::time::Instant;
 
 use serde::Deserialize;
-use tungstenite::protocol::{WebSocketConfig, WebSocketContext};
+use tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
 
 use crate::channels::{self, Refusal};
 pub use crate::close::Reason;
+use crate::compact::{Millis, PackedIp};
 use crate::config::Config;
 use crate::frame_meter::FrameMeter;
 use crate::hub::Since;
+use crate::limits::TokenBucket;
 use crate::outqueue::OutQueue;
 pub use crate::subscription::Subscription;
 
-/// tungstenite's read buffer per connection. Its default (128 KiB) would
+/// tungstenite's read buffer per [`Reading`]. Its default (128 KiB) would
 /// cost 1.3 GB at 10k clients; client messages here are ≤ 512 B (tokens up
 /// to MAX_AUTH_MESSAGE_BYTES grow it on demand), so 512 B covers a read.
+/// An idle client holds none (see [`Protocol`]).
 pub const READ_BUFFER_BYTES: usize = 512;
 
 /// tungstenite settings for one server connection.
@@ -72,7 +76,7 @@ impl<S: Read> Read for Wire<'_, S> {
 
 impl<S> Write for Wire<'_, S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.push_owned(buf.to_vec());
+        self.out.push_copy(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -80,25 +84,32 @@ impl<S> Write for Wire<'_, S> {
     }
 }
 
-/// Per-client WebSocket state.
+/// Per-client WebSocket state: what an idle client costs (see
+/// `benches/conn_memory.rs`), so what is needed only while reading or
+/// closing lives in [`Reading`], held only then.
 pub struct WsConn {
-    /// The protocol state machine (read buffer, close handshake).
-    pub ctx: WebSocketContext,
+    /// tungstenite's protocol state and the frame meter, while a frame or
+    /// message is partly read or the close handshake is under way; `None`
+    /// for an open, idle connection (see [`Protocol`]).
+    pub reading: Option<Box<Reading>>,
     /// The token's subject, for logs and for checking in-band refreshes.
-    pub sub: String,
+    pub sub: Subject,
     /// The client's address (for MAX_CONNECTIONS_PER_IP).
-    pub ip: std::net::IpAddr,
+    pub ip: PackedIp,
     /// When the token stops being valid (exp + leeway); the client is closed
-    /// with 4001 unless it sends a fresh token first.
-    pub expires_at: Instant,
+    /// with 4001 unless it sends a fresh token first. (Moments here are
+    /// [`Millis`]: 8 bytes each, not an Instant's 16.)
+    pub expires_at: Millis,
     /// Last time any frame arrived; silence past PONG_WAIT drops the client.
-    pub last_seen: Instant,
+    pub last_seen: Millis,
     /// When the next protocol Ping is due.
-    pub next_ping: Instant,
+    pub next_ping: Millis,
     /// Set once we sent a close frame: the peer must answer by then.
-    pub close_deadline: Option<Instant>,
-    /// Every inbound frame counted: rate limit, fragments, per-turn budget.
-    pub meter: FrameMeter,
+    pub close_deadline: Option<Millis>,
+    /// CLIENT_MESSAGES_PER_SEC's bucket while no [`Reading`] holds it (it
+    /// must outlive one: a client pausing between frames gets no refill
+    /// it has not earned).
+    pub bucket: TokenBucket,
     /// What the connection token's channels claim grants.
     pub grants: Box<[Box<str>]>,
     /// The channels this connection is in or joining (at most
@@ -108,8 +119,8 @@ pub struct WsConn {
     pub subs: Vec<Subscription>,
     /// The connection token's `iat` (updated by an in-band refresh): a
     /// revocation or denial compares it with its cut-off (see
-    /// [`crate::control`]); `None` counts as older than any cut-off.
-    pub iat: Option<u64>,
+    /// [`crate::control`]); none counts as older than any cut-off.
+    pub iat: IssuedAt,
     /// When the connection was opened (unix seconds): a disconnect this
     /// instance missed while cut off from Redis closes the connections
     /// opened by then.
@@ -118,9 +129,19 @@ pub struct WsConn {
     /// not come yet: no user, no channels, no broadcasts; `expires_at` is the
     /// deadline for that message (close 4008).
     pub awaiting_auth: bool,
+    /// Output held back, 101 included, until the user channel's position is
+    /// known (cluster mode): a client that sees the upgrade then gets every
+    /// message of its user channel published after it. (Here rather than in
+    /// the connection's head, which is full: see `Conn`.)
+    pub corked: bool,
 }
 
 impl WsConn {
+    /// May frames still be sent (not closing)?
+    pub fn can_write(&self) -> bool {
+        self.reading.as_ref().is_none_or(|r| r.ctx.can_write())
+    }
+
     /// A `subscribe` this client sent is waiting for Redis: its later
     /// requests wait too, so answers leave in request order.
     pub fn awaiting_answer(&self) -> bool {
@@ -130,7 +151,181 @@ impl WsConn {
     /// Closing: a close frame was sent or received; it takes no more
     /// requests and joins nothing.
     pub fn closing(&self) -> bool {
-        self.close_deadline.is_some() || !self.ctx.can_write()
+        self.close_deadline.is_some() || !self.can_write()
+    }
+}
+
+/// A token's `iat` in 8 bytes where an `Option<u64>` takes 16 (every
+/// connection keeps one): seconds since the epoch, plus one; 0 for none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IssuedAt(u64);
+
+impl IssuedAt {
+    pub fn get(self) -> Option<u64> {
+        self.0.checked_sub(1)
+    }
+}
+
+impl From<Option<u64>> for IssuedAt {
+    /// An `iat` of u64::MAX (not a time) is kept as none: older than any cut-off.
+    fn from(iat: Option<u64>) -> IssuedAt {
+        IssuedAt(iat.and_then(|s| s.checked_add(1)).unwrap_or(0))
+    }
+}
+
+/// What reading a client's frames needs between the first byte of a frame
+/// and the end of its message, and during the close handshake: ~800 bytes
+/// (tungstenite's context and its read buffer, the meter) that an idle
+/// client does not hold.
+pub struct Reading {
+    /// The protocol state machine (read buffer, fragments, close handshake).
+    pub ctx: WebSocketContext,
+    /// Every inbound frame counted: rate limit, fragments, per-turn budget.
+    pub meter: FrameMeter,
+}
+
+/// Lends connections a [`Reading`] when they need one and takes it back
+/// when they are idle again, and writes our frames for connections that
+/// hold none.
+///
+/// A Reading is taken back only when its meter is [at
+/// rest](FrameMeter::at_rest) after a read that would block and the
+/// connection is open: every byte read belonged to a whole frame and every
+/// frame to a whole message, so tungstenite's buffer is empty, no message
+/// is in progress, and the pong or close reply it owed was written before
+/// it read again (our `Wire` never blocks a write). Such a context is
+/// indistinguishable from a new one.
+pub struct Protocol {
+    config: WebSocketConfig,
+    /// CLIENT_MESSAGES_PER_SEC / _BURST, MAX_MESSAGE_BYTES and
+    /// MAX_AUTH_MESSAGE_BYTES, for the meters.
+    rate: u32,
+    burst: u32,
+    max_message: usize,
+    max_auth_message: usize,
+    /// One Reading taken back, for the next connection that needs one: a
+    /// pong per client every PING_INTERVAL would otherwise allocate one.
+    spare: Option<Box<Reading>>,
+    /// Writes text and pings for open connections with no Reading: with no
+    /// write buffer and a sink that never blocks, tungstenite keeps nothing
+    /// of a frame it wrote in the open state, so one context serves all.
+    writer: WebSocketContext,
+}
+
+impl Protocol {
+    pub fn new(cfg: &Config) -> Protocol {
+        let config = config(cfg);
+        Protocol {
+            config,
+            rate: cfg.client_msg_rate,
+            burst: cfg.client_msg_burst,
+            max_message: cfg.max_message_bytes,
+            max_auth_message: cfg.max_auth_message_bytes,
+            spare: None,
+            writer: WebSocketContext::new(Role::Server, Some(config)),
+        }
+    }
+
+    /// The state of a connection just upgraded: no Reading unless bytes
+    /// came with the request (they go through a meter first, like every
+    /// other frame byte).
+    pub fn open(&mut self, leftover: Vec<u8>, now: Instant) -> (Option<Box<Reading>>, TokenBucket) {
+        let bucket = TokenBucket::new(self.burst, now);
+        if leftover.is_empty() {
+            return (None, bucket);
+        }
+        (Some(self.make(bucket, leftover, now)), TokenBucket::new(0, now))
+    }
+
+    fn make(&mut self, bucket: TokenBucket, leftover: Vec<u8>, now: Instant) -> Box<Reading> {
+        let meter =
+            FrameMeter::resume(self.rate, self.burst, self.max_message, self.max_auth_message, bucket, leftover, now);
+        match self.spare.take() {
+            Some(mut r) => {
+                r.meter = meter;
+                r
+            }
+            None => Box::new(Reading { ctx: WebSocketContext::new(Role::Server, Some(self.config)), meter }),
+        }
+    }
+
+    /// The connection's Reading, lent now if it holds none.
+    pub fn reading<'a>(&mut self, ws: &'a mut WsConn, now: Instant) -> &'a mut Reading {
+        if ws.reading.is_none() {
+            ws.reading = Some(self.make(ws.bucket, Vec::new(), now));
+        }
+        ws.reading.as_deref_mut().expect("just set")
+    }
+
+    /// Takes the connection's Reading back if it is idle (see [`Protocol`]);
+    /// call after a read that would block.
+    pub fn release(&mut self, ws: &mut WsConn) {
+        if ws.reading.as_ref().is_some_and(|r| r.meter.at_rest() && r.ctx.can_write())
+            && let Some(r) = ws.reading.take()
+        {
+            ws.bucket = r.meter.bucket();
+            if self.spare.is_none() {
+                self.spare = Some(r);
+            }
+        }
+    }
+
+    /// Writes a message to an open connection (its own context if it holds
+    /// one: a pong it owes goes first).
+    pub fn write<S: Read>(&mut self, ws: &mut WsConn, wire: &mut Wire<'_, S>, msg: Message) -> tungstenite::Result<()> {
+        match ws.reading.as_deref_mut() {
+            Some(r) => r.ctx.write(wire, msg),
+            None => self.writer.write(wire, msg),
+        }
+    }
+}
+
+/// The token's subject (`sub`). Held as the name of the user's own channel,
+/// `user:<sub>`, so that one allocation serves the hub's channel, its name
+/// index and every tab the user has open.
+#[derive(Clone)]
+pub struct Subject(Rc<str>);
+
+impl Subject {
+    /// From the name of the user's channel (shared with the hub).
+    pub fn shared(user_channel: Rc<str>) -> Subject {
+        debug_assert!(user_channel.starts_with(channels::USER_PREFIX));
+        Subject(user_channel)
+    }
+
+    /// A subject that names no valid channel (empty, or with characters a
+    /// channel name may not hold): its own allocation.
+    pub fn new(sub: &str) -> Subject {
+        Subject(format!("{}{sub}", channels::USER_PREFIX).into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0[channels::USER_PREFIX.len()..]
+    }
+}
+
+impl std::ops::Deref for Subject {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
+impl PartialEq<str> for Subject {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<Subject> for &str {
+    fn eq(&self, other: &Subject) -> bool {
+        *self == other.as_str()
     }
 }
 
@@ -286,6 +481,15 @@ mod tests {
         assert!(matches!(on_text(&big, 512), Inbound::Subscribe { token: Some(_), .. }));
         let big = format!(r#"{{"type":"subscribe","channel":"p:{}"}}"#, "x".repeat(900));
         assert_eq!(on_text(&big, 512), Inbound::Close(Reason::TooBig));
+    }
+
+    #[test]
+    fn issued_at_keeps_every_iat_but_the_impossible_one() {
+        for iat in [None, Some(0), Some(1), Some(1_700_000_000), Some(u64::MAX - 1)] {
+            assert_eq!(IssuedAt::from(iat).get(), iat);
+        }
+        assert_eq!(IssuedAt::from(Some(u64::MAX)).get(), None, "not a time: older than any cut-off");
+        assert_eq!(std::mem::size_of::<IssuedAt>(), 8);
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::broadcast::{self, Publish, Target};
 use crate::channels::{self, Refusal};
 use crate::cluster::{BROADCAST, Command, Entry, Event, RedisLink};
 use crate::http::{Head, Response};
-use crate::hub::Since;
+use crate::hub::{Epoch, Since};
 use crate::subscription::{Position, State, Subscription, Verdict};
 
 /// Live messages kept for one channel while its gap repair is out; past
@@ -76,11 +76,11 @@ struct Remote {
     retry_pending: bool,
     /// The epoch last seen here, shared by positions and kept messages
     /// (one allocation per epoch, not per message).
-    epoch: Option<Rc<str>>,
+    epoch: Option<Epoch>,
 }
 
 struct Kept {
-    epoch: Rc<str>,
+    epoch: Epoch,
     offset: u64,
     frame: Rc<[u8]>,
 }
@@ -342,7 +342,7 @@ impl Server {
     /// Sends the reads of every subscription to `channel` that waits for one.
     fn resume_joins(&mut self, channel: &str) {
         let Some(id) = self.hub.find(channel) else { return };
-        let keys: Vec<usize> = self.hub.channel(id).subscribers.iter().copied().collect();
+        let keys: Vec<usize> = self.hub.subscriber_keys(id).collect();
         for key in keys {
             let waiting = self
                 .conns
@@ -429,7 +429,7 @@ impl Server {
         };
         let j = *j;
         if j.silent {
-            if self.conns[key].corked {
+            if self.conns[key].corked() {
                 self.uncork(key); // the 101 leaves now: exact from here on
             } else {
                 // The 101 went out before the position was known (Redis was
@@ -477,9 +477,9 @@ impl Server {
     /// Lets a connection's held output (its 101 first) go.
     fn uncork(&mut self, key: usize) {
         if let Some(c) = self.conns.get_mut(key)
-            && c.corked
+            && c.corked()
         {
-            c.corked = false;
+            c.set_corked(false);
             self.mark_dirty(key);
         }
     }
@@ -489,7 +489,7 @@ impl Server {
         &mut self,
         key: usize,
         id: crate::hub::ChannelId,
-        epoch: &Rc<str>,
+        epoch: &Epoch,
         offset: u64,
         frame: &Rc<[u8]>,
     ) -> bool {
@@ -534,7 +534,7 @@ impl Server {
     /// takes it only if it is its next offset), or kept while a repair is
     /// owed. A subscriber with a gap starts a repair; the message is kept
     /// and offered again after it (those that took it drop it then).
-    fn offer_remote(&mut self, channel: &str, epoch: Rc<str>, offset: u64, frame: Rc<[u8]>) {
+    fn offer_remote(&mut self, channel: &str, epoch: Epoch, offset: u64, frame: Rc<[u8]>) {
         let Some(remote) = self.cluster.as_mut().and_then(|c| c.channels.get_mut(channel)) else { return };
         if remote.repair.is_some() || remote.needs_repair {
             keep(channel, remote, Kept { epoch, offset, frame });
@@ -591,7 +591,7 @@ impl Server {
         let id = self.hub.find(channel)?;
         let current = self.cluster.as_ref()?.channels.get(channel)?.epoch.clone();
         let mut best: Option<&Position> = None;
-        for &key in &self.hub.channel(id).subscribers {
+        for key in self.hub.subscriber_keys(id) {
             let Some(at) = self
                 .conns
                 .get(key)
@@ -600,7 +600,7 @@ impl Server {
             else {
                 continue;
             };
-            let rank = |p: &Position| (current.as_deref() != Some(&*p.epoch), p.offset);
+            let rank = |p: &Position| (!current.as_ref().is_some_and(|c| c.same(&p.epoch)), p.offset);
             if best.is_none_or(|b| rank(at) < rank(b)) {
                 best = Some(at);
             }
@@ -639,7 +639,7 @@ impl Server {
             .map(|e| (e.offset, broadcast::frame(&broadcast::channel_envelope(&e.kind, &e.payload, channel, e.offset))))
             .collect();
         let Some(id) = self.hub.find(channel) else { return };
-        let keys: Vec<usize> = self.hub.channel(id).subscribers.iter().copied().collect();
+        let keys: Vec<usize> = self.hub.subscriber_keys(id).collect();
         for key in keys {
             for (o, f) in &frames {
                 if self.offer_one(key, id, &epoch, *o, f) {
@@ -652,7 +652,7 @@ impl Server {
                 .and_then(|c| c.ws())
                 .and_then(|ws| ws.subs.iter().find(|s| s.channel == id))
                 .and_then(|s| s.position())
-                .is_some_and(|at| *at.epoch != *epoch || at.offset < offset);
+                .is_some_and(|at| !at.epoch.same(&epoch) || at.offset < offset);
             if behind && self.is_open_ws(key) {
                 self.resync(key, id, Position { epoch: epoch.clone(), offset });
             }
@@ -661,7 +661,7 @@ impl Server {
         // this answer read (Redis was flushed): everyone here is past them
         // now. Offered again, they would look like a gap forever.
         let Some(remote) = self.cluster.as_mut().and_then(|c| c.channels.get_mut(channel)) else { return };
-        remote.kept.retain(|k| *k.epoch == *epoch);
+        remote.kept.retain(|k| k.epoch.same(&epoch));
         if remote.needs_repair {
             // Owed since this read was sent (the link went down and came
             // back meanwhile): what it read may be stale, so read again.
@@ -682,15 +682,15 @@ impl Server {
         }
     }
 
-    /// The epoch as an `Rc` shared with the channel's positions.
-    fn intern_epoch(&mut self, channel: &str, epoch: String) -> Rc<str> {
+    /// The epoch as an [`Epoch`] shared with the channel's positions.
+    fn intern_epoch(&mut self, channel: &str, epoch: String) -> Epoch {
         let Some(remote) = self.cluster.as_mut().and_then(|c| c.channels.get_mut(channel)) else {
-            return Rc::from(epoch);
+            return Epoch::from(epoch);
         };
         match &remote.epoch {
             Some(e) if **e == *epoch => e.clone(),
             _ => {
-                let e: Rc<str> = Rc::from(epoch);
+                let e = Epoch::from(epoch);
                 remote.epoch = Some(e.clone());
                 e
             }
@@ -767,7 +767,7 @@ impl Server {
         let names: Vec<String> = cluster.channels.keys().cloned().collect();
         for channel in names {
             let Some(id) = self.hub.find(&channel) else { continue };
-            let keys: Vec<usize> = self.hub.channel(id).subscribers.iter().copied().collect();
+            let keys: Vec<usize> = self.hub.subscriber_keys(id).collect();
             for key in keys {
                 if self
                     .conns
@@ -810,7 +810,7 @@ impl Server {
     /// When the last local subscriber of `channel` is gone, stop receiving
     /// it (reads still out for it are ignored when they come back).
     pub(super) fn maybe_unsubscribe_remote(&mut self, channel: &str) {
-        if self.hub.find(channel).is_some_and(|id| !self.hub.channel(id).subscribers.is_empty()) {
+        if self.hub.find(channel).is_some_and(|id| self.hub.subscriber_count(id) > 0) {
             return;
         }
         let Some(cluster) = &mut self.cluster else { return };

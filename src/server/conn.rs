@@ -7,45 +7,57 @@ use std::time::Instant;
 use log::debug;
 use mio::net::TcpStream;
 
+use crate::compact::PackedAddr;
 use crate::http::Head;
 use crate::outqueue::OutQueue;
-use crate::ws::{Reason, Wire, WsConn};
+use crate::ws::{Protocol, Reason, Wire, WsConn};
 
 /// One accepted socket.
 pub(super) struct Conn {
-    /// Unique for the server's lifetime: slab keys are reused, timer entries
-    /// carry this to tell a live connection from a reused key.
+    /// Unique for the server's lifetime: slab keys are reused, so what
+    /// waits on a connection (a Redis answer, a drain slice) carries this
+    /// to tell it from a later one at the same key.
     pub id: u64,
     pub stream: TcpStream,
-    pub peer: SocketAddr,
-    pub out: OutQueue,
-    pub phase: Phase,
-    /// When this connection's timer next fires (see `Server::on_timer`).
-    pub deadline: Instant,
     /// Already listed in `Server::dirty` for this turn's flush.
     pub dirty: bool,
     /// Already listed in `Server::deferred` (broadcast frames only).
     pub deferred: bool,
-    /// Output held back, 101 included, until the user channel's position is
-    /// known (cluster mode): a client that sees the upgrade then gets every
-    /// message of its user channel published after it.
-    pub corked: bool,
-    /// The address this connection counts against in
-    /// MAX_HTTP_CONNECTIONS_PER_IP, until it upgrades or closes (`None`:
-    /// not counted — from a trusted proxy, refused, or upgraded).
-    pub http_ip: Option<IpAddr>,
+    /// 18 bytes, packed with the fields above into one 32-byte head (so a
+    /// flag that only WebSockets need lives in `WsConn`: see
+    /// [`Conn::corked`]).
+    pub peer: PackedAddr,
+    pub out: OutQueue,
+    pub phase: Phase,
 }
 
 /// A connection's life: HTTP requests, maybe an upgrade, then closing.
+/// (Its deadline is its entry in `Server::timers`.)
 pub(super) enum Phase {
     Http(HttpConn),
-    Ws(Box<WsConn>),
+    /// Held inline: nearly every connection is one, and an idle one is
+    /// small (see [`WsConn`]).
+    Ws(WsConn),
     /// Sending the last queued bytes, then FIN, then discarding input until
     /// the peer closes (closing with unread input would send RST and could
     /// destroy our last response before the peer reads it).
     Closing {
         fin_sent: bool,
+        /// As in [`HttpConn::http_ip`], for a connection that never upgraded.
+        http_ip: Option<IpAddr>,
     },
+}
+
+impl Phase {
+    /// The address this connection counts against in
+    /// MAX_HTTP_CONNECTIONS_PER_IP, if it does.
+    pub fn http_ip(&self) -> Option<IpAddr> {
+        match self {
+            Phase::Http(h) => h.http_ip,
+            Phase::Closing { http_ip, .. } => *http_ip,
+            Phase::Ws(_) => None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -67,6 +79,10 @@ pub(super) struct HttpConn {
     /// `head` passed `api::admit` while its body was arriving (its
     /// credential is not checked again when the body is complete).
     pub admitted: bool,
+    /// The address this connection counts against in
+    /// MAX_HTTP_CONNECTIONS_PER_IP, until it upgrades or closes (`None`:
+    /// not counted — from a trusted proxy, or refused).
+    pub http_ip: Option<IpAddr>,
 }
 
 impl HttpConn {
@@ -83,18 +99,27 @@ impl HttpConn {
 }
 
 impl Conn {
-    pub fn new(id: u64, stream: TcpStream, peer: SocketAddr, deadline: Instant) -> Conn {
+    /// Output held back until the user channel's position is known (see
+    /// [`WsConn::corked`]); only a WebSocket is ever corked.
+    pub fn corked(&self) -> bool {
+        matches!(&self.phase, Phase::Ws(ws) if ws.corked)
+    }
+
+    pub fn set_corked(&mut self, on: bool) {
+        if let Phase::Ws(ws) = &mut self.phase {
+            ws.corked = on;
+        }
+    }
+
+    pub fn new(id: u64, stream: TcpStream, peer: SocketAddr) -> Conn {
         Conn {
             id,
             stream,
-            peer,
-            out: OutQueue::default(),
-            phase: Phase::Http(HttpConn::default()),
-            deadline,
             dirty: false,
             deferred: false,
-            corked: false,
-            http_ip: None,
+            peer: peer.into(),
+            out: OutQueue::default(),
+            phase: Phase::Http(HttpConn::default()),
         }
     }
 
@@ -116,15 +141,17 @@ impl Conn {
         }
     }
 
-    /// Queues a close frame with `reason` (tungstenite tracks the close state).
-    pub fn send_close(&mut self, reason: Reason) {
+    /// Queues a close frame with `reason` (tungstenite tracks the close
+    /// state: the connection holds a [`crate::ws::Reading`] from here on).
+    pub fn send_close(&mut self, reason: Reason, protocol: &mut Protocol) {
         let peer = self.peer;
         if let Some((ws, mut wire)) = self.ws_wire() {
             debug!("{peer} ({:?}) closing: {} {}", ws.sub, reason.code(), reason.text());
+            let ctx = &mut protocol.reading(ws, Instant::now()).ctx;
             // A Pong tungstenite still owes goes first: nothing may follow our
             // close frame (RFC 6455 §5.5.1).
-            let _ = ws.ctx.flush(&mut wire);
-            let _ = ws.ctx.close(&mut wire, Some(reason.close_frame()));
+            let _ = ctx.flush(&mut wire);
+            let _ = ctx.close(&mut wire, Some(reason.close_frame()));
         }
     }
 }

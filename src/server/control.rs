@@ -200,7 +200,7 @@ impl Server {
             let Some(ws) = self.conns[key].ws() else { continue };
             match rec {
                 Record::Revoke { before, .. } => {
-                    if control::is_old(ws.iat, *before) {
+                    if control::is_old(ws.iat.get(), *before) {
                         self.close_because(key, Reason::Reauthenticate, REVOKED_REASON, now);
                         n += 1;
                         continue;
@@ -213,7 +213,7 @@ impl Server {
                     }
                 }
                 Record::Deny { pattern, before, reason, .. } => {
-                    let old = control::is_old(ws.iat, *before);
+                    let old = control::is_old(ws.iat.get(), *before);
                     let pattern: [Box<str>; 1] = [pattern.as_str().into()];
                     // Joined through the token's claim: ended if the token is
                     // old. Through a subscription token: always (its age is
@@ -255,7 +255,7 @@ impl Server {
         self.hub
             .subscribers(&name)
             .copied()
-            .filter(|&k| matches!(self.conns.get(k).and_then(|c| c.ws()), Some(ws) if ws.sub == user && !ws.closing()))
+            .filter(|&k| matches!(self.conns.get(k).and_then(|c| c.ws()), Some(ws) if ws.sub == *user && !ws.closing()))
             .collect()
     }
 
@@ -264,7 +264,7 @@ impl Server {
     fn subscriptions_of(&self, ws: &WsConn, pick: impl Fn(&str, bool) -> bool) -> Vec<String> {
         ws.subs
             .iter()
-            .map(|s| (&*self.hub.channel(s.channel).name, s.token_exp.is_some()))
+            .map(|s| (&*self.hub.channel(s.channel).name, s.token_exp().is_some()))
             .filter(|(name, by_token)| pick(name, *by_token))
             .map(|(name, _)| name.to_string())
             .collect()
@@ -283,10 +283,11 @@ impl Server {
         if let Some((ws, mut wire)) = conn.ws_wire() {
             debug!("{peer} ({:?}) closing: {} {text}", ws.sub, reason.code());
             // A Pong tungstenite still owes goes first (RFC 6455 §5.5.1).
-            let _ = ws.ctx.flush(&mut wire);
+            let ctx = &mut self.protocol.reading(ws, now).ctx;
+            let _ = ctx.flush(&mut wire);
             let frame = CloseFrame { code: CloseCode::from(reason.code()), reason: text.to_string().into() };
-            let _ = ws.ctx.close(&mut wire, Some(frame));
-            ws.close_deadline = Some(now + CLOSE_WAIT);
+            let _ = ctx.close(&mut wire, Some(frame));
+            ws.close_deadline = Some((now + CLOSE_WAIT).into());
         }
         self.mark_dirty(key);
         self.reschedule_ws(key);
@@ -316,8 +317,8 @@ impl Server {
             token_iat = Some(claims.iat);
         }
         if let Some(d) = store.denial(&ws.sub, channel, now) {
-            let lifted =
-                !control::is_old(ws.iat, d.before) || token_iat.is_some_and(|iat| !control::is_old(iat, d.before));
+            let lifted = !control::is_old(ws.iat.get(), d.before)
+                || token_iat.is_some_and(|iat| !control::is_old(iat, d.before));
             if !lifted {
                 return forbid(&format!(
                     "access to this channel was withdrawn ({}): a token issued after that is needed",
@@ -379,7 +380,7 @@ impl Server {
     fn position_local(&mut self, channel: &str) -> Response {
         let id = self.hold(channel);
         let c = self.hub.channel(id);
-        position_answer(channel, &c.epoch, c.offset, c.subscribers.len())
+        position_answer(channel, &c.epoch, c.offset, self.hub.subscriber_count(id))
     }
 
     fn history_local(&mut self, channel: &str, since: Option<&Since>, limit: usize) -> Response {

@@ -16,7 +16,7 @@ use super::conn::{Conn, Phase};
 use crate::api;
 use crate::broadcast::{Publish, Target};
 use crate::http::{Head, Response};
-use crate::hub::ChannelId;
+use crate::hub::{ChannelId, Epoch};
 use crate::subscription::{Position, Verdict};
 use crate::ws::Reason;
 
@@ -117,7 +117,7 @@ impl Server {
     /// under the rule of [`crate::subscription`] — queued if it is exactly
     /// the subscription's next offset, held while it is joining, dropped if
     /// it already had it — and reports the subscribers that have a gap.
-    pub(super) fn fan_out_channel(&mut self, id: ChannelId, epoch: &Rc<str>, offset: u64, frame: &Rc<[u8]>) -> Fanned {
+    pub(super) fn fan_out_channel(&mut self, id: ChannelId, epoch: &Epoch, offset: u64, frame: &Rc<[u8]>) -> Fanned {
         let started = Instant::now();
         let limit = Limit { count: self.config.send_queue_limit, bytes: self.config.max_output_bytes };
         let mut slow = Vec::new();
@@ -127,7 +127,7 @@ impl Server {
         let coalesce = !self.config.flush_delay.is_zero();
         let list = if coalesce { &mut self.deferred } else { &mut self.dirty };
         // The hub's index is borrowed while the queues are not.
-        let keys: Vec<usize> = self.hub.channel(id).subscribers.iter().copied().collect();
+        let keys: Vec<usize> = self.hub.subscriber_keys(id).collect();
         for key in keys {
             // The connection's own list decides, not the index alone: a key
             // that is not an open connection subscribed to this channel
@@ -252,7 +252,7 @@ fn queue(
     check_auth: bool,
 ) -> usize {
     let Phase::Ws(ws) = &conn.phase else { return 0 };
-    if !ws.ctx.can_write() || (check_auth && ws.awaiting_auth) {
+    if !ws.can_write() || (check_auth && ws.awaiting_auth) {
         return 0; // closing (no data after our close frame), or not authenticated yet
     }
     let over = |out: &crate::outqueue::OutQueue| out.len() >= limit.count || out.bytes() + frame.len() > limit.bytes;
@@ -260,7 +260,7 @@ fn queue(
         let before = conn.out.bytes();
         // A corked connection (its 101 waits for its user channel) is not
         // written here either.
-        let wrote = if conn.corked {
+        let wrote = if conn.corked() {
             Ok(crate::outqueue::Flush::Blocked)
         } else {
             conn.out.write_to(&mut crate::sys::Send(&conn.stream))

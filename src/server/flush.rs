@@ -86,11 +86,11 @@ impl Server {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.corked {
+        if conn.corked() {
             if conn.ws().is_some_and(|ws| !ws.closing()) {
                 return; // written once its user channel is joined
             }
-            conn.corked = false; // a close goes out whatever the join does
+            conn.set_corked(false); // a close goes out whatever the join does
         }
         let before = conn.out.bytes();
         let result = conn.out.write_to(&mut crate::sys::Send(&conn.stream));
@@ -98,7 +98,7 @@ impl Server {
         match result {
             Ok(Flush::Blocked) => {}
             Ok(Flush::Done) => match &mut conn.phase {
-                Phase::Closing { fin_sent } if !*fin_sent => {
+                Phase::Closing { fin_sent, .. } if !*fin_sent => {
                     *fin_sent = true;
                     if conn.stream.shutdown(Shutdown::Write).is_err() {
                         self.remove(key);

@@ -8,12 +8,10 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use log::debug;
-use tungstenite::protocol::{Role, WebSocketContext};
 
 use super::conn::Phase;
 use super::{READ_BUDGET_BYTES, Server};
 use crate::api::{self, Action, Ctx, UpgradeAuth};
-use crate::frame_meter::FrameMeter;
 use crate::http::{self, Head, Response};
 use crate::ws::{self, Reason, WsConn};
 
@@ -261,38 +259,34 @@ impl Server {
         let conn = &mut self.conns[key];
         conn.out.push_owned(ws::handshake_response(ws_key));
         let has_leftover = !leftover.is_empty();
-        conn.phase = Phase::Ws(Box::new(WsConn {
-            // Bytes that came with the request go through the meter first,
-            // like every other frame byte.
-            ctx: WebSocketContext::new(Role::Server, Some(self.ws_config)),
-            sub: String::new(),
-            ip,
+        // Bytes that came with the request go through a meter first, like
+        // every other frame byte.
+        let (reading, bucket) = self.protocol.open(leftover, now);
+        let http_ip = conn.phase.http_ip();
+        conn.phase = Phase::Ws(WsConn {
+            reading,
+            sub: ws::Subject::new(""),
+            ip: ip.into(),
             // Replaced by the token's expiry once authenticated.
-            expires_at: now + self.config.request_timeout,
-            last_seen: now,
-            next_ping: now + self.config.ping_interval,
+            expires_at: (now + self.config.request_timeout).into(),
+            last_seen: now.into(),
+            next_ping: (now + self.config.ping_interval).into(),
             close_deadline: None,
-            meter: FrameMeter::new(
-                self.config.client_msg_rate,
-                self.config.client_msg_burst,
-                self.config.max_message_bytes,
-                self.config.max_auth_message_bytes,
-                leftover,
-                now,
-            ),
+            bucket,
             grants: Box::default(),
             subs: Vec::new(),
             awaiting_auth: matches!(auth, UpgradeAuth::FirstMessage { .. }),
-            iat: None,
+            iat: ws::IssuedAt::default(),
             opened_at: crate::auth::now_secs(),
-        }));
+            corked: false,
+        });
         let conn = &mut self.conns[key];
         self.limits.add_client(ip);
         if matches!(auth, UpgradeAuth::FirstMessage { .. }) {
             self.awaiting_auth += 1;
         }
         self.metrics.upgrade_answered(101);
-        if let Some(http_ip) = conn.http_ip.take() {
+        if let Some(http_ip) = http_ip {
             self.limits.remove_http(http_ip); // a WebSocket now: counted as one
         }
         debug!("{} upgraded (origin {:?})", conn.peer, head.origin.as_deref().unwrap_or("-"));

@@ -64,7 +64,7 @@ impl Server {
         // Joined again (say, with a fresh subscription token): keep the
         // longer-lived grant.
         let token_exp = match existing.and_then(|i| ws.subs.get(i)) {
-            Some(s) if s.token_exp.is_some() && token_exp.is_some() => s.token_exp.max(token_exp),
+            Some(s) if s.token_exp().is_some() && token_exp.is_some() => s.token_exp().max(token_exp),
             Some(_) => None,
             None => token_exp,
         };
@@ -122,11 +122,11 @@ impl Server {
         let now = auth::now_secs();
         let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) else { return };
         ws.grants = grants;
-        let ws = &**ws;
+        let ws = &*ws;
         let revoked: Vec<String> = ws
             .subs
             .iter()
-            .map(|s| (&*self.hub.channel(s.channel).name, s.token_exp))
+            .map(|s| (&*self.hub.channel(s.channel).name, s.token_exp()))
             .filter(|(name, exp)| {
                 !(channels::may_join_user(name, &ws.sub)
                     || channels::granted(name, &ws.grants)
@@ -150,7 +150,7 @@ impl Server {
             // after the position. While Redis is down it does not wait: the
             // channel is joined when the link is back.
             if cluster.up {
-                self.conns[key].corked = true;
+                self.conns[key].set_corked(true);
             }
             return self.cluster_join(key, channel, None, None, true);
         }
@@ -166,7 +166,7 @@ impl Server {
     /// that is closing or gone joins nothing (the hub entry is undone).
     pub(super) fn add_subscription(&mut self, key: usize, sub: Subscription) {
         let id = sub.channel;
-        let token_exp = sub.token_exp;
+        let token_exp = sub.token_exp();
         match self.conns.get_mut(key).map(|c| &mut c.phase) {
             Some(Phase::Ws(ws)) if !ws.closing() => match ws.subs.iter_mut().find(|s| s.channel == id) {
                 Some(s) => *s = sub,

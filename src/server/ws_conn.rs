@@ -25,7 +25,7 @@ impl Server {
             return; // read when its subscribe is answered
         }
         if let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) {
-            ws.meter.start_turn(now);
+            self.protocol.reading(ws, now).meter.start_turn(now);
         }
         for _ in 0..READ_BUDGET_MESSAGES {
             let Some(conn) = self.conns.get_mut(key) else {
@@ -34,9 +34,9 @@ impl Server {
             let Phase::Ws(ws) = &mut conn.phase else {
                 return;
             };
-            let ws = &mut **ws;
-            let mut wire = Wire { sock: &mut conn.stream, out: &mut conn.out, meter: Some(&mut ws.meter) };
-            let result = ws.ctx.read(&mut wire);
+            let r = self.protocol.reading(ws, now);
+            let mut wire = Wire { sock: &mut conn.stream, out: &mut conn.out, meter: Some(&mut r.meter) };
+            let result = r.ctx.read(&mut wire);
             if !conn.out.is_empty() {
                 self.mark_dirty(key); // tungstenite may have queued a pong or close reply
                 if self.output_overflows(key, now) {
@@ -49,12 +49,12 @@ impl Server {
                 return;
             };
             use tungstenite::Error as E;
-            if let Some(reason) = ws.meter.refused {
+            if let Some(reason) = ws.reading.as_ref().and_then(|r| r.meter.refused) {
                 return self.fail_ws(key, reason);
             }
             match result {
                 Ok(msg) => {
-                    ws.last_seen = now;
+                    ws.last_seen = now.into();
                     match msg {
                         Message::Text(text) => self.on_client_text(key, text.as_str(), now),
                         Message::Binary(_) => return self.fail_ws(key, Reason::Binary),
@@ -70,9 +70,12 @@ impl Server {
                     }
                 }
                 Err(E::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if ws.meter.spent || ws.meter.has_pending() {
+                    if ws.reading.as_ref().is_some_and(|r| r.meter.spent || r.meter.has_pending()) {
                         self.again.push(key); // budget spent: more next turn
                     }
+                    // Idle again: the Reading goes back (if nothing is
+                    // partly read).
+                    self.protocol.release(ws);
                     return;
                 }
                 Err(E::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -146,8 +149,8 @@ impl Server {
             );
         };
         let now = Instant::now();
-        if self.limits.check_auth_failures(&self.config, ws.ip, now).is_err() {
-            let ip = ws.ip;
+        if self.limits.check_auth_failures(&self.config, ws.ip.into(), now).is_err() {
+            let ip = std::net::IpAddr::from(ws.ip);
             self.refusals.note("too_many_auth_failures", now, || {
                 format!("subscription token for {channel} from {ip}: not checked (over AUTH_FAILURES_PER_MIN)")
             });
@@ -166,7 +169,7 @@ impl Server {
             Ok(claims) => Ok(Some(claims.exp)),
             Err(e) => {
                 self.metrics.auth_failed(e);
-                let ip = ws.ip;
+                let ip = std::net::IpAddr::from(ws.ip);
                 self.refusals.note(auth_reason(e), now, || {
                     let why = auth::describe_refusal(token, e, &self.config);
                     format!("subscription token for {channel} from {ip}: {why}")
@@ -189,16 +192,16 @@ impl Server {
         let now = auth::now_secs();
         let leeway = self.config.jwt_leeway_secs;
         let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase) else { return };
-        let ws = &mut **ws;
+        let ws = &mut *ws;
         let mut ended = Vec::new();
         for s in &mut ws.subs {
-            let Some(exp) = s.token_exp else { continue };
+            let Some(exp) = s.token_exp() else { continue };
             if exp.saturating_add(leeway) > now {
                 continue;
             }
             let name = &self.hub.channel(s.channel).name;
             if channels::granted(name, &ws.grants) {
-                s.token_exp = None;
+                s.set_token_exp(None);
             } else {
                 ended.push(name.to_string());
             }
@@ -226,8 +229,8 @@ impl Server {
                     return self.close_ws(key, Reason::AuthRevoked, now);
                 }
                 // A fresh token lifts the denials issued before it.
-                ws.iat = claims.iat;
-                ws.expires_at = auth::expires_at(now, claims.exp, self.config.jwt_leeway_secs);
+                ws.iat = claims.iat.into();
+                ws.expires_at = auth::expires_at(now, claims.exp, self.config.jwt_leeway_secs).into();
                 let grants = channels::grants_from_claim(
                     claims.extra.get(&self.config.channels_claim),
                     self.config.max_subscriptions,
@@ -237,7 +240,7 @@ impl Server {
                 self.reschedule_ws(key);
             }
             Ok(_) => {
-                let ip = ws.ip;
+                let ip = std::net::IpAddr::from(ws.ip);
                 self.refusals.note("wrong_subject", now, || {
                     format!("in-band auth from {ip}: the token is for another subject (closed with 4003)")
                 });
@@ -245,7 +248,7 @@ impl Server {
                 self.close_ws(key, Reason::AuthOtherUser, now);
             }
             Err(e) => {
-                let ip = ws.ip;
+                let ip = std::net::IpAddr::from(ws.ip);
                 self.refusals.note(auth_reason(e), now, || {
                     let why = auth::describe_refusal(token, e, &self.config);
                     format!("in-band auth from {ip}: {why} (closed with 4003)")
@@ -272,14 +275,24 @@ impl Server {
         if std::mem::take(&mut ws.awaiting_auth) {
             self.awaiting_auth -= 1;
         }
-        ws.iat = iat;
-        ws.sub = sub;
+        ws.iat = iat.into();
+        ws.sub = ws::Subject::new(&sub);
         ws.grants = grants;
-        ws.expires_at = expires_at;
+        ws.expires_at = expires_at.into();
+        // Most connections stay in their user channel alone: room for one
+        // subscription (a Vec's first push would make room for four).
+        ws.subs.reserve_exact(1);
         debug!("{} connected as {:?}; {} clients", conn.peer, ws.sub, self.limits.clients());
         // Every connection is in its own user's channel.
         if let Some(name) = user_channel {
             self.join_user_channel(key, &name);
+            // The subject shares the channel's name (`user:<sub>`): one
+            // allocation for the hub's channel, its index and every tab.
+            if let Some(id) = self.hub.find(&name)
+                && let Some(Phase::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.phase)
+            {
+                ws.sub = ws::Subject::shared(self.hub.channel(id).name.clone());
+            }
         }
     }
 
@@ -290,7 +303,7 @@ impl Server {
     /// 1013 unknown key, 4003 refused or not an auth message), and counts
     /// as a failed authentication of its address, like a 401 at the upgrade.
     fn authenticate_first_message(&mut self, key: usize, text: &str, now: Instant) {
-        let ip = self.conns[key].ws().map(|w| w.ip);
+        let ip = self.conns[key].ws().map(|w| std::net::IpAddr::from(w.ip));
         let reason = match ws::on_text(text, self.config.max_message_bytes) {
             Inbound::Auth(token) => match self.verifier.verify(&token) {
                 Ok(claims) => {
@@ -331,9 +344,9 @@ impl Server {
     /// Sends a text message through tungstenite (so it respects the close state).
     pub(super) fn send_text(&mut self, key: usize, text: String) {
         if let Some((ws, mut wire)) = self.conns[key].ws_wire()
-            && ws.ctx.can_write()
+            && ws.can_write()
         {
-            let _ = ws.ctx.write(&mut wire, Message::text(text));
+            let _ = self.protocol.write(ws, &mut wire, Message::text(text));
             self.mark_dirty(key);
             self.output_overflows(key, Instant::now());
         }
@@ -349,10 +362,10 @@ impl Server {
         let conn = &mut self.conns[key];
         // Closing already: nothing more is queued, and the close frame
         // at the end of the queue must stay.
-        if conn.out.bytes() <= max || conn.ws().is_none_or(|w| w.close_deadline.is_some() || !w.ctx.can_write()) {
+        if conn.out.bytes() <= max || conn.ws().is_none_or(|w| w.close_deadline.is_some() || !w.can_write()) {
             return false;
         }
-        if !conn.corked && conn.out.write_to(&mut crate::sys::Send(&conn.stream)).is_ok() && conn.out.bytes() <= max {
+        if !conn.corked() && conn.out.write_to(&mut crate::sys::Send(&conn.stream)).is_ok() && conn.out.bytes() <= max {
             return false;
         }
         let sub = conn.ws().map_or("", |w| w.sub.as_str());
@@ -394,9 +407,9 @@ impl Server {
         self.uncount(key, reason.text());
         self.metrics.close_sent(reason);
         let conn = &mut self.conns[key];
-        conn.send_close(reason);
+        conn.send_close(reason, &mut self.protocol);
         if let Phase::Ws(ws) = &mut conn.phase {
-            ws.close_deadline = Some(now + CLOSE_WAIT);
+            ws.close_deadline = Some((now + CLOSE_WAIT).into());
         }
         self.mark_dirty(key);
         self.reschedule_ws(key);
@@ -406,7 +419,7 @@ impl Server {
     /// then no more reading of what is presumably garbage.
     pub(super) fn fail_ws(&mut self, key: usize, reason: Reason) {
         self.metrics.close_sent(reason);
-        self.conns[key].send_close(reason);
+        self.conns[key].send_close(reason, &mut self.protocol);
         self.begin_close(key);
     }
 
@@ -420,8 +433,9 @@ impl Server {
         if let Some(d) = ws.close_deadline {
             at = at.min(d);
         }
+        let mut at = at.instant();
         // The first subscription token to expire (see expire_subscription_tokens).
-        if let Some(exp) = ws.subs.iter().filter_map(|s| s.token_exp).min() {
+        if let Some(exp) = ws.subs.iter().filter_map(|s| s.token_exp()).min() {
             at = at.min(auth::expires_at(Instant::now(), exp, self.config.jwt_leeway_secs));
         }
         self.set_deadline(key, at);
@@ -446,23 +460,25 @@ impl Server {
         if now >= ws.expires_at {
             if ws.awaiting_auth {
                 // Holding a connection slot without authenticating counts like a failure.
-                let ip = ws.ip;
+                let ip = std::net::IpAddr::from(ws.ip);
                 self.metrics.auth_failed_because("auth_timeout");
                 self.limits.record_auth_failure(&self.config, ip, now);
                 return self.close_ws(key, Reason::AuthTimeout, now);
             }
             return self.close_ws(key, Reason::TokenExpired, now);
         }
-        if ws.close_deadline.is_none() && ws.subs.iter().any(|s| s.token_exp.is_some()) {
+        if ws.close_deadline.is_none() && ws.subs.iter().any(|s| s.token_exp().is_some()) {
             self.expire_subscription_tokens(key);
         }
         let Some((ws, mut wire)) = self.conns[key].ws_wire() else {
             return;
         };
         if now >= ws.next_ping {
-            ws.next_ping = now + self.config.ping_interval;
-            if ws.ctx.can_write() {
-                let _ = ws.ctx.write(&mut wire, Message::Ping(Default::default()));
+            ws.next_ping = (now + self.config.ping_interval).into();
+            // Idle housekeeping: a ring of output slots a past burst left.
+            wire.out.release_idle();
+            if ws.can_write() {
+                let _ = self.protocol.write(ws, &mut wire, Message::Ping(Default::default()));
                 self.mark_dirty(key);
                 if self.output_overflows(key, now) {
                     return;

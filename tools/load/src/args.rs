@@ -9,6 +9,7 @@ pub enum Mode {
     Latency,
     Throughput,
     Soak,
+    TaskApp,
 }
 
 impl Mode {
@@ -18,6 +19,7 @@ impl Mode {
             Mode::Latency => "latency",
             Mode::Throughput => "throughput",
             Mode::Soak => "soak",
+            Mode::TaskApp => "taskapp",
         }
     }
 }
@@ -57,6 +59,11 @@ pub struct Config {
     pub json: bool,
     /// The `soak` subcommand's settings (None for the other modes).
     pub soak: Option<SoakArgs>,
+    /// taskapp: clients per project (0 in the other modes).
+    pub group: usize,
+    /// taskapp: publishers present this key (BROADCAST_API_KEY) instead of
+    /// a minted token.
+    pub api_key: Option<String>,
 }
 
 /// Settings of `taskcast-load soak`.
@@ -163,6 +170,34 @@ enum ModeArgs {
         /// Keep-alive sender connections (one thread each).
         #[arg(long)]
         senders: usize,
+        #[command(flatten)]
+        post: PostArgs,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The task-app shape: clients in projects, each subscribed to its
+    /// project (and, as every connection, in its own user channel);
+    /// publishers post to random projects at a fixed rate or at full speed.
+    Taskapp {
+        #[arg(long)]
+        conns: usize,
+        /// Clients per project (projects = conns / group).
+        #[arg(long, default_value_t = 10)]
+        group: usize,
+        /// Publishes to post.
+        #[arg(long)]
+        msgs: usize,
+        /// Publishes per second, all senders together [default: as fast as
+        /// the answers come].
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Keep-alive publisher connections (one thread each).
+        #[arg(long, default_value_t = 4)]
+        senders: usize,
+        /// Publish with this key (the server's BROADCAST_API_KEY), as a
+        /// Server Action does, instead of a minted token.
+        #[arg(long)]
+        api_key: Option<String>,
         #[command(flatten)]
         post: PostArgs,
         #[command(flatten)]
@@ -329,8 +364,23 @@ pub enum ParseError {
 
 impl Cli {
     fn into_config(self, env_secret: Option<String>) -> Result<Config, String> {
+        let mut taskapp = (0, None);
         let (mode, conns, msgs, rate, senders, post, hold, soak, common) = match self.mode {
             ModeArgs::Idle { conns, hold, common } => (Mode::Idle, conns, 0, 0.0, 0, None, hold, None, common),
+            ModeArgs::Taskapp { conns, group, msgs, rate, senders, api_key, post, common } => {
+                if group == 0 || !conns.is_multiple_of(group) {
+                    return Err("--group must be at least 1 and divide --conns".into());
+                }
+                if api_key.as_ref().is_some_and(|k| k.len() < 16) {
+                    return Err("--api-key must be at least 16 characters (the server refuses shorter keys)".into());
+                }
+                if rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
+                    return Err("--rate must be > 0 and <= 1000000 (publishes per second)".into());
+                }
+                taskapp = (group, api_key);
+                // rate 0: as fast as the answers come
+                (Mode::TaskApp, conns, msgs, rate.unwrap_or(0.0), senders, Some(post), 2.0, None, common)
+            }
             ModeArgs::Latency { conns, msgs, rate, post, common } => {
                 (Mode::Latency, conns, msgs, rate, 1, Some(post), 2.0, None, common)
             }
@@ -381,6 +431,8 @@ impl Cli {
             query_token: common.query_token,
             json: common.json,
             soak,
+            group: taskapp.0,
+            api_key: taskapp.1,
         })
     }
 }
@@ -397,7 +449,7 @@ fn check_counts(mode: Mode, conns: usize, msgs: usize, rate: f64, senders: usize
     if conns == 0 || conns > 1_000_000 {
         return Err("--conns must be between 1 and 1000000".into());
     }
-    if matches!(mode, Mode::Latency | Mode::Throughput) {
+    if matches!(mode, Mode::Latency | Mode::Throughput | Mode::TaskApp) {
         if msgs == 0 || msgs > 100_000_000 {
             return Err("--msgs must be between 1 and 100000000".into());
         }
@@ -409,8 +461,11 @@ fn check_counts(mode: Mode, conns: usize, msgs: usize, rate: f64, senders: usize
     if matches!(mode, Mode::Latency | Mode::Soak) && (!rate.is_finite() || rate <= 0.0 || rate > 1_000_000.0) {
         return Err("--rate must be > 0 and <= 1000000 (messages per second)".into());
     }
-    if mode == Mode::Throughput && (senders == 0 || senders > 256) {
+    if matches!(mode, Mode::Throughput | Mode::TaskApp) && (senders == 0 || senders > 256) {
         return Err("--senders must be between 1 and 256".into());
+    }
+    if mode == Mode::TaskApp && (!rate.is_finite() || !(0.0..=1_000_000.0).contains(&rate)) {
+        return Err("--rate must be > 0 and <= 1000000 (publishes per second)".into());
     }
     Ok(())
 }
@@ -421,7 +476,12 @@ fn post_shape(mode: Mode, post: Option<PostArgs>) -> Result<(usize, usize), Stri
     if post.payload > 16 * 1024 * 1024 {
         return Err("--payload must be at most 16777216 bytes".into());
     }
-    let pipeline = post.pipeline.unwrap_or(if mode == Mode::Throughput { 8 } else { 16 });
+    let pipeline = post.pipeline.unwrap_or(match mode {
+        Mode::Throughput => 8,
+        // a Server Action waits for each answer
+        Mode::TaskApp => 1,
+        _ => 16,
+    });
     if pipeline == 0 || pipeline > 4096 {
         return Err("--pipeline must be between 1 and 4096".into());
     }
@@ -614,6 +674,24 @@ mod tests {
         assert_eq!((c.conns, c.msgs, c.senders, c.pipeline), (200, 1000, 4, 8));
         assert_eq!(c.server_pid, Some(77));
         assert_eq!(c.payload, 200);
+    }
+
+    #[test]
+    fn taskapp_defaults_and_errors() {
+        let c = p("taskapp --conns 10000 --msgs 500 --secret s").unwrap();
+        assert_eq!(c.mode, Mode::TaskApp);
+        assert_eq!((c.conns, c.group, c.msgs, c.senders, c.pipeline, c.rate), (10000, 10, 500, 4, 1, 0.0));
+        assert_eq!(c.api_key, None);
+        let c =
+            p("taskapp --conns 100 --group 5 --msgs 9 --rate 250 --senders 2 --api-key 0123456789abcdef --secret s")
+                .unwrap();
+        assert_eq!((c.group, c.rate, c.senders), (5, 250.0, 2));
+        assert_eq!(c.api_key.as_deref(), Some("0123456789abcdef"));
+        assert!(p("taskapp --conns 100 --group 7 --msgs 9 --secret s").unwrap_err().contains("divide"));
+        assert!(p("taskapp --conns 100 --group 0 --msgs 9 --secret s").is_err());
+        assert!(p("taskapp --conns 100 --msgs 9 --rate 0 --secret s").unwrap_err().contains("--rate"));
+        assert!(p("taskapp --conns 100 --msgs 9 --api-key short --secret s").unwrap_err().contains("--api-key"));
+        assert!(p("taskapp --conns 100 --msgs 0 --secret s").unwrap_err().contains("--msgs"));
     }
 
     #[test]

@@ -26,6 +26,7 @@ use mio::{Events, Interest, Poll, Token};
 use crate::http::{ST_ACCEPTED, SendShared};
 use crate::roles::{Life, Outcome, ROLES, Role, Stall};
 use crate::stats::Hist;
+use crate::taskapp::TaskTrack;
 use crate::ws::{self, FrameParse, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, Upgrade, XorShift};
 
 /// Largest message the client accepts (server frames are small JSON).
@@ -274,6 +275,9 @@ pub struct EngineOptions {
     pub connect_timeout: Duration,
     /// Loopback source addresses to spread connections over (1: no binding).
     pub source_ips: usize,
+    /// taskapp: clients per project (0: no projects). Client i's token
+    /// grants `project:<i / group>`, which it subscribes to once open.
+    pub group: usize,
 }
 
 pub struct Engine {
@@ -297,6 +301,8 @@ pub struct Engine {
     pub tracker: Option<Tracker>,
     /// Soak only: bookkeeping, reusable slots, timers, ended clients.
     pub soak: Option<SoakTrack>,
+    /// taskapp only: the project subscriptions and their deliveries.
+    pub taskapp: Option<TaskTrack>,
     free: Vec<usize>,
     /// Planned departures of churn clients (a heap: lifetimes vary).
     departures: BinaryHeap<Reverse<(Instant, usize, u32)>>,
@@ -401,7 +407,17 @@ fn classify(e: &io::Error) -> &'static str {
 
 impl Engine {
     pub fn new(o: EngineOptions) -> io::Result<Engine> {
-        let EngineOptions { conns, addr, host_header, auth, query_token, concurrency, connect_timeout, source_ips } = o;
+        let EngineOptions {
+            conns,
+            addr,
+            host_header,
+            auth,
+            query_token,
+            concurrency,
+            connect_timeout,
+            source_ips,
+            group,
+        } = o;
         let now = Instant::now();
         let seed =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
@@ -432,6 +448,7 @@ impl Engine {
             stats: Stats::default(),
             tracker: None,
             soak: None,
+            taskapp: (group > 0).then(|| TaskTrack::new(conns, group)),
             free: Vec::new(),
             departures: BinaryHeap::new(),
             leave_deadlines: VecDeque::new(),
@@ -454,7 +471,10 @@ impl Engine {
     fn token_for(&self, id: usize) -> Result<String, String> {
         match &self.auth {
             ClientAuth::Token(t) => Ok(t.clone()),
-            ClientAuth::Secret(s) => crate::http::mint_token(s, &format!("load-{id}")),
+            ClientAuth::Secret(s) => match &self.taskapp {
+                Some(t) => crate::http::mint_token_with_channels(s, &format!("load-{id}"), &[t.project_channel(id)]),
+                None => crate::http::mint_token(s, &format!("load-{id}")),
+            },
         }
     }
 
@@ -858,6 +878,7 @@ impl Engine {
                 stats: &mut self.stats,
                 tracker: self.tracker.as_mut(),
                 soak: self.soak.as_mut(),
+                taskapp: self.taskapp.as_mut(),
                 rng: &mut self.rng,
                 departures: &mut self.departures,
             };
@@ -875,6 +896,7 @@ impl Engine {
                 stats: &mut self.stats,
                 tracker: self.tracker.as_mut(),
                 soak: self.soak.as_mut(),
+                taskapp: self.taskapp.as_mut(),
                 rng: &mut self.rng,
                 departures: &mut self.departures,
             };
@@ -1034,6 +1056,7 @@ struct Ctx<'a> {
     stats: &'a mut Stats,
     tracker: Option<&'a mut Tracker>,
     soak: Option<&'a mut SoakTrack>,
+    taskapp: Option<&'a mut TaskTrack>,
     rng: &'a mut XorShift,
     departures: &'a mut BinaryHeap<Reverse<(Instant, usize, u32)>>,
 }
@@ -1081,6 +1104,10 @@ fn read_upgrade(
             stats.handshake.record_between(c.started, now);
             if let Some(life) = c.life.as_deref_mut() {
                 on_soak_open(id, c.epoch, life, &mut c.out, now, ctx);
+            }
+            if let Some(t) = ctx.taskapp.as_deref() {
+                let msg = format!(r#"{{"type":"subscribe","channel":"{}"}}"#, t.project_channel(id));
+                ws::encode_client_frame(&mut c.out, OP_TEXT, msg.as_bytes(), ctx.rng.mask());
             }
             Ok(Some(consumed))
         }
@@ -1211,6 +1238,8 @@ fn on_message(id: usize, c: &mut Client, msg: &[u8], now: Instant, now_ns: u64, 
                 soak.latency.record_us(now_ns.saturating_sub(sent) / 1000);
             }
         }
+    } else if let Some(t) = ctx.taskapp.as_deref_mut() {
+        t.on_message(id, msg, now);
     } else if let Some(t) = ctx.tracker.as_deref_mut() {
         t.on_message(id, &mut c.uniq, msg, now, now_ns);
     }

@@ -16,12 +16,20 @@ struct Claims<'a> {
     sub: &'a str,
     exp: u64,
     iat: u64,
+    /// The channels claim (the server's CHANNELS_CLAIM default).
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    channels: &'a [String],
 }
 
 /// Mints an HS256 token with `sub`, `iat` = now and `exp` = now + 1 hour.
 pub fn mint_token(secret: &str, sub: &str) -> Result<String, String> {
+    mint_token_with_channels(secret, sub, &[])
+}
+
+/// [`mint_token`], granting `channels` too (the `channels` claim).
+pub fn mint_token_with_channels(secret: &str, sub: &str, channels: &[String]) -> Result<String, String> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let claims = Claims { sub, exp: now + 3600, iat: now };
+    let claims = Claims { sub, exp: now + 3600, iat: now, channels };
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
@@ -129,14 +137,28 @@ pub fn broadcast_data(seq: u64, payload: usize) -> String {
     s
 }
 
-pub(crate) fn append_request(out: &mut Vec<u8>, head: &str, seq: u64, payload: usize) {
+/// Appends one POST of broadcast `seq`: to everyone, or to channel
+/// `project:<project>`.
+pub(crate) fn append_request(out: &mut Vec<u8>, head: &str, seq: u64, payload: usize, project: Option<usize>) {
     let data = broadcast_data(seq, payload);
-    let body_len = r#"{"type":"task_updated","data":}"#.len() + data.len();
+    let channel = project.map(|p| format!(r#""channel":"project:{p}","#)).unwrap_or_default();
+    let body_len = r#"{"type":"task_updated","data":}"#.len() + channel.len() + data.len();
     out.extend_from_slice(head.as_bytes());
     out.extend_from_slice(body_len.to_string().as_bytes());
-    out.extend_from_slice(b"\r\n\r\n{\"type\":\"task_updated\",\"data\":");
+    out.extend_from_slice(b"\r\n\r\n{\"type\":\"task_updated\",");
+    out.extend_from_slice(channel.as_bytes());
+    out.extend_from_slice(b"\"data\":");
     out.extend_from_slice(data.as_bytes());
     out.push(b'}');
+}
+
+/// The project publish `seq` goes to, of `projects`: spread evenly and at
+/// random-looking (splitmix64), the same in the senders and the receivers.
+pub fn project_of(seq: u64, projects: usize) -> usize {
+    let mut z = seq.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) % projects as u64) as usize
 }
 
 pub const ST_UNSENT: u8 = 0;
@@ -215,6 +237,9 @@ pub struct SenderPlan {
     pub token: String,
     pub payload: usize,
     pub deadline: Instant,
+    /// taskapp: each publish goes to channel `project:<project_of(seq)>`
+    /// of this many (0: a broadcast to everyone).
+    pub projects: usize,
 }
 
 impl SenderPlan {
@@ -405,7 +430,8 @@ impl Sender {
                 }
             }
             let seq = self.plan.id + self.plan.senders * self.next;
-            append_request(&mut self.out, &self.head, seq as u64, self.plan.payload);
+            let project = (self.plan.projects > 0).then(|| project_of(seq as u64, self.plan.projects));
+            append_request(&mut self.out, &self.head, seq as u64, self.plan.payload, project);
             self.sh.send_ns[seq].store(now_ns, Ordering::Release);
             self.sh.status[seq].store(ST_SENT, Ordering::Relaxed);
             self.inflight.push_back((seq, now));
@@ -552,8 +578,8 @@ mod tests {
     fn request_is_well_formed() {
         let mut out = Vec::new();
         let head = "POST /api/broadcast HTTP/1.1\r\nHost: h\r\nContent-Length: ";
-        append_request(&mut out, head, 5, 100);
-        append_request(&mut out, head, 6, 100);
+        append_request(&mut out, head, 5, 100, None);
+        append_request(&mut out, head, 6, 100, Some(42));
         assert_eq!(count_requests(&out), 2);
         let mut headers = [httparse::EMPTY_HEADER; 8];
         let mut req = httparse::Request::new(&mut headers);
@@ -565,7 +591,19 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&out[n..n + len]).unwrap();
         assert_eq!(body["type"], "task_updated");
         assert_eq!(body["data"]["seq"], 5);
+        assert!(body.get("channel").is_none());
         assert!(out[n + len..].starts_with(b"POST "));
+        let rest = &out[n + len..];
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut req = httparse::Request::new(&mut headers);
+        let n = match req.parse(rest).unwrap() {
+            httparse::Status::Complete(n) => n,
+            _ => panic!(),
+        };
+        let len: usize = std::str::from_utf8(req.headers[1].value).unwrap().parse().unwrap();
+        assert_eq!(n + len, rest.len(), "Content-Length counts the channel");
+        let body: serde_json::Value = serde_json::from_slice(&rest[n..]).unwrap();
+        assert_eq!((body["channel"].as_str(), body["data"]["seq"].as_u64()), (Some("project:42"), Some(6)));
     }
 
     #[test]
@@ -587,6 +625,38 @@ mod tests {
     }
 
     #[test]
+    fn projects_are_spread_evenly() {
+        let mut counts = [0u32; 100];
+        for seq in 0..100_000 {
+            counts[project_of(seq, 100)] += 1;
+        }
+        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
+        assert_eq!(project_of(7, 1), 0);
+    }
+
+    #[test]
+    fn tokens_carry_granted_channels() {
+        let t = mint_token_with_channels("0123456789abcdef0123456789abcdef", "load-3", &["project:0".into()]).unwrap();
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        v.set_required_spec_claims(&["exp"]);
+        let d = jsonwebtoken::decode::<serde_json::Value>(
+            &t,
+            &jsonwebtoken::DecodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+            &v,
+        )
+        .unwrap();
+        assert_eq!(d.claims["channels"], serde_json::json!(["project:0"]));
+        let plain = mint_token("0123456789abcdef0123456789abcdef", "load-3").unwrap();
+        let d = jsonwebtoken::decode::<serde_json::Value>(
+            &plain,
+            &jsonwebtoken::DecodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+            &v,
+        )
+        .unwrap();
+        assert!(d.claims.get("channels").is_none());
+    }
+
+    #[test]
     fn sender_split() {
         let plan = |id, senders, total| SenderPlan {
             id,
@@ -600,6 +670,7 @@ mod tests {
             token: String::new(),
             payload: 0,
             deadline: Instant::now(),
+            projects: 0,
         };
         let counts: Vec<usize> = (0..4).map(|i| plan(i, 4, 10).count()).collect();
         assert_eq!(counts, vec![3, 3, 2, 2]);

@@ -23,6 +23,11 @@
 //! taskcast-load throughput --conns 1000 --msgs 5000 --senders 4 \
 //!     --server-pid $(pgrep -x taskcast) --secret "$JWT_SECRET" --json
 //!
+//! # task app: 10,000 clients in 1,000 projects of 10, each subscribed to its
+//! # project; 20,000 publishes to random projects at 1,000/s from 4 senders
+//! taskcast-load taskapp --conns 10000 --group 10 --msgs 20000 --rate 1000 \
+//!     --server-pid $(pgrep -x taskcast) --secret "$JWT_SECRET"
+//!
 //! # soak: starts the server itself, 10 minutes of churn (100 connects/s
 //! # over 500 steady clients), 50 broadcasts/s, slow readers, silent
 //! # clients and bad frames; a PASS/FAIL table (see .ci/soak)
@@ -65,6 +70,7 @@ mod serverproc;
 mod soak;
 mod stats;
 mod sysinfo;
+mod taskapp;
 mod verdict;
 mod ws;
 
@@ -189,7 +195,7 @@ fn run(cfg: &Config) -> Result<i32, String> {
     let mut rep = Report::new();
     rep.add("mode", "mode", json!(cfg.mode.name()), cfg.mode.name().into());
     rep.add("url", "server", json!(cfg.url), format!("{} ({addr})", cfg.url));
-    if matches!(cfg.mode, Mode::Latency | Mode::Throughput) {
+    if matches!(cfg.mode, Mode::Latency | Mode::Throughput | Mode::TaskApp) {
         send::describe_load(cfg, &mut rep);
     }
     if let Some(n) = health_before {
@@ -218,6 +224,14 @@ fn run(cfg: &Config) -> Result<i32, String> {
                 rep.problem("no client connected; nothing to measure".into());
             } else {
                 send::send_phase(cfg, &mut engine, &mut rep, addr, &host_header)?;
+            }
+        }
+        Mode::TaskApp => {
+            if engine.stats.open == 0 {
+                rep.problem("no client connected; nothing to measure".into());
+            } else {
+                taskapp::subscribe_phase(cfg, &mut engine, &mut rep)?;
+                taskapp::publish_phase(cfg, &mut engine, &mut rep, addr, &host_header)?;
             }
         }
     }
@@ -274,6 +288,7 @@ fn new_engine(cfg: &Config, addr: SocketAddr, host_header: &str) -> Result<Engin
         concurrency: cfg.concurrency,
         connect_timeout: Duration::from_secs_f64(cfg.connect_timeout),
         source_ips: source_ips(cfg, addr),
+        group: if cfg.mode == Mode::TaskApp { cfg.group } else { 0 },
     })
     .map_err(|e| format!("cannot create the poll: {e}"))
 }

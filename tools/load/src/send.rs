@@ -50,14 +50,22 @@ struct Deliveries {
 /// `load` row of the run header: the shape of the load every figure below
 /// was produced by.
 pub(crate) fn describe_load(cfg: &Config, rep: &mut Report) {
-    let rate = if cfg.mode == Mode::Latency { format!(" at {}/s", cfg.rate) } else { String::new() };
+    let rated = cfg.mode == Mode::Latency || (cfg.mode == Mode::TaskApp && cfg.rate > 0.0);
+    let rate = if rated { format!(" at {}/s", cfg.rate) } else { String::new() };
+    let what = if cfg.mode == Mode::TaskApp {
+        format!("publishes to random projects ({} of {} clients each)", cfg.conns / cfg.group, cfg.group)
+    } else {
+        "broadcasts".to_string()
+    };
     rep.add(
         "load",
         "load",
         json!({"senders": cfg.senders, "pipeline": cfg.pipeline, "msgs": cfg.msgs, "payload": cfg.payload,
-               "rate": if cfg.mode == Mode::Latency { json!(cfg.rate) } else { Value::Null }}),
+               "rate": if rated { json!(cfg.rate) } else { Value::Null },
+               "projects": if cfg.mode == Mode::TaskApp { json!(cfg.conns / cfg.group) } else { Value::Null },
+               "api_key": cfg.api_key.is_some()}),
         format!(
-            "{} broadcasts of {} B{rate} from {} keep-alive sender(s), pipeline {} (requests in flight per sender{})",
+            "{} {what} of {} B{rate} from {} keep-alive sender(s), pipeline {} (requests in flight per sender{})",
             cfg.msgs,
             cfg.payload,
             cfg.senders,
@@ -97,10 +105,12 @@ pub(crate) fn send_phase(
     Ok(())
 }
 
-/// One token per sender (`sub` = `load-sender-<i>` when minted).
-fn sender_tokens(cfg: &Config, k: usize) -> Result<Vec<String>, String> {
+/// One token per sender (`sub` = `load-sender-<i>` when minted; the
+/// publisher key when one is given).
+pub(crate) fn sender_tokens(cfg: &Config, k: usize) -> Result<Vec<String>, String> {
     (0..k)
         .map(|i| match &cfg.auth {
+            _ if cfg.api_key.is_some() => Ok(cfg.api_key.clone().unwrap_or_default()),
             Auth::Secret(s) => http::mint_token(s, &format!("load-sender-{i}")),
             Auth::Token(t) => Ok(t.clone()),
             Auth::Random => Err("need --secret or --token".into()),
@@ -108,7 +118,7 @@ fn sender_tokens(cfg: &Config, k: usize) -> Result<Vec<String>, String> {
         .collect()
 }
 
-fn start_senders(
+pub(crate) fn start_senders(
     cfg: &Config,
     tokens: Vec<String>,
     addr: SocketAddr,
@@ -117,7 +127,13 @@ fn start_senders(
     shared: &Arc<SendShared>,
 ) -> Result<Vec<JoinHandle<SenderResult>>, String> {
     let k = tokens.len();
-    let rate = if cfg.mode == Mode::Latency { Some(cfg.rate) } else { None };
+    let rate = match cfg.mode {
+        Mode::Latency => Some(cfg.rate),
+        // taskapp: --rate is for all senders together
+        Mode::TaskApp if cfg.rate > 0.0 => Some(cfg.rate / k as f64),
+        _ => None,
+    };
+    let projects = if cfg.mode == Mode::TaskApp { cfg.conns / cfg.group } else { 0 };
     let mut handles = Vec::with_capacity(k);
     for (i, token) in tokens.into_iter().enumerate() {
         let plan = SenderPlan {
@@ -132,6 +148,7 @@ fn start_senders(
             token,
             payload: cfg.payload,
             deadline,
+            projects,
         };
         let sh = shared.clone();
         handles.push(
@@ -195,15 +212,15 @@ fn receive(
 
 /// The senders' results added up.
 #[derive(Default)]
-struct Merged {
+pub(crate) struct Merged {
     statuses: BTreeMap<u16, u64>,
     bodies: BTreeMap<u16, String>,
-    ack: Hist,
+    pub ack: Hist,
     errors: Vec<String>,
     reconnects: u64,
 }
 
-fn merge(results: Vec<SenderResult>) -> Merged {
+pub(crate) fn merge(results: Vec<SenderResult>) -> Merged {
     let mut m = Merged::default();
     for r in results {
         for (s, c) in r.statuses {
@@ -275,7 +292,7 @@ fn report_posts(
     Posts { sent, rejected, unknown, first_post_ns }
 }
 
-fn post_problems(rep: &mut Report, m: &Merged, rejected: u64, unknown: u64, fatal: &Option<String>) {
+pub(crate) fn post_problems(rep: &mut Report, m: &Merged, rejected: u64, unknown: u64, fatal: &Option<String>) {
     for (s, b) in &m.bodies {
         eprintln!("taskcast-load: POST /api/broadcast answered {s}: {b}");
     }

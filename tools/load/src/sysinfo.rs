@@ -17,15 +17,24 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     parse_stat_cpu(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
+/// utime and stime of a process in clock ticks (user space, kernel).
+pub fn cpu_ticks_split(pid: u32) -> Option<(u64, u64)> {
+    parse_stat_cpu_split(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+pub fn parse_stat_cpu(stat: &str) -> Option<u64> {
+    parse_stat_cpu_split(stat).map(|(u, s)| u + s)
+}
+
 /// The command name may contain spaces and parentheses, so fields are
 /// counted after the last ')': state is field 3, utime 14, stime 15.
-pub fn parse_stat_cpu(stat: &str) -> Option<u64> {
+pub fn parse_stat_cpu_split(stat: &str) -> Option<(u64, u64)> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // rest[0] is field 3 (state), so field n is rest[n - 3].
     let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
     let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 pub fn clock_ticks_per_sec() -> u64 {

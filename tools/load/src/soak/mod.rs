@@ -395,6 +395,7 @@ fn soak_engine(
         concurrency: cfg.concurrency,
         connect_timeout: Duration::from_secs_f64(cfg.connect_timeout),
         source_ips: cfg.source_ips.unwrap_or(4),
+        group: 0,
     })
     .map_err(|e| format!("cannot create the poll: {e}"))?;
     engine.soak = Some(SoakTrack {
@@ -803,6 +804,7 @@ impl Run<'_> {
             token,
             payload: self.cfg.payload,
             deadline,
+            projects: 0,
         };
         std::thread::Builder::new()
             .name("sender".into())

@@ -147,7 +147,7 @@ fn post_one(link: &mut Link, seq: usize, plan: &RoundRobinPlan, sh: &SendShared,
         return false;
     }
     let mut req = Vec::with_capacity(link.head.len() + plan.payload + 128);
-    http::append_request(&mut req, &link.head, seq as u64, plan.payload);
+    http::append_request(&mut req, &link.head, seq as u64, plan.payload, None);
     let sent_at = Instant::now();
     sh.send_ns[seq].store(ns(sent_at), Ordering::Release);
     sh.status[seq].store(ST_SENT, Ordering::Relaxed);
@@ -208,7 +208,7 @@ mod tests {
     fn request_names_the_instance_and_the_key() {
         let link = Link::new("127.0.0.1:4567".parse().unwrap(), "k3y");
         let mut req = Vec::new();
-        http::append_request(&mut req, &link.head, 9, 200);
+        http::append_request(&mut req, &link.head, 9, 200, None);
         let mut headers = [httparse::EMPTY_HEADER; 8];
         let mut r = httparse::Request::new(&mut headers);
         let n = match r.parse(&req).unwrap() {
