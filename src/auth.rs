@@ -27,7 +27,7 @@ use crate::jwks;
 /// The longest a connection may live on one token, whatever its `exp`
 /// says: a far-future `exp` (≈ 9.2e18) would overflow `Instant + Duration`.
 /// A client with such a token is closed with 4001 after a year.
-pub const MAX_TOKEN_LIFETIME_SECS: u64 = 366 * 24 * 3600;
+pub const MAX_TOKEN_LIFETIME_SECS: u64 = crate::config::MAX_JWT_LIFETIME_SECS;
 
 /// The claims taskcast reads. Others (BetterAuth's user object, ...) are ignored.
 #[derive(Debug, Clone, Serialize, Deserialize)]

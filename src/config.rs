@@ -303,8 +303,9 @@ pub struct Config {
 
 /// JWT_MAX_LIFETIME_SECS when unset: a week (BetterAuth's JWTs live 15 minutes).
 pub const DEFAULT_JWT_MAX_LIFETIME_SECS: u64 = 7 * 24 * 3600;
-/// JWT_MAX_LIFETIME_SECS at most: as long as a connection may live on one token.
-pub const MAX_JWT_LIFETIME_SECS: u64 = crate::auth::MAX_TOKEN_LIFETIME_SECS;
+/// JWT_MAX_LIFETIME_SECS at most: as long as a connection may live on one
+/// token (`auth` uses the same bound for any token's `exp`).
+pub const MAX_JWT_LIFETIME_SECS: u64 = 366 * 24 * 3600;
 
 /// DRAIN_SECS at most: a deploy should not wait more than an hour.
 pub const MAX_DRAIN: Duration = Duration::from_secs(3600);
