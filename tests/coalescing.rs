@@ -98,7 +98,14 @@ fn with_few_subscribers_nothing_is_held_even_back_to_back() {
     assert_eq!(try_next(&mut sub, Duration::from_millis(200)).expect("not held")["type"], "pong");
 }
 
+/// Answer-first seen from outside: it needs the test thread to look within
+/// a window of a few hundred microseconds, which a busy 2-core machine does
+/// not give reliably (it failed here on the code it was written for, 41c72f4,
+/// as often as on today's). Run it by hand on a quiet machine; the
+/// publisher's answer time under load is measured by `.ci/compare` (POST
+/// answer p50/p99, docs/performance.md).
 #[test]
+#[ignore = "timing-dependent: needs a quiet machine (cargo test -- --ignored)"]
 fn the_publisher_is_answered_before_the_subscribers_are_written() {
     let mut cfg = config();
     cfg.max_connections_per_ip = 0;
